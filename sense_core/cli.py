@@ -1,0 +1,220 @@
+"""The ``sense`` command: one entry point, a subcommand per job.
+
+Errors meant for the user (:class:`SenseError`) are printed as one line, without a traceback,
+and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+
+from sense_core import __version__
+from sense_core.errors import SenseError
+
+LAUNCHER_HELP = {
+    "paraview": "the ParaView GUI",
+    "pvpython": "ParaView's Python shell / script runner",
+    "pvbatch": "ParaView's batch script runner (MPI-capable)",
+}
+
+
+def _add_reader_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--nan-policy",
+        choices=("raise", "fill"),
+        default="raise",
+        help="members with NaN/Inf values: reject them with an error (raise, default) or "
+        "replace the values by --fill-value (fill), e.g. cells outside a domain",
+    )
+    parser.add_argument(
+        "--fill-value", type=float, default=0.0, help="value for NaN/Inf with --nan-policy fill"
+    )
+    parser.add_argument(
+        "--array", default=None, help=".vti members: point array to read (default: active scalars)"
+    )
+
+
+def _open(args: argparse.Namespace):
+    from sense_core.io import open_ensemble
+
+    return open_ensemble(
+        args.path, nan_policy=args.nan_policy, fill_value=args.fill_value, array_name=args.array
+    )
+
+
+def describe_ensemble(store, fractions=(0.7, 0.15, 0.15), seed: int = 0, stats: bool = False):
+    """A JSON-ready summary: members, shape, classes, labeled counts, split and statistics."""
+    from sense_core.ensemble import NormalizationStats, split_labeled
+
+    summary = {
+        "path": str(getattr(store, "path", "")),
+        "members": len(store),
+        "member_shape": list(store.member_shape),
+        "labeled": int(store.labeled_mask.sum()),
+        "unlabeled": int((~store.labeled_mask).sum()),
+        "class_counts": store.class_counts(),
+        "metadata": sorted(store.metadata),
+    }
+    try:
+        split = split_labeled(store, fractions=fractions, seed=seed)
+    except SenseError as exc:
+        summary["split"] = {"error": str(exc)}
+        return summary
+    summary["split"] = {
+        "seed": seed,
+        **{part: int(len(getattr(split, part))) for part in ("train", "validation", "test")},
+    }
+    if stats:
+        summary["normalization"] = NormalizationStats.from_store(store, split.train).to_dict()
+    return summary
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    summary = describe_ensemble(_open(args), tuple(args.fractions), args.seed, args.stats)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    c, h, w = summary["member_shape"]
+    print(f"{summary['path']}: {summary['members']} members, {c} channel(s) of {h}x{w}")
+    print(f"  labeled {summary['labeled']}, unlabeled {summary['unlabeled']}")
+    for name, count in summary["class_counts"].items():
+        print(f"  class {name!r}: {count} labeled")
+    if summary["metadata"]:
+        print(f"  metadata: {', '.join(summary['metadata'])}")
+    split = summary["split"]
+    if "error" in split:
+        print(f"  split: not possible ({split['error']})")
+    else:
+        print(
+            f"  split (seed {split['seed']}): train {split['train']}, "
+            f"validation {split['validation']}, test {split['test']}"
+        )
+    if "normalization" in summary:
+        norm = summary["normalization"]
+        print(f"  train mean {np.round(norm['mean'], 6)}, std {np.round(norm['std'], 6)}")
+    return 0
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    from sense_core.io import write_ensemble
+
+    store = _open(args)
+    out = write_ensemble(
+        store,
+        args.out,
+        overwrite=args.overwrite,
+        member_format=args.member_format,
+        progress=sys.stderr.isatty(),
+    )
+    print(f"wrote {len(store)} members to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sense",
+        description="SENSE: self-supervised neural embeddings of 2D scientific ensembles. "
+        "Each subcommand has its own --help.",
+    )
+    parser.add_argument("--version", action="version", version=f"sense {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    info = commands.add_parser(
+        "info",
+        help="describe an ensemble (members, shape, classes, labels, split)",
+        description="Describe an ensemble (.npz file or member folder): members, member shape, "
+        "labeled members per class, metadata, and the deterministic train/validation/test split "
+        "of the labeled members. --stats also computes the training normalisation statistics "
+        "(reads every training member).",
+    )
+    info.add_argument("path", help="ensemble .npz file or folder of members")
+    _add_reader_options(info)
+    info.add_argument(
+        "--fractions",
+        type=float,
+        nargs=3,
+        default=(0.7, 0.15, 0.15),
+        metavar=("TRAIN", "VAL", "TEST"),
+        help="split fractions of the labeled members (default 0.7 0.15 0.15)",
+    )
+    info.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
+    info.add_argument("--stats", action="store_true", help="compute normalisation statistics")
+    info.add_argument("--json", action="store_true", help="print JSON instead of text")
+    info.set_defaults(handler=_run_info)
+
+    convert = commands.add_parser(
+        "convert",
+        help="convert an ensemble between .npz and member folders",
+        description="Read an ensemble and write it as an .npz (OUT ends in .npz) or as a folder "
+        "of members with labels.csv and ParaView index files (ensemble.vtm, ensemble.pvd). "
+        "Members are streamed in batches, so ensembles larger than memory convert. The output "
+        "appears only when complete.",
+    )
+    convert.add_argument("path", help="ensemble .npz file or folder of members")
+    convert.add_argument("out", help="output .npz file or folder")
+    convert.add_argument(
+        "--member-format",
+        choices=("vti", "npy"),
+        default="vti",
+        help="file type of members in an output folder (default vti, which ParaView opens)",
+    )
+    convert.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    _add_reader_options(convert)
+    convert.set_defaults(handler=_run_convert)
+
+    for program, what in LAUNCHER_HELP.items():
+        launcher = commands.add_parser(
+            program,
+            help=f"start {what} with SENSE's plugin and environment",
+            description=f"Start {what} with the SENSE plugin on PV_PLUGIN_PATH, this "
+            "environment's packages importable, and ParaView 5.11's Python-plugin fix "
+            "(inspect.getargspec). Without a DISPLAY it runs under xvfb-run. Every argument "
+            f"after `sense {program}` goes to {program} (`sense {program} -- --help` for its own "
+            "help).",
+        )
+        launcher.add_argument(
+            "--no-xvfb", action="store_true", help="never wrap the program in xvfb-run"
+        )
+        launcher.add_argument("args", nargs="*", help=f"arguments for {program}")
+    return parser
+
+
+def _launch(program: str, argv: Sequence[str]) -> int:
+    from sense_core.paraview_env import launch
+
+    args = list(argv)
+    use_xvfb = True
+    if args[:1] == ["--no-xvfb"]:
+        use_xvfb, args = False, args[1:]
+    if args[:1] == ["--"]:
+        args = args[1:]
+    return launch(program, args, use_xvfb=use_xvfb)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        # Launchers pass their arguments through untouched (argparse would eat pvpython's -c).
+        if argv[:1] and argv[0] in LAUNCHER_HELP and argv[1:2] not in (["-h"], ["--help"]):
+            return _launch(argv[0], argv[1:])
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
+        return int(args.handler(args) or 0)
+    except SenseError as exc:
+        print(f"sense: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sense: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,409 @@
+"""The ensemble data model: members' fields, labels, ids and metadata; splits and normalisation.
+
+An ensemble is N members of one 2D system, each a (C, H, W) float32 field (C = 1 for a scalar
+field). Arrays are in image order: row 0 is the top row, as in PNG files and ``imshow``.
+Labels are class indices with ``UNLABELED`` (-1) for members nobody labeled by hand.
+
+Two kinds of objects hold ensembles and share one reading interface (:class:`MemberStore`):
+:class:`Ensemble` keeps everything in memory; the sources in :mod:`sense_core.io` read members
+from disk on demand so that ensembles larger than memory can be listed and streamed in batches.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sense_core.errors import EnsembleError
+
+UNLABELED = -1
+# Metadata key of a split decided by whoever made the ensemble (see split_labeled).
+PRESET_SPLIT_KEY = "split"
+
+_MEMBER_ID_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+\-]*$")
+
+
+def check_member_id(member_id: str, where: str = "") -> str:
+    """Return ``member_id`` if it is usable as a file stem; raise a clear error otherwise.
+
+    Member ids become file names when an ensemble is written as a folder, so they may not
+    contain path separators, spaces or start with a dot.
+    """
+    if not isinstance(member_id, str) or not _MEMBER_ID_PATTERN.match(member_id):
+        prefix = f"{where}: " if where else ""
+        raise EnsembleError(
+            f"{prefix}member id {member_id!r} is not valid: use letters, digits and _ . + - "
+            "(not starting with '.' or '-')"
+        )
+    return member_id
+
+
+def natural_key(text: str) -> list:
+    """Sort key that orders 'm2' before 'm10'."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def default_member_ids(count: int) -> tuple[str, ...]:
+    width = max(6, len(str(max(count - 1, 0))))
+    return tuple(f"m{i:0{width}d}" for i in range(count))
+
+
+def check_finite(fields: np.ndarray, member_id: str, where: str = "") -> None:
+    """Raise naming the member (and file) when its field holds NaN or Inf values."""
+    finite = np.isfinite(fields)
+    if not finite.all():
+        bad = int(fields.size - np.count_nonzero(finite))
+        prefix = f"{where}: " if where else ""
+        raise EnsembleError(
+            f"{prefix}member {member_id!r} has {bad} non-finite value(s) (NaN/Inf) of "
+            f"{fields.size}; read it with nan_policy='fill' to replace them (see docs/data.md)"
+        )
+
+
+class MemberStore(abc.ABC):
+    """What every ensemble container offers: ids, labels, classes, metadata and batched reads."""
+
+    member_ids: tuple[str, ...]
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+    metadata: Mapping[str, np.ndarray]
+
+    @property
+    @abc.abstractmethod
+    def member_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of every member."""
+
+    @abc.abstractmethod
+    def read_members(self, indices: Sequence[int]) -> np.ndarray:
+        """Fields of the members at ``indices`` as float32 (k, C, H, W)."""
+
+    def __len__(self) -> int:
+        return len(self.member_ids)
+
+    @property
+    def labeled_mask(self) -> np.ndarray:
+        return self.labels != UNLABELED
+
+    def iter_batches(
+        self, batch_size: int = 256, indices: Sequence[int] | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield (indices, fields) in order, at most ``batch_size`` members at a time."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        order = np.arange(len(self)) if indices is None else np.asarray(indices, dtype=np.int64)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            yield chunk, self.read_members(chunk)
+
+    def load(self) -> Ensemble:
+        """Read every member into an in-memory :class:`Ensemble`."""
+        if len(self) == 0:
+            raise EnsembleError("ensemble is empty: no members to load")
+        fields = np.empty((len(self), *self.member_shape), dtype=np.float32)
+        for chunk, batch in self.iter_batches():
+            fields[chunk] = batch
+        return Ensemble(
+            fields=fields,
+            labels=self.labels.copy(),
+            class_names=self.class_names,
+            member_ids=self.member_ids,
+            metadata={key: np.array(value) for key, value in self.metadata.items()},
+        )
+
+    def class_counts(self) -> dict[str, int]:
+        """Number of hand-labeled members per class name."""
+        counts = np.bincount(self.labels[self.labeled_mask], minlength=len(self.class_names))
+        return {name: int(count) for name, count in zip(self.class_names, counts)}
+
+
+def validate_labels(
+    labels: np.ndarray, class_names: Sequence[str], count: int, where: str = ""
+) -> np.ndarray:
+    """Check labels against the class list; return them as int64 (N,)."""
+    prefix = f"{where}: " if where else ""
+    labels = np.asarray(labels)
+    if labels.shape != (count,):
+        raise EnsembleError(f"{prefix}labels have shape {labels.shape}, expected ({count},)")
+    if labels.size and not np.issubdtype(labels.dtype, np.integer):
+        if not np.all(np.equal(np.mod(labels, 1), 0)):
+            raise EnsembleError(f"{prefix}labels must be integers (-1 = unlabeled)")
+    labels = labels.astype(np.int64)
+    bad = (labels < UNLABELED) | (labels >= len(class_names))
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise EnsembleError(
+            f"{prefix}label {int(labels[first])} of member #{first} is outside "
+            f"-1..{len(class_names) - 1} ({len(class_names)} classes: {list(class_names)})"
+        )
+    return labels
+
+
+@dataclass(frozen=True, eq=False)
+class Ensemble(MemberStore):
+    """An ensemble held in memory.
+
+    ``fields`` may be given as (N, H, W) for scalar fields; it is stored as float32 (N, C, H, W).
+    ``labels`` defaults to all unlabeled, ``member_ids`` to m000000, m000001, ...
+    ``metadata`` maps a name to one value per member (numbers or strings), e.g. the parameters
+    a generator drew for each member.
+    """
+
+    fields: np.ndarray
+    labels: np.ndarray | None = None
+    class_names: Sequence[str] = ()
+    member_ids: Sequence[str] | None = None
+    metadata: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        fields = np.asarray(self.fields)
+        if fields.ndim == 3:
+            fields = fields[:, None]
+        if fields.ndim != 4:
+            raise EnsembleError(
+                f"fields must be (N, C, H, W) or (N, H, W), got an array of shape {fields.shape}"
+            )
+        if fields.shape[0] == 0:
+            raise EnsembleError("ensemble is empty: no members")
+        if min(fields.shape[1:]) == 0:
+            raise EnsembleError(f"members have an empty shape {fields.shape[1:]}")
+        if not (np.issubdtype(fields.dtype, np.number) or fields.dtype == np.bool_):
+            raise EnsembleError(f"fields must be numeric, got dtype {fields.dtype}")
+        fields = np.ascontiguousarray(fields, dtype=np.float32)
+        count = fields.shape[0]
+
+        member_ids = default_member_ids(count) if self.member_ids is None else self.member_ids
+        member_ids = tuple(str(m) for m in member_ids)
+        if len(member_ids) != count:
+            raise EnsembleError(f"{len(member_ids)} member ids for {count} members")
+        for member_id in member_ids:
+            check_member_id(member_id)
+        if len(set(member_ids)) != count:
+            seen: set[str] = set()
+            dup = next(m for m in member_ids if m in seen or seen.add(m))
+            raise EnsembleError(f"member id {dup!r} appears more than once")
+
+        class_names = tuple(str(c) for c in self.class_names)
+        if len(set(class_names)) != len(class_names):
+            raise EnsembleError(f"class names are not unique: {list(class_names)}")
+        labels = np.full(count, UNLABELED) if self.labels is None else self.labels
+        labels = validate_labels(labels, class_names, count)
+
+        metadata = {}
+        for key, values in dict(self.metadata).items():
+            values = np.asarray(values)
+            if values.shape[:1] != (count,):
+                raise EnsembleError(
+                    f"metadata {key!r} has {values.shape[:1]} values for {count} members"
+                )
+            if values.dtype == object:
+                raise EnsembleError(f"metadata {key!r} must be numbers or strings, not objects")
+            metadata[str(key)] = values
+
+        bad_rows = ~np.isfinite(fields.reshape(count, -1)).all(axis=1)
+        if bad_rows.any():
+            first = int(np.flatnonzero(bad_rows)[0])
+            check_finite(fields[first], member_ids[first])
+
+        for name, value in (
+            ("fields", fields),
+            ("labels", labels),
+            ("class_names", class_names),
+            ("member_ids", member_ids),
+            ("metadata", metadata),
+        ):
+            object.__setattr__(self, name, value)
+
+    @property
+    def member_shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.fields.shape[1:])  # type: ignore[return-value]
+
+    def read_members(self, indices: Sequence[int]) -> np.ndarray:
+        return self.fields[np.asarray(indices, dtype=np.int64)]
+
+    def subset(self, indices: Sequence[int]) -> Ensemble:
+        """The members at ``indices`` (in that order), with their labels and metadata."""
+        indices = np.asarray(indices, dtype=np.int64)
+        return Ensemble(
+            fields=self.fields[indices],
+            labels=self.labels[indices],
+            class_names=self.class_names,
+            member_ids=[self.member_ids[i] for i in indices],
+            metadata={key: value[indices] for key, value in self.metadata.items()},
+        )
+
+
+@dataclass(frozen=True)
+class Split:
+    """Indices of the hand-labeled members in the train, validation and test parts."""
+
+    train: np.ndarray
+    validation: np.ndarray
+    test: np.ndarray
+    seed: int
+    fractions: tuple[float, float, float]
+
+    def to_dict(self, member_ids: Sequence[str]) -> dict:
+        """JSON-ready description by member id (stable across reorderings of the ensemble)."""
+        return {
+            "seed": self.seed,
+            "fractions": list(self.fractions),
+            **{
+                part: [member_ids[i] for i in getattr(self, part)]
+                for part in ("train", "validation", "test")
+            },
+        }
+
+
+def _member_rank(member_id: str, seed: int) -> int:
+    digest = hashlib.blake2b(f"{seed}\x00{member_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def split_labeled(
+    store: MemberStore,
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    seed: int = 0,
+    min_classes: int = 2,
+) -> Split:
+    """Split the hand-labeled members into train / validation / test, stratified by class.
+
+    Deterministic by member id: each member gets a rank from a hash of (seed, member id) and
+    each class is cut by rank, so the split does not depend on the order of the members, and
+    adding members moves few existing ones. Unlabeled members are in no part.
+
+    An ensemble that carries a preset split (metadata ``split`` = train / validation / test per
+    member, e.g. region-based splits of crops that must not overlap) keeps it as given.
+    """
+    fractions = tuple(float(f) for f in fractions)  # type: ignore[assignment]
+    if len(fractions) != 3 or min(fractions) < 0 or not np.isclose(sum(fractions), 1.0):
+        raise ValueError(f"fractions must be three non-negative numbers summing to 1: {fractions}")
+    labels = np.asarray(store.labels)
+    labeled = np.flatnonzero(labels != UNLABELED)
+    if labeled.size == 0:
+        raise EnsembleError("no hand-labeled members: label some members (labels.csv) to split")
+    present = np.unique(labels[labeled])
+    if present.size < min_classes:
+        names = [store.class_names[i] for i in present]
+        raise EnsembleError(
+            f"the labeled members cover {present.size} class(es) {names}; at least {min_classes} "
+            "are needed (a silhouette or a classifier is undefined with one class)"
+        )
+    parts: dict[str, list[int]] = {"train": [], "validation": [], "test": []}
+    if PRESET_SPLIT_KEY in store.metadata:
+        preset = np.asarray(store.metadata[PRESET_SPLIT_KEY]).astype(str)
+        unknown = set(preset[labeled]) - set(parts)
+        if unknown:
+            raise EnsembleError(
+                f"metadata {PRESET_SPLIT_KEY!r} has values {sorted(unknown)} for labeled members; "
+                "expected train, validation or test"
+            )
+        for name in parts:
+            parts[name] = list(labeled[preset[labeled] == name])
+        present = ()
+    for label in present:
+        members = labeled[labels[labeled] == label]
+        ranks = [_member_rank(store.member_ids[i], seed) for i in members]
+        members = members[np.argsort(ranks, kind="stable")]
+        n = members.size
+        n_test = int(round(n * fractions[2]))
+        n_val = int(round(n * fractions[1]))
+        while n_test + n_val >= n and n_test + n_val > 0 and fractions[0] > 0:
+            if n_test >= n_val and n_test > 0:
+                n_test -= 1
+            else:
+                n_val -= 1
+        parts["test"].extend(members[:n_test])
+        parts["validation"].extend(members[n_test : n_test + n_val])
+        parts["train"].extend(members[n_test + n_val :])
+    return Split(
+        **{name: np.sort(np.asarray(idx, dtype=np.int64)) for name, idx in parts.items()},
+        seed=seed,
+        fractions=fractions,  # type: ignore[arg-type]
+    )
+
+
+@dataclass(frozen=True)
+class NormalizationStats:
+    """Per-channel mean and standard deviation, computed on training members and reused.
+
+    A channel whose standard deviation is (numerically) zero keeps ``std = 1`` so that
+    normalising a constant channel gives zeros instead of dividing by zero.
+    """
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    count: int
+
+    ZERO_STD = 1e-12
+
+    @classmethod
+    def from_batches(cls, batches: Iterable[np.ndarray]) -> NormalizationStats:
+        """Accumulate over (B, C, H, W) batches in float64 (Chan et al. parallel variance)."""
+        total = 0
+        mean = m2 = None
+        for batch in batches:
+            batch = np.asarray(batch, dtype=np.float64)
+            per_channel = batch.transpose(1, 0, 2, 3).reshape(batch.shape[1], -1)
+            n_b = per_channel.shape[1]
+            if n_b == 0:
+                continue
+            mean_b = per_channel.mean(axis=1)
+            m2_b = ((per_channel - mean_b[:, None]) ** 2).sum(axis=1)
+            if mean is None:
+                total, mean, m2 = n_b, mean_b, m2_b
+                continue
+            if mean_b.shape != mean.shape:
+                raise EnsembleError(
+                    f"channel count changed between batches ({mean.shape[0]} vs {mean_b.shape[0]})"
+                )
+            delta = mean_b - mean
+            new_total = total + n_b
+            mean = mean + delta * n_b / new_total
+            m2 = m2 + m2_b + delta**2 * total * n_b / new_total
+            total = new_total
+        if mean is None:
+            raise EnsembleError("cannot compute normalisation statistics of zero members")
+        std = np.sqrt(m2 / total)
+        std = np.where(std > cls.ZERO_STD, std, 1.0)
+        return cls(mean=tuple(map(float, mean)), std=tuple(map(float, std)), count=int(total))
+
+    @classmethod
+    def from_store(
+        cls, store: MemberStore, indices: Sequence[int] | None = None, batch_size: int = 256
+    ) -> NormalizationStats:
+        """Statistics of the members at ``indices`` (e.g. ``split.train``), read in batches."""
+        return cls.from_batches(batch for _, batch in store.iter_batches(batch_size, indices))
+
+    def apply(self, fields: np.ndarray) -> np.ndarray:
+        """Normalised float32 copy of (B, C, H, W) or (C, H, W) fields."""
+        fields = np.asarray(fields, dtype=np.float32)
+        channels = fields.shape[-3]
+        if channels != len(self.mean):
+            raise EnsembleError(
+                f"fields have {channels} channel(s) but the statistics have {len(self.mean)}"
+            )
+        mean = np.asarray(self.mean, dtype=np.float32)[:, None, None]
+        std = np.asarray(self.std, dtype=np.float32)[:, None, None]
+        return (fields - mean) / std
+
+    def to_dict(self) -> dict:
+        return {"mean": list(self.mean), "std": list(self.std), "count": self.count}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> NormalizationStats:
+        try:
+            mean = tuple(float(v) for v in data["mean"])
+            std = tuple(float(v) for v in data["std"])
+            count = int(data.get("count", 0))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise EnsembleError(f"normalisation statistics are malformed: {exc!r}") from exc
+        if len(mean) != len(std) or not mean:
+            raise EnsembleError("normalisation statistics need one mean and one std per channel")
+        if not all(np.isfinite(mean)) or not all(s > 0 and np.isfinite(s) for s in std):
+            raise EnsembleError("normalisation statistics must be finite with positive std")
+        return cls(mean=mean, std=std, count=count)

@@ -1,0 +1,183 @@
+"""VTK adapters: one member <-> ``vtkImageData``, ``.vti`` files, and ParaView index files.
+
+``vtkmodules`` is imported inside the functions, from the host's ParaView/VTK (never the PyPI
+``vtk`` wheel, which crashes ParaView), so that the rest of ``sense_core`` works without VTK.
+
+Orientation: member arrays are in image order (row 0 = top). In VTK, y grows upwards, so rows
+are flipped on the way in and out; a member then looks in ParaView as it does in an image viewer,
+like ParaView's own PNG reader shows it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from xml.sax.saxutils import quoteattr
+
+import numpy as np
+
+from sense_core.errors import EnsembleError, SenseError
+
+FIELD_ARRAY = "field"
+
+
+def _vtk():
+    try:
+        from vtkmodules import vtkCommonCore, vtkCommonDataModel  # noqa: F401
+        from vtkmodules.util import numpy_support
+    except ImportError as exc:
+        raise SenseError(
+            "reading or writing .vti needs VTK's Python modules from ParaView "
+            "(Debian: apt-get install python3-paraview); run `make setup`"
+        ) from exc
+    return vtkCommonCore, vtkCommonDataModel, numpy_support
+
+
+def member_to_image(
+    field: np.ndarray,
+    array_name: str = FIELD_ARRAY,
+    field_data: dict[str, str | int | float] | None = None,
+):
+    """A (C, H, W) member as ``vtkImageData`` of W x H x 1 points, C components per point."""
+    core, datamodel, numpy_support = _vtk()
+    field = np.asarray(field, dtype=np.float32)
+    channels, height, width = field.shape
+    image = datamodel.vtkImageData()
+    image.SetDimensions(width, height, 1)
+    values = np.ascontiguousarray(field[:, ::-1, :].reshape(channels, -1).T)
+    array = numpy_support.numpy_to_vtk(values, deep=True, array_type=core.VTK_FLOAT)
+    array.SetName(array_name)
+    image.GetPointData().AddArray(array)
+    image.GetPointData().SetActiveScalars(array_name)
+    for key, value in (field_data or {}).items():
+        if isinstance(value, str):
+            text = core.vtkStringArray()
+            text.SetName(key)
+            text.InsertNextValue(value)
+            image.GetFieldData().AddArray(text)
+        else:
+            number = numpy_support.numpy_to_vtk(np.array([value]), deep=True)
+            number.SetName(key)
+            image.GetFieldData().AddArray(number)
+    return image
+
+
+def image_to_member(image, array_name: str | None = None, where: str = "") -> np.ndarray:
+    """The (C, H, W) float32 member held by a 2D ``vtkImageData``'s point array."""
+    _, _, numpy_support = _vtk()
+    prefix = f"{where}: " if where else ""
+    dims = image.GetDimensions()
+    flat_axes = [i for i, d in enumerate(dims) if d == 1]
+    if not flat_axes:
+        raise EnsembleError(f"{prefix}image is 3D ({dims[0]}x{dims[1]}x{dims[2]}); SENSE needs 2D")
+    width, height = [d for i, d in enumerate(dims) if i != flat_axes[-1]][:2]
+    point_data = image.GetPointData()
+    names = [point_data.GetArrayName(i) for i in range(point_data.GetNumberOfArrays())]
+    if array_name is None:
+        scalars = point_data.GetScalars()
+        array = scalars if scalars is not None else (point_data.GetArray(0) if names else None)
+        if array is None:
+            raise EnsembleError(f"{prefix}image has no point arrays")
+    else:
+        array = point_data.GetArray(array_name)
+        if array is None:
+            raise EnsembleError(f"{prefix}no point array {array_name!r} (has {names})")
+    values = numpy_support.vtk_to_numpy(array)
+    values = values.reshape(height, width, -1).astype(np.float32)
+    return np.ascontiguousarray(values.transpose(2, 0, 1)[:, ::-1, :])
+
+
+def read_vti(path: str | os.PathLike, array_name: str | None = None) -> np.ndarray:
+    """Read one member from a ``.vti`` file."""
+    from vtkmodules.vtkIOXML import vtkXMLImageDataReader
+
+    _vtk()
+    path = Path(path)
+    reader = vtkXMLImageDataReader()
+    if not reader.CanReadFile(str(path)):
+        raise EnsembleError(f"{path}: not a readable VTK XML image (.vti) file")
+    reader.SetFileName(str(path))
+    errors = _ErrorCatcher()
+    reader.AddObserver("ErrorEvent", errors)
+    reader.GetExecutive().AddObserver("ErrorEvent", errors)
+    reader.Update()
+    if errors.messages:
+        raise EnsembleError(f"{path}: cannot read .vti ({errors.messages[0].strip()[:200]})")
+    return image_to_member(reader.GetOutput(), array_name, where=str(path))
+
+
+def write_vti(path: str | os.PathLike, image) -> None:
+    """Write a ``vtkImageData`` to ``path`` (compressed, appended binary)."""
+    from vtkmodules.vtkIOXML import vtkXMLImageDataWriter
+
+    writer = vtkXMLImageDataWriter()
+    writer.SetFileName(str(path))
+    writer.SetInputData(image)
+    writer.SetDataModeToAppended()
+    writer.SetCompressorTypeToZLib()
+    if writer.Write() != 1:
+        raise SenseError(f"{path}: VTK could not write the file")
+
+
+class _ErrorCatcher:
+    """VTK reports read errors as events, not exceptions; collect them."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def __call__(self, obj, event, calldata=None) -> None:  # noqa: ARG002
+        self.messages.append(str(calldata) if calldata else f"{obj.GetClassName()} failed")
+
+    __call__.CallDataType = "string0"  # type: ignore[attr-defined]
+
+
+def write_index_files(folder: Path, member_ids: Sequence[str], files: Sequence[str]) -> None:
+    """Write ``ensemble.vtm`` (a multiblock, one named block per member) and ``ensemble.pvd``
+    (the same members as a time series, member i at time i) so that ParaView opens the folder."""
+    blocks = "\n".join(
+        f"    <DataSet index={quoteattr(str(i))} name={quoteattr(m)} file={quoteattr(f)}/>"
+        for i, (m, f) in enumerate(zip(member_ids, files))
+    )
+    (folder / "ensemble.vtm").write_text(
+        '<?xml version="1.0"?>\n'
+        '<VTKFile type="vtkMultiBlockDataSet" version="1.0" byte_order="LittleEndian">\n'
+        f"  <vtkMultiBlockDataSet>\n{blocks}\n  </vtkMultiBlockDataSet>\n</VTKFile>\n",
+        encoding="utf-8",
+    )
+    steps = "\n".join(
+        f'    <DataSet timestep={quoteattr(str(i))} part="0" file={quoteattr(f)}/>'
+        for i, f in enumerate(files)
+    )
+    (folder / "ensemble.pvd").write_text(
+        '<?xml version="1.0"?>\n'
+        '<VTKFile type="Collection" version="0.1" byte_order="LittleEndian">\n'
+        f"  <Collection>\n{steps}\n  </Collection>\n</VTKFile>\n",
+        encoding="utf-8",
+    )
+
+
+def store_to_multiblock(store, array_name: str = FIELD_ARRAY):
+    """An ensemble as a ``vtkMultiBlockDataSet``: one ``vtkImageData`` block per member, named by
+    member id, with ``member_id``, ``label`` and ``class_name`` as the block's field data."""
+    from vtkmodules.vtkCommonDataModel import vtkCompositeDataSet, vtkMultiBlockDataSet
+
+    _vtk()
+    blocks = vtkMultiBlockDataSet()
+    blocks.SetNumberOfBlocks(len(store))
+    for indices, batch in store.iter_batches():
+        for index, member in zip(indices, batch):
+            label = int(store.labels[index])
+            member_id = store.member_ids[index]
+            image = member_to_image(
+                member,
+                array_name,
+                field_data={
+                    "member_id": member_id,
+                    "label": label,
+                    "class_name": store.class_names[label] if label >= 0 else "",
+                },
+            )
+            blocks.SetBlock(int(index), image)
+            blocks.GetMetaData(int(index)).Set(vtkCompositeDataSet.NAME(), member_id)
+    return blocks
