@@ -56,7 +56,9 @@ def _read_tiff(path: Path) -> np.ndarray:
     values = values.squeeze()
     channel_axis = next((i for i, a in enumerate(squeezed_axes) if a in "SC"), None)
     if values.ndim == 3 and channel_axis is None:
-        raise EnsembleError(f"{path}: a 3D TIFF ({axes}); SENSE reads 2D fields (Y, X[, channels])")
+        if not squeezed_axes.endswith("YX"):
+            raise EnsembleError(f"{path}: a 3D TIFF ({axes}); SENSE reads 2D fields")
+        channel_axis = 0  # a stack of 2D planes (pages), as tifffile writes (C, H, W)
     return _as_chw(values, path, channel_axis=channel_axis)
 
 

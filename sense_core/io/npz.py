@@ -38,14 +38,24 @@ class NpzSource(MemberStore):
     def __init__(
         self, path: str | os.PathLike, nan_policy: str = "raise", fill_value: float = 0.0
     ) -> None:
+        self._stream = None
         self.path = Path(path)
         self.nan_policy = nan_policy
         self.fill_value = fill_value
-        where = str(self.path)
+        self._cache: np.ndarray | None = None
+        self._stream_position = 0
+        if not self.path.is_file():
+            raise EnsembleError(f"{self.path}: file not found")
         try:
-            archive = np.load(self.path, allow_pickle=False)
-        except FileNotFoundError as exc:
-            raise EnsembleError(f"{where}: file not found") from exc
+            with open(self.path, "rb") as stream:
+                self._read_index(stream, str(self.path))
+        except (OSError, zipfile.BadZipFile, EOFError) as exc:
+            raise EnsembleError(f"{self.path}: not a readable .npz archive ({exc})") from exc
+
+    def _read_index(self, stream, where: str) -> None:
+        """Read everything but the fields: keys, labels, ids, class names, metadata, header."""
+        try:
+            archive = np.load(stream, allow_pickle=False)
         except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
             raise EnsembleError(f"{where}: not a readable .npz archive ({exc})") from exc
         if not isinstance(archive, np.lib.npyio.NpzFile):
@@ -83,9 +93,6 @@ class NpzSource(MemberStore):
         for key, values in self.metadata.items():
             if values.shape[:1] != (count,):
                 raise EnsembleError(f"{where}: metadata {key!r} does not have {count} values")
-        self._cache: np.ndarray | None = None
-        self._stream = None
-        self._stream_position = 0
 
     @staticmethod
     def _strings(archive, key: str, default):
@@ -125,7 +132,7 @@ class NpzSource(MemberStore):
 
     def _load_all(self) -> np.ndarray:
         if self._cache is None:
-            with np.load(self.path, allow_pickle=False) as archive:
+            with open(self.path, "rb") as stream, np.load(stream, allow_pickle=False) as archive:
                 self._cache = np.asarray(archive["fields"]).reshape(self._shape)
         return self._cache
 

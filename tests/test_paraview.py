@@ -1,0 +1,153 @@
+"""ParaView 5.11 integration through the ``sense`` launchers: the getargspec shim, the
+environment, the SENSE plugin's reader, and ParaView's own readers on files SENSE writes.
+These run in CI (under Xvfb where rendering is involved); they never skip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import REPO, run_paraview_script
+
+from sense_core.io import write_ensemble
+
+pytestmark = pytest.mark.paraview
+PLUGIN = REPO / "plugin" / "sense_plugin.py"
+
+
+def test_shim_restores_getargspec_and_environment_is_visible(tmp_path):
+    run = run_paraview_script(
+        """
+        import inspect, sys
+        import paraview.detail.pythonalgorithm  # fails on 5.11 + Python 3.11 without the shim
+        import numpy, sense_core, sense_training, sklearn
+        spec = inspect.getargspec(lambda a, b=2, *rest: None)
+        RESULT = {
+            "args": spec.args, "varargs": spec.varargs, "defaults": list(spec.defaults),
+            "numpy": numpy.__version__, "sense_core": sense_core.__file__,
+        }
+        """,
+        tmp_path,
+    )
+    result = run["result"]
+    assert result["args"] == ["a", "b"] and result["varargs"] == "rest"
+    assert result["defaults"] == [2]
+    assert int(result["numpy"].split(".")[0]) < 2
+    assert result["sense_core"].startswith(str(REPO))
+
+
+def test_plugin_reader_loads_npz_and_member_folders(tmp_path, ensemble):
+    npz = write_ensemble(ensemble, tmp_path / "ens.npz")
+    folder = write_ensemble(ensemble, tmp_path / "members", member_format="npy")
+    run = run_paraview_script(
+        f"""
+        from paraview.simple import *
+        from vtkmodules.vtkCommonDataModel import vtkCompositeDataSet
+        from vtkmodules.util.numpy_support import vtk_to_numpy
+        LoadPlugin({str(PLUGIN)!r}, ns=globals())
+        RESULT = {{}}
+        for name, path in (("npz", {str(npz)!r}), ("folder", {str(folder)!r})):
+            reader = SENSEEnsembleReader(FileName=path)
+            reader.UpdatePipeline()
+            data = servermanager.Fetch(reader)
+            block = data.GetBlock(3)
+            RESULT[name] = {{
+                "blocks": data.GetNumberOfBlocks(),
+                "name": data.GetMetaData(3).Get(vtkCompositeDataSet.NAME()),
+                "dims": list(block.GetDimensions()),
+                "values": vtk_to_numpy(block.GetPointData().GetArray("field")).tolist(),
+                "label": int(block.GetFieldData().GetArray("label").GetValue(0)),
+                "class": block.GetFieldData().GetAbstractArray("class_name").GetValue(0),
+            }}
+        """,
+        tmp_path,
+    )
+    expected = ensemble.fields[3, 0, ::-1, :].ravel()  # VTK's y axis points up
+    for name in ("npz", "folder"):
+        result = run["result"][name]
+        assert result["blocks"] == len(ensemble)
+        assert result["name"] == ensemble.member_ids[3]
+        assert result["dims"] == [10, 12, 1]
+        np.testing.assert_array_equal(np.float32(result["values"]), expected)
+        assert result["label"] == 2 and result["class"] == "braided"
+
+
+def test_paraview_own_readers_open_sense_vti_folders(tmp_path, ensemble):
+    folder = write_ensemble(ensemble, tmp_path / "members")
+    run = run_paraview_script(
+        f"""
+        from paraview.simple import *
+        from vtkmodules.vtkCommonDataModel import vtkCompositeDataSet
+        from vtkmodules.util.numpy_support import vtk_to_numpy
+        blocks = OpenDataFile({str(folder / "ensemble.vtm")!r})
+        blocks.UpdatePipeline()
+        data = servermanager.Fetch(blocks)
+        series = OpenDataFile({str(folder / "ensemble.pvd")!r})
+        series.UpdatePipeline(5.0)
+        step = servermanager.Fetch(series)
+        member = OpenDataFile({str(folder / "run7.vti")!r})
+        member.UpdatePipeline()
+        RESULT = {{
+            "blocks": data.GetNumberOfBlocks(),
+            "names": [data.GetMetaData(i).Get(vtkCompositeDataSet.NAME())
+                      for i in range(data.GetNumberOfBlocks())],
+            "block7": vtk_to_numpy(data.GetBlock(7).GetPointData().GetArray("field")).tolist(),
+            "timesteps": len(series.TimestepValues),
+            "step5": vtk_to_numpy(step.GetPointData().GetArray("field")).tolist(),
+            "member_id": servermanager.Fetch(member).GetFieldData()
+                .GetAbstractArray("member_id").GetValue(0),
+        }}
+        """,
+        tmp_path,
+    )
+    result = run["result"]
+    assert result["blocks"] == len(ensemble)
+    assert result["names"] == list(ensemble.member_ids)
+    np.testing.assert_array_equal(np.float32(result["block7"]), ensemble.fields[7, 0, ::-1].ravel())
+    assert result["timesteps"] == len(ensemble)
+    np.testing.assert_array_equal(np.float32(result["step5"]), ensemble.fields[5, 0, ::-1].ravel())
+    assert result["member_id"] == "run7"
+
+
+def test_pvbatch_renders_a_member_under_a_virtual_display(tmp_path, ensemble):
+    folder = write_ensemble(ensemble, tmp_path / "members")
+    shot = tmp_path / "member.png"
+    run_paraview_script(
+        f"""
+        from paraview.simple import *
+        member = OpenDataFile({str(folder / "run5.vti")!r})
+        view = CreateRenderView()
+        view.ViewSize = [200, 160]
+        display = Show(member, view)
+        display.Representation = "Slice"
+        ColorBy(display, ("POINTS", "field"))
+        ResetCamera(view)
+        SaveScreenshot({str(shot)!r}, view)
+        RESULT = "rendered"
+        """,
+        tmp_path,
+        program="pvbatch",
+    )
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert pixels.shape == (160, 200)
+    assert pixels.std() > 5  # the field is drawn, not a blank frame
+
+
+def test_plugin_reader_reports_bad_input_and_leaves_an_empty_output(tmp_path):
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "a.npy").write_bytes(b"not numpy at all")
+    run = run_paraview_script(
+        f"""
+        from paraview.simple import *
+        LoadPlugin({str(PLUGIN)!r}, ns=globals())
+        reader = SENSEEnsembleReader(FileName={str(folder)!r})
+        reader.UpdatePipeline()
+        RESULT = {{"blocks": servermanager.Fetch(reader).GetNumberOfBlocks()}}
+        """,
+        tmp_path,
+    )
+    assert run["returncode"] == 0
+    assert run["result"]["blocks"] == 0
+    assert "SENSE:" in run["output"] and "a.npy: cannot read member" in run["output"]
