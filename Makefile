@@ -4,6 +4,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 SENSE := $(VENV)/bin/sense
 DEMO_OUT ?= out/demo
+LINT_PATHS := $(wildcard sense_core training plugin tests benchmarks)
 
 .PHONY: setup demo test lint clean
 
@@ -14,12 +15,12 @@ demo: setup
 	$(SENSE) demo --out $(DEMO_OUT)
 
 test: setup
-	$(PYTHON) -m ruff check sense_core training plugin tests benchmarks
+	$(PYTHON) -m ruff check $(LINT_PATHS)
 	$(PYTHON) -m pytest -ra
 
 lint: setup
-	$(PYTHON) -m ruff check sense_core training plugin tests benchmarks
-	$(PYTHON) -m ruff format --check sense_core training plugin tests benchmarks
+	$(PYTHON) -m ruff check $(LINT_PATHS)
+	$(PYTHON) -m ruff format --check $(LINT_PATHS)
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

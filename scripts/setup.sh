@@ -16,7 +16,7 @@ VENV=${VENV:-.venv}
 EXTRAS=${EXTRAS:-cpu,train,dev}
 CONSTRAINTS=${CONSTRAINTS:-requirements/constraints.txt}
 PARAVIEW_PYTHON=/usr/bin/python3
-APT_PACKAGES=(paraview python3-paraview python3-venv python3-mpi4py xvfb xauth)
+APT_PACKAGES=(paraview python3-paraview python3-venv python3-mpi4py xvfb xauth cmake)
 
 say() { printf '[setup] %s\n' "$*"; }
 

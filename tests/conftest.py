@@ -45,7 +45,8 @@ def run_sense(*args: str, check: bool = True, timeout: float = 600) -> subproces
     )
     if check and result.returncode != 0:
         raise AssertionError(
-            f"sense {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+            f"sense {' '.join(args)} failed ({result.returncode}):\n"
+            f"{result.stdout}\n{result.stderr}"
         )
     return result
 

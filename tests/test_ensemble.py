@@ -87,7 +87,9 @@ def test_split_depends_on_member_ids_not_on_order():
         for part in ("train", "validation", "test"):
             assert sorted(first[part]) == sorted(second[part])
     other_seed = split_labeled(ensemble, seed=1).to_dict(ids)
-    assert sorted(other_seed["test"]) != sorted(split_labeled(ensemble, seed=0).to_dict(ids)["test"])
+    assert sorted(other_seed["test"]) != sorted(
+        split_labeled(ensemble, seed=0).to_dict(ids)["test"]
+    )
 
 
 def test_split_needs_two_classes_and_some_labels():
