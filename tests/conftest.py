@@ -78,3 +78,35 @@ def run_paraview_script(
         raise AssertionError(f"{program} failed ({completed.returncode})\n{output}")
     result = json.loads(result_path.read_text()) if result_path.exists() else None
     return {"result": result, "output": output, "returncode": completed.returncode}
+
+
+def make_linear_onnx(
+    path: Path,
+    input_shape: tuple[int, int, int],
+    outputs: int,
+    seed: int = 0,
+    input_name: str = "fields",
+    output_name: str = "output",
+) -> np.ndarray:
+    """Write a tiny ONNX model, fields (B, C, H, W) -> flatten -> matmul -> (B, outputs), with
+    a dynamic batch axis; return its weight matrix so tests can compute the expected output."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = np.random.default_rng(seed).normal(size=(int(np.prod(input_shape)), outputs))
+    weights = weights.astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Flatten", [input_name], ["flat"], axis=1),
+            helper.make_node("MatMul", ["flat", "weights"], [output_name]),
+        ],
+        "linear",
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["batch", *input_shape])],
+        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", outputs])],
+        initializer=[numpy_helper.from_array(weights, "weights")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return weights

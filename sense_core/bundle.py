@@ -1,0 +1,265 @@
+"""Model bundles: a folder with ONNX models and ``sense.json``, everything needed to use them.
+
+::
+
+    bundle/
+      sense.json      what the models expect and how they were made (see below)
+      labeler.onnx    classifier: fields (B, C, H, W) normalised -> logits (B, K)
+      encoder.onnx    encoder: fields (B, C, H, W) normalised -> latent (B, D) (a VAE exports mu)
+      projector.onnx  optional parametric projector: latent (B, D) -> (B, 2)
+
+``sense.json`` holds the input shape, the normalisation statistics, the class names, one entry
+per model (file, SHA-256, opset, input/output names, role-specific details such as the latent
+size), the training command and configuration and metrics of each stage, and the software
+versions. Loading validates all of it: unknown or newer formats, paths escaping the folder,
+missing files and checksum mismatches are errors that say what is wrong. Bundles are plain
+JSON + ONNX: nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from sense_core.ensemble import MemberStore, NormalizationStats
+from sense_core.errors import SenseError
+from sense_core.io.atomic import atomic_path, atomic_write_text
+
+MANIFEST = "sense.json"
+BUNDLE_FORMAT = "sense-bundle"
+BUNDLE_FORMAT_VERSION = 1
+MODEL_ROLES = ("labeler", "encoder", "projector")
+
+
+class BundleError(SenseError):
+    """A bundle that cannot be used: the message names the bundle and the problem."""
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def software_versions(*packages: str) -> dict[str, str]:
+    """Versions of Python, SENSE and the named packages that are installed."""
+    from importlib import metadata
+
+    from sense_core import __version__
+
+    versions = {"python": platform.python_version(), "sense": __version__}
+    for package in packages:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _inside(folder: Path, relative: str, where: str) -> Path:
+    """Resolve a file name from the manifest; refuse anything that leaves the bundle folder."""
+    pure = PurePosixPath(relative)
+    if not relative or pure.is_absolute() or ".." in pure.parts or "\\" in relative:
+        raise BundleError(f"{where}: file name {relative!r} must stay inside the bundle folder")
+    path = (folder / relative).resolve()
+    if folder.resolve() not in path.parents:
+        raise BundleError(f"{where}: file name {relative!r} must stay inside the bundle folder")
+    return path
+
+
+_ENTRY_KEYS = ("file", "sha256", "input_name", "output_name", "opset")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model of a bundle, as described in ``sense.json``."""
+
+    role: str
+    path: Path
+    sha256: str
+    input_name: str
+    output_name: str
+    opset: int
+    details: Mapping[str, Any]
+
+
+class Bundle:
+    """A validated model bundle (use :meth:`load`)."""
+
+    def __init__(self, folder: Path, manifest: dict, verify_checksums: bool = True) -> None:
+        self.folder = folder
+        self.manifest = manifest
+        where = str(folder / MANIFEST)
+        self._check_format(where)
+        try:
+            shape = manifest["input"]["shape"]
+            self.input_shape: tuple[int, int, int] = tuple(int(s) for s in shape)  # type: ignore
+            if len(self.input_shape) != 3 or min(self.input_shape) < 1:
+                raise ValueError(f"input shape {shape} is not (C, H, W)")
+            self.class_names: tuple[str, ...] = tuple(str(c) for c in manifest["class_names"])
+            self.normalization = NormalizationStats.from_dict(manifest["normalization"])
+            models = manifest["models"]
+            if not isinstance(models, dict):
+                raise ValueError("'models' must be an object")
+        except (KeyError, TypeError, ValueError, SenseError) as exc:
+            raise BundleError(f"{where}: malformed ({exc})") from exc
+        if len(self.normalization.mean) != self.input_shape[0]:
+            raise BundleError(
+                f"{where}: normalisation has {len(self.normalization.mean)} channel(s) but the "
+                f"input has {self.input_shape[0]}"
+            )
+        self.models: dict[str, ModelEntry] = {}
+        for role, entry in models.items():
+            self.models[role] = self._model_entry(role, entry, where, verify_checksums)
+
+    def _check_format(self, where: str) -> None:
+        if not isinstance(self.manifest, dict) or self.manifest.get("format") != BUNDLE_FORMAT:
+            raise BundleError(f"{where}: not a SENSE bundle manifest")
+        version = self.manifest.get("format_version")
+        if not isinstance(version, int) or version < 1:
+            raise BundleError(f"{where}: format_version {version!r} is not valid")
+        if version > BUNDLE_FORMAT_VERSION:
+            raise BundleError(
+                f"{where}: bundle format {version} is newer than this SENSE understands "
+                f"({BUNDLE_FORMAT_VERSION}); update SENSE"
+            )
+
+    def _model_entry(self, role: str, entry: Any, where: str, verify: bool) -> ModelEntry:
+        if role not in MODEL_ROLES:
+            raise BundleError(f"{where}: unknown model role {role!r} (known: {MODEL_ROLES})")
+        try:
+            path = _inside(self.folder, str(entry["file"]), where)
+            model = ModelEntry(
+                role=role,
+                path=path,
+                sha256=str(entry["sha256"]),
+                input_name=str(entry["input_name"]),
+                output_name=str(entry["output_name"]),
+                opset=int(entry["opset"]),
+                details={k: v for k, v in entry.items() if k not in _ENTRY_KEYS},
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"{where}: model {role!r} is malformed ({exc!r})") from exc
+        if not path.is_file():
+            raise BundleError(f"{where}: model {role!r}: file {entry['file']} is missing")
+        if verify and file_sha256(path) != model.sha256:
+            raise BundleError(
+                f"{where}: model {role!r}: {path.name} does not match its checksum "
+                "(modified or corrupt; re-export the model)"
+            )
+        return model
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike, verify_checksums: bool = True) -> Bundle:
+        """Read and validate ``folder/sense.json`` and the files it names."""
+        folder = Path(folder)
+        manifest_path = folder / MANIFEST
+        if not manifest_path.is_file():
+            raise BundleError(f"{folder}: not a SENSE bundle (no {MANIFEST})")
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BundleError(f"{manifest_path}: not valid JSON ({exc})") from exc
+        return cls(folder, manifest, verify_checksums)
+
+    def model(self, role: str) -> ModelEntry:
+        """The model of ``role``; an error that lists what the bundle has if it is absent."""
+        if role not in self.models:
+            raise BundleError(
+                f"{self.folder}: the bundle has no {role} model (it has: "
+                f"{', '.join(self.models) or 'none'})"
+            )
+        return self.models[role]
+
+    def check_compatible(self, store: MemberStore, where: str = "") -> None:
+        """Refuse an ensemble whose member shape is not the one the models were trained on."""
+        shape = tuple(store.member_shape)
+        if shape != self.input_shape:
+            source = where or str(getattr(store, "path", "the ensemble"))
+            raise BundleError(
+                f"{source}: members are (C, H, W) = {shape}, but the bundle {self.folder} expects "
+                f"{self.input_shape} ({self.input_shape[0]} channel(s) of "
+                f"{self.input_shape[1]}x{self.input_shape[2]})"
+            )
+
+
+def new_manifest(
+    input_shape: tuple[int, int, int],
+    normalization: NormalizationStats,
+    class_names: tuple[str, ...] | list[str],
+) -> dict:
+    """The manifest of a bundle that has no model yet."""
+    return {
+        "format": BUNDLE_FORMAT,
+        "format_version": BUNDLE_FORMAT_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "input": {"shape": [int(s) for s in input_shape], "layout": "NCHW", "dtype": "float32"},
+        "normalization": normalization.to_dict(),
+        "class_names": list(class_names),
+        "models": {},
+        "training": {},
+    }
+
+
+def read_manifest(folder: str | os.PathLike) -> dict | None:
+    """The raw manifest of a bundle folder, or None when there is none yet."""
+    path = Path(folder) / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def add_model(
+    folder: str | os.PathLike,
+    role: str,
+    onnx_file: str | os.PathLike,
+    manifest: dict,
+    *,
+    input_name: str,
+    output_name: str,
+    opset: int,
+    details: Mapping[str, Any] | None = None,
+    training: Mapping[str, Any] | None = None,
+) -> Bundle:
+    """Put ``onnx_file`` into the bundle as ``<role>.onnx`` and record it in ``sense.json``.
+
+    ``manifest`` is the bundle's manifest to update (from :func:`new_manifest` or
+    :func:`read_manifest`); ``training`` (command, config, metrics, ...) is stored under
+    ``training.<role>``. The model file and the manifest are each replaced atomically; the
+    returned bundle is re-read and validated.
+    """
+    if role not in MODEL_ROLES:
+        raise ValueError(f"role must be one of {MODEL_ROLES}, got {role!r}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{role}.onnx"
+    if Path(onnx_file).resolve() != target.resolve():
+        with atomic_path(target) as tmp:
+            shutil.copyfile(onnx_file, tmp)
+    manifest = json.loads(json.dumps(manifest))  # a copy
+    manifest.setdefault("models", {})[role] = {
+        "file": target.name,
+        "sha256": file_sha256(target),
+        "input_name": input_name,
+        "output_name": output_name,
+        "opset": int(opset),
+        **dict(details or {}),
+    }
+    if training is not None:
+        manifest.setdefault("training", {})[role] = dict(training)
+    manifest["software"] = {**manifest.get("software", {}), **software_versions()}
+    atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    return Bundle.load(folder)
