@@ -7,6 +7,7 @@ and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Sequence
@@ -15,6 +16,16 @@ import numpy as np
 
 from sense_core import __version__
 from sense_core.errors import SenseError
+
+# Modules that add subcommands: each has ``add_parser(commands)`` and imports nothing heavy at
+# module level (torch, umap, onnxruntime load inside the handlers). A module that is not installed
+# (e.g. the training package in a runtime-only environment) is skipped.
+SUBCOMMAND_MODULES = (
+    "sense_core.generators.cli",
+    "sense_core.runtime_cli",
+    "sense_training.cli",
+    "sense_training.encoder_cli",
+)
 
 LAUNCHER_HELP = {
     "paraview": "the ParaView GUI",
@@ -166,6 +177,15 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--overwrite", action="store_true", help="replace an existing output")
     _add_reader_options(convert)
     convert.set_defaults(handler=_run_convert)
+
+    for module_name in SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and module_name.startswith(exc.name):
+                continue  # that part of SENSE is not installed
+            raise
+        module.add_parser(commands)
 
     for program, what in LAUNCHER_HELP.items():
         launcher = commands.add_parser(
