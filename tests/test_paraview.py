@@ -151,3 +151,49 @@ def test_plugin_reader_reports_bad_input_and_leaves_an_empty_output(tmp_path):
     assert run["returncode"] == 0
     assert run["result"]["blocks"] == 0
     assert "SENSE:" in run["output"] and "a.npy: cannot read member" in run["output"]
+
+
+def test_member_view_shows_the_selected_members_with_mean_and_std(tmp_path, ensemble):
+    folder = write_ensemble(ensemble, tmp_path / "members")
+    selected = ["run3", "run7", "run1"]
+    run = run_paraview_script(
+        f"""
+        from paraview.simple import *
+        from vtkmodules.util.numpy_support import vtk_to_numpy
+        LoadPlugin({str(PLUGIN)!r}, ns=globals())
+        ensemble = OpenDataFile({str(folder / "ensemble.vtm")!r})
+        view = SENSEMemberView(Input=ensemble, MemberIds={selected!r})
+        view.UpdatePipeline()
+        data = servermanager.Fetch(view)
+        def values(index):
+            block = data.GetBlock(index)
+            return {{
+                "dims": list(block.GetDimensions()),
+                "values": vtk_to_numpy(block.GetPointData().GetArray("field")).tolist(),
+            }}
+        labels = data.GetBlock(1).GetPointData().GetAbstractArray("member_id")
+        RESULT = {{
+            "names": [data.GetMetaData(i).Get(data.NAME()) for i in range(4)],
+            "mosaic": values(0), "mean": values(2), "std": values(3),
+            "labels": [labels.GetValue(i) for i in range(labels.GetNumberOfValues())],
+        }}
+        view.MemberIds = ["run3", "nobody"]
+        view.UpdatePipeline()
+        RESULT["after_bad_id"] = servermanager.Fetch(view).GetNumberOfBlocks()
+        """,
+        tmp_path,
+    )
+    result = run["result"]
+    assert result["names"] == ["mosaic", "tile_labels", "mean", "std"]
+    assert result["labels"] == selected
+    chosen = ensemble.fields[[3, 7, 1]].astype(np.float64)
+    for name, expected in (("mean", chosen.mean(axis=0)), ("std", chosen.std(axis=0))):
+        assert result[name]["dims"] == [10, 12, 1]
+        actual = np.array(result[name]["values"]).reshape(12, 10)[::-1]
+        np.testing.assert_allclose(actual, expected[0], rtol=1e-5, atol=1e-5)
+    # 3 members -> 2 x 2 tiles of 12 x 10 with 2-pixel gaps
+    assert result["mosaic"]["dims"] == [22, 26, 1]
+    mosaic = np.array(result["mosaic"]["values"], dtype=np.float32).reshape(26, 22)[::-1]
+    np.testing.assert_array_equal(mosaic[14:26, 0:10], ensemble.fields[1, 0])
+    assert result["after_bad_id"] == 0
+    assert "member id(s) not in the ensemble: 'nobody'" in run["output"]

@@ -181,3 +181,35 @@ def store_to_multiblock(store, array_name: str = FIELD_ARRAY):
             blocks.SetBlock(int(index), image)
             blocks.GetMetaData(int(index)).Set(vtkCompositeDataSet.NAME(), member_id)
     return blocks
+
+
+def composite_members(composite, array_name: str | None = None) -> tuple[list[str], np.ndarray]:
+    """Members of a multiblock / partitioned collection of 2D images: their ids and fields.
+
+    A member's id is its ``member_id`` field data, else its block name, else ``block<i>``.
+    """
+    from vtkmodules.vtkCommonDataModel import vtkCompositeDataSet, vtkImageData
+
+    _vtk()
+    iterator = composite.NewIterator()
+    iterator.SkipEmptyNodesOn()
+    ids, fields = [], []
+    iterator.InitTraversal()
+    while not iterator.IsDoneWithTraversal():
+        block = iterator.GetCurrentDataObject()
+        if isinstance(block, vtkImageData):
+            id_array = block.GetFieldData().GetAbstractArray("member_id")
+            name = iterator.GetCurrentMetaData().Get(vtkCompositeDataSet.NAME())
+            if id_array is not None and id_array.GetNumberOfValues():
+                member_id = str(id_array.GetValue(0))
+            else:
+                member_id = name or f"block{iterator.GetCurrentFlatIndex()}"
+            ids.append(member_id)
+            fields.append(image_to_member(block, array_name, where=f"member {member_id!r}"))
+        iterator.GoToNextItem()
+    if not fields:
+        raise EnsembleError("the input holds no 2D image members")
+    shapes = {f.shape for f in fields}
+    if len(shapes) > 1:
+        raise EnsembleError(f"the input's members have different shapes: {sorted(shapes)}")
+    return ids, np.stack(fields)
