@@ -51,7 +51,7 @@ if [[ -f $stamp && $(cat "$stamp") == "$want" ]]; then
     exit 0
 fi
 
-say "installing sense-ensembles[$EXTRAS] into $VENV (first time: a few minutes, torch is large)"
+say "installing sense-ensembles[$EXTRAS] into $VENV (the first time takes minutes: torch is large)"
 "$VENV/bin/python" -m pip install -q --upgrade "pip>=23.1" "setuptools>=68" wheel -c "$CONSTRAINTS"
 "$VENV/bin/python" -m pip install -q -c "$CONSTRAINTS" -e ".[$EXTRAS]"
 

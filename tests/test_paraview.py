@@ -197,3 +197,46 @@ def test_member_view_shows_the_selected_members_with_mean_and_std(tmp_path, ense
     np.testing.assert_array_equal(mosaic[14:26, 0:10], ensemble.fields[1, 0])
     assert result["after_bad_id"] == 0
     assert "member id(s) not in the ensemble: 'nobody'" in run["output"]
+
+
+def test_selecting_points_in_a_scatter_updates_the_member_view(tmp_path, ensemble):
+    folder = write_ensemble(ensemble, tmp_path / "members")
+    run = run_paraview_script(
+        f"""
+        from paraview.simple import *
+        from sense_paraview import link_selection
+        LoadPlugin({str(PLUGIN)!r}, ns=globals())
+        scatter = ProgrammableSource(OutputDataSetType="vtkPolyData")
+        scatter.Script = '''
+        from vtkmodules.vtkCommonCore import vtkPoints, vtkStringArray
+        from vtkmodules.vtkCommonDataModel import vtkCellArray
+        points, ids, cells = vtkPoints(), vtkStringArray(), vtkCellArray()
+        ids.SetName("member_id")
+        for i in range(24):
+            points.InsertNextPoint(i % 6, i // 6, 0)
+            ids.InsertNextValue("run%d" % i)
+            cells.InsertNextCell(1)
+            cells.InsertCellPoint(i)
+        output.SetPoints(points)
+        output.SetVerts(cells)
+        output.GetPointData().AddArray(ids)
+        '''.replace("\\n        ", "\\n")
+        ensemble = OpenDataFile({str(folder / "ensemble.vtm")!r})
+        members = SENSEMemberView(Input=ensemble)
+        view = CreateRenderView()
+        Show(scatter, view)
+        SetActiveView(view)
+        link = link_selection(scatter, members, views=[view])
+        SelectIDs(IDs=[0, 4, 0, 9, 0, 2], FieldType="POINT", Source=scatter)
+        members.UpdatePipeline()
+        selected = list(members.MemberIds)
+        blocks = servermanager.Fetch(members).GetNumberOfBlocks()
+        ClearSelection(scatter)
+        RESULT = {{"selected": selected, "blocks": blocks, "cleared": list(members.MemberIds)}}
+        """,
+        tmp_path,
+    )
+    result = run["result"]
+    assert sorted(result["selected"]) == ["run2", "run4", "run9"]
+    assert result["blocks"] == 4
+    assert result["cleared"] == []

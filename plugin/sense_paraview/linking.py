@@ -1,0 +1,103 @@
+"""Live linked selection: points selected in a scatter -> member ids -> the member view.
+
+Mechanism (measured on ParaView 5.11, see DESIGN.md §4): an observer on the scatter source's
+``SelectionChangedEvent`` reads the current selection (``GetSelectionInput``), extracts the
+selected points with a private ``ExtractSelection`` (not registered, so it does not clutter the
+pipeline browser), reads their ``member_id`` array and sets the member view's ``MemberIds``.
+The event fires twice per change; repeats are skipped. Clearing the selection empties the view.
+The link lives as long as the Python session that made it (it is not saved in state files).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def _ids_from(data, id_array: str) -> list[str]:
+    """Member ids of every point in ``data`` (a dataset or a composite of datasets)."""
+    from vtkmodules.vtkCommonDataModel import vtkCompositeDataSet
+
+    datasets = []
+    if isinstance(data, vtkCompositeDataSet):
+        iterator = data.NewIterator()
+        iterator.InitTraversal()
+        while not iterator.IsDoneWithTraversal():
+            datasets.append(iterator.GetCurrentDataObject())
+            iterator.GoToNextItem()
+    elif data is not None:
+        datasets.append(data)
+    ids: list[str] = []
+    for dataset in datasets:
+        array = dataset.GetPointData().GetAbstractArray(id_array)
+        if array is not None:
+            ids.extend(str(array.GetValue(i)) for i in range(array.GetNumberOfValues()))
+    return ids
+
+
+def selected_member_ids(source, port: int = 0, id_array: str = "member_id", _extract=None):
+    """Member ids of the points currently selected on ``source`` (empty when nothing is)."""
+    from paraview import servermanager
+
+    selection = source.SMProxy.GetSelectionInput(port)
+    if selection is None:
+        return []
+    extract = _extract or servermanager.filters.ExtractSelection(
+        Input=servermanager.OutputPort(source, port)
+    )
+    extract.Selection = servermanager._getPyProxy(selection)
+    extract.UpdatePipeline()
+    return _ids_from(servermanager.Fetch(extract), id_array)
+
+
+class SelectionLink:
+    """Keeps ``member_view.MemberIds`` equal to the ids of the points selected on ``source``."""
+
+    def __init__(
+        self,
+        source,
+        member_view,
+        views: Sequence = (),
+        port: int = 0,
+        id_array: str = "member_id",
+    ) -> None:
+        from paraview import servermanager
+
+        self.source, self.member_view, self.views = source, member_view, list(views)
+        self.port, self.id_array = port, id_array
+        self._extract = servermanager.filters.ExtractSelection(
+            Input=servermanager.OutputPort(source, port)
+        )
+        self._last: list[str] | None = None
+        self._tag = source.SMProxy.AddObserver("SelectionChangedEvent", self._on_selection)
+
+    def _on_selection(self, obj=None, event=None) -> None:
+        from paraview.simple import Render
+
+        try:
+            ids = selected_member_ids(self.source, self.port, self.id_array, self._extract)
+        except Exception as exc:  # noqa: BLE001 - an observer must never take the GUI down
+            from vtkmodules.vtkCommonCore import vtkOutputWindow
+
+            vtkOutputWindow.GetInstance().DisplayErrorText(f"SENSE: selection link: {exc}\n")
+            return
+        if ids == self._last:
+            return
+        self._last = ids
+        self.member_view.MemberIds = ids
+        for view in self.views:
+            Render(view)
+
+    @property
+    def member_ids(self) -> list[str]:
+        """The ids the member view shows now."""
+        return list(self._last or [])
+
+    def remove(self) -> None:
+        """Stop following the selection."""
+        self.source.SMProxy.RemoveObserver(self._tag)
+
+
+def link_selection(source, member_view, views: Sequence = (), **options) -> SelectionLink:
+    """Link ``source``'s point selection to ``member_view`` (a SENSE Member View proxy) and
+    re-render ``views`` on each change. Keep the returned object; ``.remove()`` unlinks."""
+    return SelectionLink(source, member_view, views, **options)
