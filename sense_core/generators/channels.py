@@ -1,0 +1,602 @@
+"""channels: an MCMC posterior ensemble of channelised subsurface facies (5 regime classes).
+
+Physics and statistics
+----------------------
+A fluvial reservoir seen from above is mud (facies 0) crossed by sinuous sand channels
+(facies 1). The object-based model (in the spirit of Deutsch & Wang 1996, "Hierarchical
+object-based stochastic modeling of fluvial reservoirs", Math. Geol. 28) describes it with a few
+parameters shared by all channels of a realisation -- orientation ``theta`` (measured from east,
+counter-clockwise), sinuosity ``s`` (largest slope of the centre line, so the meander amplitude is
+``s * wavelength / 2 pi``), meander ``wavelength`` and channel ``width`` (fractions of the domain)
+-- plus, per channel, a lateral ``offset`` and a meander ``phase``, and the number of channels
+``n`` (1 to 4).
+
+As in Bayesian subsurface inversion (e.g. Laloy et al. 2018, "Training-image based geostatistical
+inversion using a spatial generative adversarial neural network", Water Resour. Res. 54), the
+ensemble is a *posterior*: a hidden "true" field is drawn, observed sparsely -- facies logged along
+a few vertical boreholes (each log wrong with a small probability) and a noisy global sand
+proportion (as from seismic) -- and Metropolis--Hastings chains sample the parameters given those
+observations. Thinned chain states, rendered as binary facies maps, are the members.
+
+The sampler is a real MCMC: uniform priors (periodic for angles, reflecting bounds otherwise),
+symmetric random-walk proposals on a block of parameters (global shape, or the offset and phase
+of one channel), and birth/death moves on ``n`` whose new channel is drawn from the prior (so the
+acceptance ratio is the likelihood ratio; Green 1995 reversible jump in its simplest form). Step
+sizes are adapted per chain during burn-in only, then frozen. All chains of all inverse problems
+run together as one vectorised array.
+
+Regime classes (``CLASS_NAMES``), from a member's own parameters
+----------------------------------------------------------------
+0 ``straight_ew``   n <= 2, s < 0.9, orientation within 45 degrees of east-west
+1 ``straight_ns``   n <= 2, s < 0.9, orientation within 45 degrees of north-south
+2 ``meandering_ew`` n <= 2, s >= 0.9, east-west
+3 ``meandering_ns`` n <= 2, s >= 0.9, north-south
+4 ``multi_channel`` n >= 3 (any orientation and sinuosity)
+
+Class balance: the inverse problems cycle through the 5 regimes (problem ``p`` hides a true
+field of regime ``p mod 5``, drawn a margin away from the regime edges), with the same number of
+chains and samples each, so with ``problems`` a multiple of 5 the classes are roughly balanced.
+Posterior samples that cross a regime edge (diagonal orientations, sinuosity near 0.9, a channel
+too many or too few) take the class of their own parameters, so members near the regime
+boundaries exist, as in real posteriors; exact counts are reported.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from sense_core.ensemble import Ensemble
+from sense_core.errors import EnsembleError
+from sense_core.generators.common import (
+    GenerationInfo,
+    add_noise_and_blur,
+    check_common_arguments,
+    choose_labeled,
+    chunks,
+    class_counts,
+    progress,
+)
+
+CLASS_NAMES = ("straight_ew", "straight_ns", "meandering_ew", "meandering_ns", "multi_channel")
+MAX_CHANNELS = 4
+SINUOSITY_THRESHOLD = 0.9
+
+# Columns of the continuous state: 4 global parameters, then offsets, then phases.
+GLOBAL_NAMES = ("theta", "sinuosity", "wavelength", "width")
+N_GLOBAL = len(GLOBAL_NAMES)
+OFFSET_COLUMNS = np.arange(N_GLOBAL, N_GLOBAL + MAX_CHANNELS)
+PHASE_COLUMNS = np.arange(N_GLOBAL + MAX_CHANNELS, N_GLOBAL + 2 * MAX_CHANNELS)
+N_CONTINUOUS = N_GLOBAL + 2 * MAX_CHANNELS
+
+# Prior: uniform on [low, high); theta (period pi, axial) and phases (2 pi) wrap around.
+LOW = np.array([-np.pi / 2, 0.0, 0.35, 0.04] + [-0.4] * MAX_CHANNELS + [0.0] * MAX_CHANNELS)
+HIGH = np.array([np.pi / 2, 2.5, 1.0, 0.12] + [0.4] * MAX_CHANNELS + [2 * np.pi] * MAX_CHANNELS)
+PERIODIC = np.zeros(N_CONTINUOUS, dtype=bool)
+PERIODIC[0] = True
+PERIODIC[PHASE_COLUMNS] = True
+# Random-walk step of each parameter before the per-chain adaptive scale.
+BASE_STEP = np.array([0.08, 0.12, 0.04, 0.006] + [0.025] * MAX_CHANNELS + [0.25] * MAX_CHANNELS)
+
+# Move probabilities: global block, one channel's offset+phase, birth/death of a channel.
+MOVE_GLOBAL, MOVE_CHANNEL, MOVE_DIMENSION = 0, 1, 2
+MOVE_PROBABILITIES = (0.45, 0.40, 0.15)
+TARGET_ACCEPTANCE = 0.3
+ADAPT_EVERY = 25
+SWAP_EVERY = 2
+
+# Observation model.
+WELL_SAMPLES = 32  # facies logged at this many depths per borehole
+LOG_ERROR = 0.03  # probability that a borehole log reads the wrong facies (likelihood)
+PROPORTION_GRID = 16  # sand proportion is evaluated on a PROPORTION_GRID^2 grid
+PROPORTION_SIGMA = 0.03  # standard deviation of the observed sand proportion
+EDGE_SOFTNESS = 0.006  # soft channel edge (domain units) that makes the likelihood smooth
+RENDER_CHUNK = 128
+
+
+def regime_of(theta: np.ndarray, sinuosity: np.ndarray, n_channels: np.ndarray) -> np.ndarray:
+    """Class index (see ``CLASS_NAMES``) of each parameter set."""
+    theta = np.asarray(theta)
+    east_west = np.abs(theta) < np.pi / 4
+    sinuous = np.asarray(sinuosity) >= SINUOSITY_THRESHOLD
+    single = np.where(sinuous, 2, 0) + np.where(east_west, 0, 1)
+    return np.where(np.asarray(n_channels) >= 3, 4, single).astype(np.int64)
+
+
+def sample_prior(count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` independent draws from the prior: continuous states (count, D) and n (count,)."""
+    state = rng.uniform(LOW, HIGH, size=(count, N_CONTINUOUS))
+    n_channels = rng.integers(1, MAX_CHANNELS + 1, size=count)
+    return state, n_channels
+
+
+def channel_distance(state: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Distance from each point to each channel centre line, (B, K, M).
+
+    ``state`` (B, D); ``points`` (B or 1, M, 2) as (X east, Y north) with the domain centre at 0
+    and the domain [-0.5, 0.5]^2. The distance to the sine centre line ``v = offset + A sin(k u +
+    phase)`` is approximated by the vertical gap divided by sqrt(1 + slope^2).
+    """
+    theta = state[:, 0:1]
+    sinuosity = state[:, 1, None, None]
+    wavenumber = (2 * np.pi / state[:, 2])[:, None, None]
+    cos_t, sin_t = np.cos(theta), np.sin(theta)
+    x, y = points[..., 0], points[..., 1]
+    along = x * cos_t + y * sin_t  # (B, M)
+    across = -x * sin_t + y * cos_t
+    angle = wavenumber * along[:, None, :] + state[:, PHASE_COLUMNS, None]  # (B, K, M)
+    centre = state[:, OFFSET_COLUMNS, None] + (sinuosity / wavenumber) * np.sin(angle)
+    slope = sinuosity * np.cos(angle)
+    return np.abs(across[:, None, :] - centre) / np.sqrt(1.0 + slope * slope)
+
+
+def sand_probability(state: np.ndarray, n_channels: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Smooth sand indicator (B, M): 1 inside any active channel, 0 outside, soft edges."""
+    distance = channel_distance(state, points)
+    half_width = state[:, 3, None, None] / 2
+    inside = 0.5 * (1.0 + np.tanh((half_width - distance) / (2 * EDGE_SOFTNESS)))
+    active = np.arange(MAX_CHANNELS)[None, :] < n_channels[:, None]
+    inside = inside * active[:, :, None]
+    return 1.0 - np.prod(1.0 - inside, axis=1)
+
+
+def render_facies(state: np.ndarray, n_channels: np.ndarray, size: int) -> np.ndarray:
+    """Binary facies maps (B, size, size) float32 in image order (row 0 = north)."""
+    points = pixel_points(size)[None]
+    out = np.empty((state.shape[0], size, size), dtype=np.float32)
+    for part in chunks(state.shape[0], RENDER_CHUNK):
+        sub_state = state[part].astype(np.float32)
+        distance = channel_distance(sub_state, points.astype(np.float32))
+        active = np.arange(MAX_CHANNELS)[None, :] < n_channels[part, None]
+        inside = (distance < sub_state[:, 3, None, None] / 2) & active[:, :, None]
+        out[part] = inside.any(axis=1).reshape(-1, size, size)
+    return out
+
+
+def pixel_points(size: int) -> np.ndarray:
+    """Pixel centres of a size x size image as (X east, Y north), row 0 at the top; (M, 2)."""
+    centres = (np.arange(size) + 0.5) / size - 0.5
+    x, y = np.meshgrid(centres, -centres)
+    return np.stack([x.ravel(), y.ravel()], axis=-1)
+
+
+@dataclass
+class InverseProblem:
+    """Observations of one hidden true field: borehole logs and a sand proportion."""
+
+    true_state: np.ndarray  # (D,)
+    true_channels: int
+    true_regime: int
+    log_points: np.ndarray  # (M, 2)
+    log_facies: np.ndarray  # (M,) 0/1
+    proportion: float
+
+
+def draw_true_parameters(
+    regime: int, rng: np.random.Generator, margin: float = 0.15
+) -> tuple[np.ndarray, int]:
+    """A prior draw of the given regime, kept ``margin`` away from the sinuosity and 45° edges."""
+    for _ in range(10_000):
+        state, n_channels = sample_prior(64, rng)
+        theta, sinuosity = state[:, 0], state[:, 1]
+        ok = regime_of(theta, sinuosity, n_channels) == regime
+        ok &= np.abs(np.abs(theta) - np.pi / 4) > margin * np.pi / 2
+        ok &= np.abs(sinuosity - SINUOSITY_THRESHOLD) > margin * 2
+        if regime == 4:
+            ok &= n_channels == 3  # four channels of width 0.12 would fill the whole domain
+        if ok.any():
+            first = int(np.flatnonzero(ok)[0])
+            return state[first], int(n_channels[first])
+    raise RuntimeError(f"could not draw a true field of regime {regime}")  # pragma: no cover
+
+
+def make_problem(
+    regime: int, wells: int, rng: np.random.Generator, log_flip: float = 0.02
+) -> InverseProblem:
+    """Draw a true field of ``regime`` and observe it along ``wells`` boreholes."""
+    true_state, true_channels = draw_true_parameters(regime, rng)
+    well_x = np.sort(rng.uniform(-0.42, 0.42, size=wells))
+    depths = (np.arange(WELL_SAMPLES) + 0.5) / WELL_SAMPLES - 0.5
+    x, y = np.meshgrid(well_x, depths, indexing="ij")
+    log_points = np.stack([x.ravel(), y.ravel()], axis=-1)
+    state, count = true_state[None], np.array([true_channels])
+    facies = (channel_distance(state, log_points[None]) < true_state[3] / 2)[0]
+    facies = facies[:true_channels].any(axis=0).astype(np.float64)
+    flips = rng.random(facies.size) < log_flip
+    facies[flips] = 1.0 - facies[flips]
+    true_map = render_facies(state, count, 64)
+    proportion = float(true_map.mean() + rng.normal(0.0, PROPORTION_SIGMA / 2))
+    return InverseProblem(
+        true_state=true_state,
+        true_channels=true_channels,
+        true_regime=regime,
+        log_points=log_points,
+        log_facies=facies,
+        proportion=proportion,
+    )
+
+
+def proportion_points() -> np.ndarray:
+    return pixel_points(PROPORTION_GRID)
+
+
+class ChannelLikelihood:
+    """Log likelihood of every chain's state given its own problem's observations.
+
+    With uniform priors the log posterior is this inside the prior support (up to a constant).
+    ``data`` false gives a flat likelihood: the chains then sample the prior (a sampler test).
+    """
+
+    def __init__(
+        self, problems: list[InverseProblem], chain_problem: np.ndarray, data: bool = True
+    ):
+        self.points = np.stack([p.log_points for p in problems])[chain_problem]
+        self.facies = np.stack([p.log_facies for p in problems])[chain_problem]
+        self.proportion = np.array([p.proportion for p in problems])[chain_problem]
+        self.grid = proportion_points()[None]
+        self.data = data
+
+    def __call__(self, state: np.ndarray, n_channels: np.ndarray) -> np.ndarray:
+        if not self.data:
+            return np.zeros(state.shape[0])
+        p_sand = sand_probability(state, n_channels, self.points)
+        p_read = LOG_ERROR + (1 - 2 * LOG_ERROR) * p_sand
+        logs = np.where(self.facies > 0.5, np.log(p_read), np.log1p(-p_read)).sum(axis=1)
+        proportion = sand_probability(state, n_channels, self.grid).mean(axis=1)
+        seismic = -0.5 * ((proportion - self.proportion) / PROPORTION_SIGMA) ** 2
+        return logs + seismic
+
+
+def reflect_and_wrap(state: np.ndarray) -> np.ndarray:
+    """Map a proposal back into the prior box: wrap periodic columns, reflect the others.
+
+    Both maps keep the random-walk proposal symmetric.
+    """
+    span = HIGH - LOW
+    offset = state - LOW
+    wrapped = LOW + np.mod(offset, span)
+    folded = LOW + span - np.abs(np.mod(offset, 2 * span) - span)
+    return np.where(PERIODIC, wrapped, folded)
+
+
+@dataclass
+class ChainSamples:
+    """Thinned states of the cold chains: arrays with a leading (samples, chains) shape."""
+
+    state: np.ndarray  # (S, B, D)
+    n_channels: np.ndarray  # (S, B)
+    log_likelihood: np.ndarray  # (S, B)
+    step: np.ndarray  # (S,)
+    acceptance: np.ndarray  # (B,) after burn-in, all moves
+    move_acceptance: dict[str, float]
+    swap_acceptance: float
+
+
+def temperature_ladder(levels: int, hottest: float) -> np.ndarray:
+    """Geometric temperatures 1 ... ``hottest`` for parallel tempering (one level: just 1)."""
+    if levels <= 1:
+        return np.ones(1)
+    return hottest ** (np.arange(levels) / (levels - 1))
+
+
+def run_chains(
+    likelihood: ChannelLikelihood,
+    initial_state: np.ndarray,
+    initial_channels: np.ndarray,
+    temperatures: np.ndarray,
+    samples: int,
+    thin: int,
+    burn_in: int,
+    rng: np.random.Generator,
+    show_progress: bool | None = None,
+) -> ChainSamples:
+    """Vectorised Metropolis--Hastings with parallel tempering; keeps every ``thin``-th state.
+
+    Chains are laid out as (groups, levels): chain ``g * levels + l`` of group ``g`` targets the
+    likelihood raised to ``1 / temperatures[l]``. Every step each chain makes one MH move at its
+    temperature; every ``SWAP_EVERY`` steps each group proposes to exchange the states of two
+    neighbouring levels (Swendsen & Wang 1986; Geyer 1991), which lets the cold chain (level 0,
+    the only one kept) leave local modes of the multimodal channel posterior.
+    """
+    levels = temperatures.size
+    chains = initial_state.shape[0]
+    groups = chains // levels
+    inverse_t = np.tile(1.0 / temperatures, groups)
+    state = initial_state.copy()
+    n_channels = initial_channels.copy()
+    log_lik = likelihood(state, n_channels)
+    scale = np.ones(chains)
+    window_accepted = np.zeros(chains)
+    window_tried = np.zeros(chains)
+    accepted_after = np.zeros(chains)
+    move_accepted = np.zeros(3)
+    move_tried = np.zeros(3)
+    swaps_accepted = swaps_tried = 0
+    total_steps = burn_in + samples * thin
+    cold = np.arange(groups) * levels
+    kept_state = np.empty((samples, groups, N_CONTINUOUS))
+    kept_channels = np.empty((samples, groups), dtype=np.int64)
+    kept_log_lik = np.empty((samples, groups))
+    kept_step = np.empty(samples, dtype=np.int64)
+
+    blocks = range(0, total_steps, 100)
+    for block_start in progress(blocks, len(blocks), samples * groups, "MCMC", show_progress):
+        for step in range(block_start, min(block_start + 100, total_steps)):
+            move = rng.choice(3, size=chains, p=MOVE_PROBABILITIES)
+            proposal = state.copy()
+            new_channels = n_channels.copy()
+            valid = np.ones(chains, dtype=bool)
+
+            glob = move == MOVE_GLOBAL
+            noise = rng.normal(size=(chains, N_GLOBAL)) * BASE_STEP[:N_GLOBAL] * scale[:, None]
+            proposal[glob, :N_GLOBAL] += noise[glob]
+
+            chan = np.flatnonzero(move == MOVE_CHANNEL)
+            slot = (rng.random(chains) * n_channels).astype(np.int64)[chan]
+            for columns in (OFFSET_COLUMNS, PHASE_COLUMNS):
+                step_size = BASE_STEP[columns[0]] * scale[chan]
+                proposal[chan, columns[slot]] += rng.normal(size=chan.size) * step_size
+
+            dim = np.flatnonzero(move == MOVE_DIMENSION)
+            _birth_death(proposal, new_channels, valid, dim, rng)
+
+            proposal = reflect_and_wrap(proposal)
+            new_log_lik = np.where(valid, likelihood(proposal, new_channels), -np.inf)
+            log_ratio = inverse_t * (new_log_lik - log_lik)
+            accept = np.log(rng.random(chains)) < np.where(valid, log_ratio, -np.inf)
+            state[accept] = proposal[accept]
+            n_channels[accept] = new_channels[accept]
+            log_lik[accept] = new_log_lik[accept]
+
+            if levels > 1 and step % SWAP_EVERY == 0:
+                accepted, tried = _swap_levels(state, n_channels, log_lik, temperatures, rng)
+                if step >= burn_in:
+                    swaps_accepted += accepted
+                    swaps_tried += tried
+
+            if step < burn_in:
+                continuous = move != MOVE_DIMENSION
+                window_accepted += accept & continuous
+                window_tried += continuous
+                if (step + 1) % ADAPT_EVERY == 0:
+                    rate = window_accepted / np.maximum(window_tried, 1)
+                    scale *= np.exp(1.5 * (rate - TARGET_ACCEPTANCE))
+                    scale = np.clip(scale, 0.02, 20.0)
+                    window_accepted[:] = 0
+                    window_tried[:] = 0
+            else:
+                accepted_after += accept
+                np.add.at(move_tried, move[cold], 1)
+                np.add.at(move_accepted, move[cold][accept[cold]], 1)
+                after = step - burn_in + 1
+                if after % thin == 0:
+                    index = after // thin - 1
+                    kept_state[index] = state[cold]
+                    kept_channels[index] = n_channels[cold]
+                    kept_log_lik[index] = log_lik[cold]
+                    kept_step[index] = step + 1
+    steps_after = max(samples * thin, 1)
+    names = ("global", "channel", "birth_death")
+    return ChainSamples(
+        state=kept_state,
+        n_channels=kept_channels,
+        log_likelihood=kept_log_lik,
+        step=kept_step,
+        acceptance=accepted_after[cold] / steps_after,
+        move_acceptance={
+            name: float(move_accepted[i] / max(move_tried[i], 1)) for i, name in enumerate(names)
+        },
+        swap_acceptance=float(swaps_accepted / max(swaps_tried, 1)),
+    )
+
+
+def _swap_levels(
+    state: np.ndarray,
+    n_channels: np.ndarray,
+    log_lik: np.ndarray,
+    temperatures: np.ndarray,
+    rng: np.random.Generator,
+) -> tuple[int, int]:
+    """Propose, in every group, to exchange the states of levels l and l+1 (l random)."""
+    levels = temperatures.size
+    groups = state.shape[0] // levels
+    lower = np.arange(groups) * levels + rng.integers(0, levels - 1, size=groups)
+    upper = lower + 1
+    beta = 1.0 / np.tile(temperatures, groups)
+    log_ratio = (beta[lower] - beta[upper]) * (log_lik[upper] - log_lik[lower])
+    accept = np.log(rng.random(groups)) < log_ratio
+    a, b = lower[accept], upper[accept]
+    for array in (state, n_channels, log_lik):
+        array[a], array[b] = array[b].copy(), array[a].copy()
+    return int(accept.sum()), groups
+
+
+def _birth_death(
+    proposal: np.ndarray,
+    n_channels: np.ndarray,
+    valid: np.ndarray,
+    rows: np.ndarray,
+    rng: np.random.Generator,
+) -> None:
+    """Propose n +- 1 in place for ``rows``; the changed channel slot is redrawn from the prior.
+
+    Birth adds a prior-drawn channel at a uniformly chosen position among the active slots;
+    death removes a uniformly chosen active channel. Both directions are chosen with probability
+    1/2, so (with a uniform prior on n and on the slot parameters) the Hastings ratio is 1 and
+    the acceptance ratio is the likelihood ratio. Proposals outside 1..MAX_CHANNELS are invalid.
+    """
+    if rows.size == 0:
+        return
+    direction = np.where(rng.random(rows.size) < 0.5, -1, 1)
+    current = n_channels[rows]
+    target = current + direction
+    ok = (target >= 1) & (target <= MAX_CHANNELS)
+    valid[rows[~ok]] = False
+    rows, current, target, direction = rows[ok], current[ok], target[ok], direction[ok]
+    fresh_offset = rng.uniform(LOW[OFFSET_COLUMNS[0]], HIGH[OFFSET_COLUMNS[0]], size=rows.size)
+    fresh_phase = rng.uniform(0.0, 2 * np.pi, size=rows.size)
+    # Birth: the new channel enters slot `current`, then swaps with a random slot 0..current.
+    # Death: a random active slot swaps with the last active slot, which is then dropped.
+    last = np.where(direction > 0, current, current - 1)
+    swap_with = (rng.random(rows.size) * np.where(direction > 0, current + 1, current)).astype(int)
+    birth = direction > 0
+    proposal[rows[birth], OFFSET_COLUMNS[last[birth]]] = fresh_offset[birth]
+    proposal[rows[birth], PHASE_COLUMNS[last[birth]]] = fresh_phase[birth]
+    for columns in (OFFSET_COLUMNS, PHASE_COLUMNS):
+        a = proposal[rows, columns[last]].copy()
+        b = proposal[rows, columns[swap_with]].copy()
+        proposal[rows, columns[last]] = b
+        proposal[rows, columns[swap_with]] = a
+    death = ~birth
+    proposal[rows[death], OFFSET_COLUMNS[last[death]]] = fresh_offset[death]
+    proposal[rows[death], PHASE_COLUMNS[last[death]]] = fresh_phase[death]
+    n_channels[rows] = target
+
+
+def gelman_rubin(chains: np.ndarray) -> float:
+    """Potential scale reduction R-hat of one scalar, ``chains`` shaped (samples, chains)."""
+    samples = chains.shape[0]
+    if samples < 2 or chains.shape[1] < 2:
+        return float("nan")
+    within = chains.var(axis=0, ddof=1).mean()
+    between = samples * chains.mean(axis=0).var(ddof=1)
+    if within <= 0:
+        return float("inf") if between > 0 else 1.0
+    pooled = (samples - 1) / samples * within + between / samples
+    return float(np.sqrt(pooled / within))
+
+
+def generate_channels(
+    n: int,
+    size: int = 64,
+    labeled_fraction: float = 0.05,
+    seed: int = 0,
+    *,
+    problems: int = 5,
+    chains_per_problem: int | None = None,
+    wells: int = 4,
+    thin: int = 10,
+    burn_in: int = 1000,
+    temperature: float = 1.0,
+    tempering_levels: int = 6,
+    hottest_temperature: float = 50.0,
+    noise: float = 0.0,
+    blur: float = 0.0,
+    progress_bar: bool | None = None,
+) -> tuple[Ensemble, GenerationInfo]:
+    """Sample ``n`` members from the channel posterior (see the module docstring).
+
+    ``problems`` hidden true fields (regimes cycling 0..4) each get ``chains_per_problem``
+    chains (default grows with n, 4 to 64); each chain keeps every ``thin``-th state after
+    ``burn_in`` steps. ``wells`` boreholes observe each true field; ``temperature`` > 1 widens
+    the posterior. Each kept chain is the cold end of a parallel-tempering ladder of
+    ``tempering_levels`` chains up to ``hottest_temperature`` (1 level: plain MH).
+    Returns the ensemble and the run info (acceptance rates, R-hat, timing).
+    """
+    started = time.perf_counter()
+    check_common_arguments(n, size, labeled_fraction)
+    if min(problems, wells, thin, tempering_levels) < 1 or burn_in < 0:
+        raise EnsembleError(
+            "channels needs problems, wells, thin and tempering_levels >= 1 and burn_in >= 0"
+        )
+    if temperature <= 0 or hottest_temperature < 1:
+        raise EnsembleError("channels needs temperature > 0 and hottest_temperature >= 1")
+    if chains_per_problem is None:
+        chains_per_problem = int(np.clip(np.ceil(n / (problems * 60)), 4, 64))
+    chains_per_problem = int(chains_per_problem)
+    if chains_per_problem < 1:
+        raise EnsembleError("chains_per_problem must be >= 1")
+    rng = np.random.default_rng(seed)
+    problem_list = [make_problem(p % len(CLASS_NAMES), wells, rng) for p in range(problems)]
+    chain_problem = np.repeat(np.arange(problems), chains_per_problem)
+    chains = chain_problem.size
+    samples = int(np.ceil(n / chains))
+    temperatures = temperature * temperature_ladder(tempering_levels, hottest_temperature)
+    likelihood = ChannelLikelihood(problem_list, np.repeat(chain_problem, tempering_levels))
+    initial_state, initial_channels = sample_prior(chains * tempering_levels, rng)
+    result = run_chains(
+        likelihood,
+        initial_state,
+        initial_channels,
+        temperatures,
+        samples,
+        thin,
+        burn_in,
+        rng,
+        progress_bar,
+    )
+    mcmc_seconds = time.perf_counter() - started
+
+    # Members in sample-major order, so truncating to n drops the last draws of some chains.
+    state = result.state.reshape(-1, N_CONTINUOUS)[:n]
+    n_channels = result.n_channels.reshape(-1)[:n]
+    sample_index = np.repeat(np.arange(samples), chains)[:n]
+    chain_index = np.tile(np.arange(chains), samples)[:n]
+    fields = render_facies(state, n_channels, size)
+    classes = regime_of(state[:, 0], state[:, 1], n_channels)
+    labels = choose_labeled(classes, labeled_fraction, rng)
+    sand_fraction = fields.reshape(n, -1).mean(axis=1)
+    fields = add_noise_and_blur(fields[:, None], noise, blur, rng)
+
+    metadata = {
+        "theta_deg": np.degrees(state[:, 0]),
+        "sinuosity": state[:, 1],
+        "wavelength": state[:, 2],
+        "amplitude": state[:, 1] * state[:, 2] / (2 * np.pi),
+        "width": state[:, 3],
+        "n_channels": n_channels.astype(np.int64),
+        "sand_fraction": sand_fraction.astype(np.float64),
+        "regime": classes,
+        "problem": chain_problem[chain_index],
+        "true_regime": np.array([p.true_regime for p in problem_list])[chain_problem][chain_index],
+        "chain": chain_index,
+        "mcmc_step": result.step[sample_index],
+        "log_likelihood": result.log_likelihood.reshape(-1)[:n],
+        "chain_acceptance": result.acceptance[chain_index],
+    }
+    for k in range(MAX_CHANNELS):
+        metadata[f"offset_{k}"] = state[:, OFFSET_COLUMNS[k]]
+        metadata[f"phase_{k}"] = state[:, PHASE_COLUMNS[k]]
+
+    r_hat = [gelman_rubin(result.log_likelihood[:, chain_problem == p]) for p in range(problems)]
+    info = GenerationInfo(
+        name="channels",
+        n=n,
+        size=size,
+        labeled_fraction=labeled_fraction,
+        seed=seed,
+        options={
+            "problems": problems,
+            "chains_per_problem": chains_per_problem,
+            "wells": wells,
+            "thin": thin,
+            "burn_in": burn_in,
+            "temperature": temperature,
+            "tempering_levels": tempering_levels,
+            "hottest_temperature": hottest_temperature,
+            "noise": noise,
+            "blur": blur,
+        },
+        stats={
+            "acceptance_rate": float(result.acceptance.mean()),
+            "acceptance_by_move": result.move_acceptance,
+            "swap_acceptance": result.swap_acceptance,
+            "chains": chains,
+            "samples_per_chain": samples,
+            "mcmc_steps": burn_in + samples * thin,
+            "mcmc_seconds": mcmc_seconds,
+            "r_hat_log_likelihood": r_hat,
+            "true_regimes": [CLASS_NAMES[p.true_regime] for p in problem_list],
+            "class_counts": class_counts(classes, CLASS_NAMES),
+        },
+    )
+    ensemble = Ensemble(
+        fields=fields,
+        labels=labels,
+        class_names=CLASS_NAMES,
+        metadata=metadata,
+    )
+    info.seconds = time.perf_counter() - started
+    return ensemble, info
