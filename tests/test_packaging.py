@@ -4,7 +4,6 @@ fresh installs contain it (the list is explicit because training/ installs as se
 from __future__ import annotations
 
 import tomllib
-
 from conftest import REPO
 
 

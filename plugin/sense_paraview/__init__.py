@@ -8,4 +8,11 @@ imports anywhere.
 
 from sense_paraview.linking import SelectionLink, link_selection, selected_member_ids
 
-__all__ = ["SelectionLink", "link_selection", "selected_member_ids"]
+__all__ = ["SelectionLink", "link_selection", "scripts_dir", "selected_member_ids"]
+
+
+def scripts_dir():
+    """Folder of SENSE's example pvpython/pvbatch scripts."""
+    from pathlib import Path
+
+    return Path(__file__).resolve().parent / "scripts"

@@ -1,0 +1,56 @@
+"""Render selected members of an ensemble to a PNG with SENSE's member view (pvbatch script).
+
+    sense pvbatch render_members.py ENSEMBLE OUT.png MEMBER_ID [MEMBER_ID ...]
+
+ENSEMBLE is an .npz, a member folder, or a .vtm. The picture shows the members tiled, with the
+mean and standard deviation of the selection to the right, coloured with one shared range.
+"""
+
+import sys
+
+import paraview.simple as simple
+from paraview.simple import (
+    ColorBy,
+    CreateRenderView,
+    GetColorTransferFunction,
+    LoadPlugin,
+    OpenDataFile,
+    ResetCamera,
+    SaveScreenshot,
+    Show,
+)
+
+from sense_core.paraview_env import plugin_file
+
+
+def main(argv):
+    if len(argv) < 3:
+        raise SystemExit(__doc__)
+    path, out, member_ids = argv[0], argv[1], argv[2:]
+    if not hasattr(simple, "SENSEMemberView"):  # not started through `sense pvbatch`
+        LoadPlugin(str(plugin_file()))
+    if path.endswith(".vtm"):
+        ensemble = OpenDataFile(path)
+    else:
+        ensemble = simple.SENSEEnsembleReader(FileName=path)
+    members = simple.SENSEMemberView(Input=ensemble, MemberIds=member_ids)
+    view = CreateRenderView()
+    view.ViewSize = [1200, 700]
+    view.OrientationAxesVisibility = 0
+    view.UseColorPaletteForBackground = 0
+    view.Background = [1.0, 1.0, 1.0]
+    view.InteractionMode = "2D"
+    display = Show(members, view)
+    display.Representation = "Surface"
+    ColorBy(display, ("POINTS", "field"))
+    colors = GetColorTransferFunction("field")
+    colors.ApplyPreset("Viridis (matplotlib)", True)
+    colors.NanColor = [1.0, 1.0, 1.0]
+    display.RescaleTransferFunctionToDataRange(True, False)
+    ResetCamera(view)
+    SaveScreenshot(out, view, ImageResolution=[1200, 700])
+    print(f"wrote {out} ({len(member_ids)} members)")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
