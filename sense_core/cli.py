@@ -34,7 +34,8 @@ LAUNCHER_HELP = {
 }
 
 
-def _add_reader_options(parser: argparse.ArgumentParser) -> None:
+def add_reader_options(parser: argparse.ArgumentParser) -> None:
+    """Options of every command that reads an ensemble (see :func:`open_from_args`)."""
     parser.add_argument(
         "--nan-policy",
         choices=("raise", "fill"),
@@ -50,7 +51,8 @@ def _add_reader_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _open(args: argparse.Namespace):
+def open_from_args(args: argparse.Namespace):
+    """The ensemble named by ``args.path``, read with the options of add_reader_options."""
     from sense_core.io import open_ensemble
 
     return open_ensemble(
@@ -86,7 +88,7 @@ def describe_ensemble(store, fractions=(0.7, 0.15, 0.15), seed: int = 0, stats: 
 
 
 def _run_info(args: argparse.Namespace) -> int:
-    summary = describe_ensemble(_open(args), tuple(args.fractions), args.seed, args.stats)
+    summary = describe_ensemble(open_from_args(args), tuple(args.fractions), args.seed, args.stats)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -114,7 +116,7 @@ def _run_info(args: argparse.Namespace) -> int:
 def _run_convert(args: argparse.Namespace) -> int:
     from sense_core.io import write_ensemble
 
-    store = _open(args)
+    store = open_from_args(args)
     out = write_ensemble(
         store,
         args.out,
@@ -153,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(reads every training member).",
     )
     info.add_argument("path", help="ensemble .npz file or folder of members")
-    _add_reader_options(info)
+    add_reader_options(info)
     info.add_argument(
         "--fractions",
         type=float,
@@ -184,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="file type of members in an output folder (default vti, which ParaView opens)",
     )
     convert.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    _add_reader_options(convert)
+    add_reader_options(convert)
     convert.set_defaults(handler=_run_convert)
 
     demo = commands.add_parser(
