@@ -325,3 +325,14 @@ def test_member_files_are_listed_in_natural_order(tmp_path):
     for name in ("m10", "m2", "m1"):
         np.save(folder / f"{name}.npy", np.zeros((2, 2)))
     assert [p.stem for p in list_member_files(folder)] == ["m1", "m2", "m10"]
+
+
+def test_written_outputs_get_the_usual_permissions(tmp_path, ensemble):
+    mask = os.umask(0o022)
+    try:
+        npz = write_ensemble(ensemble, tmp_path / "ens.npz")
+        folder = write_ensemble(ensemble, tmp_path / "members")
+    finally:
+        os.umask(mask)
+    assert npz.stat().st_mode & 0o777 == 0o644
+    assert folder.stat().st_mode & 0o777 == 0o755
