@@ -88,6 +88,17 @@ def describe_ensemble(store, fractions=(0.7, 0.15, 0.15), seed: int = 0, stats: 
 
 
 def _run_info(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    if Path(args.path, "sense.json").is_file():
+        from sense_core.runtime_cli import describe_bundle, print_bundle_summary
+
+        summary = describe_bundle(args.path)
+        if args.json:
+            print(json.dumps(summary, indent=2))
+        else:
+            print_bundle_summary(summary)
+        return 0
     summary = describe_ensemble(open_from_args(args), tuple(args.fractions), args.seed, args.stats)
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -148,13 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = commands.add_parser(
         "info",
-        help="describe an ensemble (members, shape, classes, labels, split)",
+        help="describe an ensemble (members, classes, labels, split) or a model bundle",
         description="Describe an ensemble (.npz file or member folder): members, member shape, "
         "labeled members per class, metadata, and the deterministic train/validation/test split "
         "of the labeled members. --stats also computes the training normalisation statistics "
-        "(reads every training member).",
+        "(reads every training member). Given a bundle folder (with sense.json), describe the "
+        "models it holds, their input shape, classes, training metrics and checksums.",
     )
-    info.add_argument("path", help="ensemble .npz file or folder of members")
+    info.add_argument("path", help="ensemble .npz file, folder of members, or bundle folder")
     add_reader_options(info)
     info.add_argument(
         "--fractions",

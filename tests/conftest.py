@@ -110,3 +110,110 @@ def make_linear_onnx(
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(path))
     return weights
+
+
+def make_mlp_onnx(
+    path: Path,
+    latent_dim: int,
+    hidden: int = 32,
+    seed: int = 0,
+    input_name: str = "latent",
+    output_name: str = "xy",
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Write a tiny projector-like ONNX MLP, latent (B, D) -> Gemm-Relu-Gemm -> (B, 2), with a
+    dynamic batch axis; return its [(weight, bias), ...] so tests can compute the output."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    layers = []
+    for fan_in, fan_out in ((latent_dim, hidden), (hidden, 2)):
+        weight = (rng.normal(size=(fan_in, fan_out)) / np.sqrt(fan_in)).astype(np.float32)
+        layers.append((weight, rng.normal(size=fan_out).astype(np.float32)))
+    initializers = []
+    for i, (weight, bias) in enumerate(layers):
+        initializers += [
+            numpy_helper.from_array(weight, f"w{i}"),
+            numpy_helper.from_array(bias, f"b{i}"),
+        ]
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gemm", [input_name, "w0", "b0"], ["h0"]),
+            helper.make_node("Relu", ["h0"], ["a0"]),
+            helper.make_node("Gemm", ["a0", "w1", "b1"], [output_name]),
+        ],
+        "mlp",
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["batch", latent_dim])],
+        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", 2])],
+        initializer=initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return layers
+
+
+def mlp_reference(latents: np.ndarray, layers: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """What :func:`make_mlp_onnx`'s model computes, in numpy (float64)."""
+    hidden = np.maximum(latents.astype(np.float64) @ layers[0][0] + layers[0][1], 0.0)
+    return hidden @ layers[1][0] + layers[1][1]
+
+
+def make_runtime_bundle(
+    folder: Path,
+    shape: tuple[int, int, int] = (1, 12, 10),
+    latent_dim: int = 6,
+    class_names: tuple[str, ...] = ("straight", "meander", "braided"),
+    labeler: bool = True,
+    projector: bool = False,
+    mean: float = 0.5,
+    std: float = 2.0,
+) -> dict:
+    """A bundle of linear ONNX models (encoder, optional labeler and MLP projector) in ``folder``;
+    returns the weights: {"encoder": W, "labeler": W, "projector": layers}."""
+    from sense_core.bundle import add_model, new_manifest, read_manifest
+    from sense_core.ensemble import NormalizationStats
+
+    folder = Path(folder)
+    scratch = folder.parent / f".{folder.name}-models"
+    scratch.mkdir(parents=True, exist_ok=True)
+    stats = NormalizationStats(mean=(mean,) * shape[0], std=(std,) * shape[0], count=100)
+    manifest = new_manifest(shape, stats, class_names)
+    weights = {"encoder": make_linear_onnx(scratch / "e.onnx", shape, latent_dim, 0, "fields", "z")}
+    add_model(
+        folder,
+        "encoder",
+        scratch / "e.onnx",
+        manifest,
+        input_name="fields",
+        output_name="z",
+        opset=17,
+        details={"latent_dim": latent_dim},
+    )
+    if labeler:
+        weights["labeler"] = make_linear_onnx(
+            scratch / "l.onnx", shape, len(class_names), 1, "fields", "logits"
+        )
+        add_model(
+            folder,
+            "labeler",
+            scratch / "l.onnx",
+            read_manifest(folder),
+            input_name="fields",
+            output_name="logits",
+            opset=17,
+        )
+    if projector:
+        weights["projector"] = make_mlp_onnx(scratch / "p.onnx", latent_dim, seed=2)
+        add_model(
+            folder,
+            "projector",
+            scratch / "p.onnx",
+            read_manifest(folder),
+            input_name="latent",
+            output_name="xy",
+            opset=17,
+            details={"latent_dim": latent_dim},
+        )
+    return weights

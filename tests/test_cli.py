@@ -77,3 +77,13 @@ def test_errors_are_one_line_without_traceback(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == f"sense: error: {tmp_path / 'missing.npz'}: file not found"
     assert "Traceback" not in result.stderr
+
+
+def test_info_describes_a_bundle(tmp_path):
+    from conftest import make_runtime_bundle
+
+    make_runtime_bundle(tmp_path / "bundle", projector=True)
+    summary = json.loads(run_sense("info", str(tmp_path / "bundle"), "--json").stdout)
+    assert set(summary["models"]) == {"encoder", "labeler", "projector"}
+    text = run_sense("info", str(tmp_path / "bundle")).stdout
+    assert "encoder" in text and "projector" in text

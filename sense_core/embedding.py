@@ -1,0 +1,575 @@
+"""The job behind ``sense embed``: ensemble + bundle -> one 2D point (and latent vector, label,
+confidence) per member, with provenance, written as ``.npz``/``.csv``, a scatter PNG and a report.
+
+Labels: a member labeled by hand keeps its label (``label_source`` = ``manual``, confidence 1);
+otherwise the bundle's labeler predicts one (``predicted``, confidence = its probability); without
+a labeler the member stays unlabeled (``none``, label -1, confidence NaN). The labeler's
+prediction is also kept for hand-labeled members (``predicted_label``), so its agreement with the
+hand labels can be checked.
+
+Classes are the bundle's (the labeler's index order); a hand-label class that the bundle does not
+know is appended after them, so no label is lost or renumbered silently.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sense_core.ensemble import UNLABELED, MemberStore
+from sense_core.errors import SenseError
+from sense_core.io.atomic import atomic_path, atomic_write_text
+
+EMBEDDING_FORMAT = "sense-embedding"
+EMBEDDING_FORMAT_VERSION = 1
+OUTPUT_FILES = {
+    "npz": "embedding.npz",
+    "csv": "embedding.csv",
+    "png": "scatter.png",
+    "report": "report.md",
+}
+PROJECTIONS = ("auto", "projector", "umap", "pca")
+
+
+@dataclass
+class Embedding:
+    """Per-member results of an embedding run (arrays in member order) and its provenance."""
+
+    member_ids: tuple[str, ...]
+    latents: np.ndarray  # float32 (N, D)
+    xy: np.ndarray  # float32 (N, 2)
+    labels: np.ndarray  # int64 (N,), -1 = no label
+    label_source: np.ndarray  # str (N,): manual | predicted | none
+    confidence: np.ndarray  # float32 (N,), NaN where there is no label
+    class_names: tuple[str, ...]
+    predicted_labels: np.ndarray | None = None  # int64 (N,), the labeler's class for every member
+    predicted_confidence: np.ndarray | None = None
+    split: np.ndarray | None = None  # str (N,): train | validation | test | '' (hand labels)
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.member_ids)
+
+    @property
+    def manual_labels(self) -> np.ndarray:
+        """Hand labels (-1 where the label is predicted or absent): what metrics are scored on."""
+        return np.where(self.label_source == "manual", self.labels, UNLABELED)
+
+    def class_counts(self) -> dict[str, dict[str, int]]:
+        """Members per class name and label source."""
+        counts: dict[str, dict[str, int]] = {}
+        for source in ("manual", "predicted"):
+            chosen = self.labels[self.label_source == source]
+            per_class = np.bincount(chosen, minlength=len(self.class_names))
+            counts[source] = {n: int(c) for n, c in zip(self.class_names, per_class)}
+        counts["none"] = {"unlabeled": int(np.count_nonzero(self.label_source == "none"))}
+        return counts
+
+
+def bundle_checksum(bundle_folder: str | os.PathLike) -> str:
+    """SHA-256 of the bundle's ``sense.json``, which holds every model's SHA-256: one checksum
+    that identifies the models and their settings."""
+    from sense_core.bundle import MANIFEST, file_sha256
+
+    return file_sha256(Path(bundle_folder) / MANIFEST)
+
+
+def _merge_classes(
+    bundle_classes: tuple[str, ...], ensemble_classes: tuple[str, ...]
+) -> tuple[tuple[str, ...], np.ndarray]:
+    """Class list = the bundle's, then unknown ensemble classes; map of ensemble index -> new."""
+    names = list(bundle_classes)
+    mapping = []
+    for name in ensemble_classes:
+        if name not in names:
+            names.append(name)
+        mapping.append(names.index(name))
+    return tuple(names), np.asarray(mapping, dtype=np.int64)
+
+
+def _split_column(store: MemberStore) -> tuple[np.ndarray, dict[str, Any]]:
+    """Per member train/validation/test of the default deterministic split ('' elsewhere)."""
+    from sense_core.ensemble import split_labeled
+
+    column = np.full(len(store), "", dtype="<U10")
+    try:
+        split = split_labeled(store)
+    except SenseError as exc:
+        return column, {"error": str(exc)}
+    for part in ("train", "validation", "test"):
+        column[getattr(split, part)] = part
+    return column, {"seed": split.seed, "fractions": list(split.fractions)}
+
+
+def _scored_metrics(embedding: Embedding) -> dict[str, Any]:
+    from sense_core.metrics import embedding_metrics
+
+    labels = embedding.manual_labels
+    if len(np.unique(labels[labels != UNLABELED])) < 2:
+        return {"note": "fewer than two hand-labeled classes: no class metrics"}
+    test = train = None
+    if embedding.split is not None and np.any(embedding.split == "test"):
+        test = np.flatnonzero(embedding.split == "test")
+        train = np.flatnonzero(embedding.split == "train")
+    metrics: dict[str, Any] = embedding_metrics(
+        embedding.latents, embedding.xy, labels, test_indices=test, train_indices=train
+    )
+    if embedding.predicted_labels is not None:
+        manual = labels != UNLABELED
+        agree = embedding.predicted_labels[manual] == labels[manual]
+        metrics["labeler_agreement_manual"] = round(float(np.mean(agree)), 6)
+        if test is not None:
+            test_agree = embedding.predicted_labels[test] == labels[test]
+            metrics["labeler_accuracy_test"] = round(float(np.mean(test_agree)), 6)
+    return metrics
+
+
+def _projection(
+    latents: np.ndarray, method: str, bundle, *, seed, n_neighbors, min_dist, knn, device
+):
+    from sense_core.projection import project
+
+    if method == "auto":
+        method = "projector" if bundle is not None and "projector" in bundle.models else "umap"
+    return project(
+        latents,
+        method,
+        bundle=bundle,
+        seed=seed,
+        n_neighbors=n_neighbors,
+        min_dist=min_dist,
+        knn=knn,
+        device=device,
+    )
+
+
+def embed_ensemble(
+    store: MemberStore,
+    bundle_folder: str | os.PathLike,
+    *,
+    device: str = "auto",
+    threads: int | None = None,
+    batch_size: int = 64,
+    projection: str = "auto",
+    seed: int | None = 0,
+    n_neighbors: int = 15,
+    min_dist: float = 0.1,
+    knn: str = "auto",
+    use_labeler: bool = True,
+    metrics: bool = True,
+    progress: bool = False,
+) -> Embedding:
+    """Encode every member of ``store`` with the bundle, label and project them.
+
+    ``projection``: ``auto`` (the bundle's projector if it has one, else UMAP), ``projector``,
+    ``umap`` or ``pca``; ``seed`` (None = unseeded, faster multi-threaded UMAP) is recorded.
+    Members are streamed in batches of ``batch_size``; ``device`` is ``auto``/``cpu``/``cuda``
+    and the provider really used is recorded in the provenance.
+    """
+    from sense_core import __version__
+    from sense_core.bundle import Bundle
+    from sense_core.inference import Encoder, Labeler, run_over_store
+
+    if projection not in PROJECTIONS:
+        raise SenseError(f"projection must be one of {PROJECTIONS}, got {projection!r}")
+    started = time.perf_counter()
+    bundle = Bundle.load(bundle_folder)
+    where = str(getattr(store, "path", "") or "the ensemble")
+    bundle.check_compatible(store, where)
+    if projection == "projector":
+        bundle.model("projector")  # fail before the long part when it is missing
+    encoder = Encoder(bundle, device=device, threads=threads, batch_size=batch_size)
+    labeler = None
+    if use_labeler and "labeler" in bundle.models:
+        labeler = Labeler(bundle, device=device, threads=threads, batch_size=batch_size)
+    run = run_over_store(store, encoder, labeler, progress=progress)
+    assert run.latents is not None
+
+    class_names, mapping = _merge_classes(bundle.class_names, tuple(store.class_names))
+    hand = np.asarray(store.labels, dtype=np.int64)
+    manual = hand != UNLABELED
+    labels = np.full(len(store), UNLABELED, dtype=np.int64)
+    labels[manual] = mapping[hand[manual]]
+    source = np.where(manual, "manual", "none").astype("<U9")
+    confidence = np.where(manual, 1.0, np.nan).astype(np.float32)
+    predicted = predicted_confidence = None
+    if run.prediction is not None:
+        predicted = run.prediction.labels
+        predicted_confidence = run.prediction.confidence
+        labels[~manual] = predicted[~manual]
+        source[~manual] = "predicted"
+        confidence[~manual] = predicted_confidence[~manual]
+
+    projected = _projection(
+        run.latents,
+        projection,
+        bundle,
+        seed=seed,
+        n_neighbors=n_neighbors,
+        min_dist=min_dist,
+        knn=knn,
+        device=device,
+    )
+    split, split_info = _split_column(store)
+    models = {"encoder": encoder.model.describe()}
+    if labeler is not None:
+        models["labeler"] = labeler.model.describe()
+    provenance: dict[str, Any] = {
+        "format": EMBEDDING_FORMAT,
+        "format_version": EMBEDDING_FORMAT_VERSION,
+        "sense_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "ensemble": {
+            "path": str(getattr(store, "path", "")),
+            "members": len(store),
+            "member_shape": list(store.member_shape),
+        },
+        "bundle": {
+            "path": str(Path(bundle_folder).resolve()),
+            "checksum": bundle_checksum(bundle_folder),
+            "models": {role: entry.sha256 for role, entry in bundle.models.items()},
+        },
+        "inference": {
+            "device": device,
+            "provider": encoder.provider,
+            "batch_size": batch_size,
+            "threads": threads,
+            "models": models,
+            "seconds": run.seconds,
+            "members_per_second": round(run.members_per_second, 2),
+        },
+        "projection": projected.describe(),
+        "split": split_info,
+    }
+    embedding = Embedding(
+        member_ids=tuple(store.member_ids),
+        latents=run.latents,
+        xy=projected.xy,
+        labels=labels,
+        label_source=source,
+        confidence=confidence,
+        class_names=class_names,
+        predicted_labels=predicted,
+        predicted_confidence=predicted_confidence,
+        split=split,
+        provenance=provenance,
+    )
+    tick = time.perf_counter()
+    if metrics:
+        provenance["metrics"] = _scored_metrics(embedding)
+    provenance["seconds"] = {
+        "inference": run.seconds["total"],
+        "projection": round(sum(projected.seconds.values()), 3),
+        "metrics": round(time.perf_counter() - tick, 3),
+        "total": round(time.perf_counter() - started, 3),
+    }
+    return embedding
+
+
+def reproject(
+    embedding: Embedding,
+    method: str,
+    *,
+    bundle_folder: str | os.PathLike | None = None,
+    seed: int | None = 0,
+    n_neighbors: int = 15,
+    min_dist: float = 0.1,
+    knn: str = "auto",
+    device: str = "cpu",
+    metrics: bool = True,
+) -> Embedding:
+    """The same members and latents mapped again with another projection (no encoder run)."""
+    bundle = None
+    if bundle_folder is not None:
+        from sense_core.bundle import Bundle
+
+        bundle = Bundle.load(bundle_folder)
+    elif method == "projector":
+        raise SenseError("the projector projection needs --bundle (the bundle with a projector)")
+    started = time.perf_counter()
+    projected = _projection(
+        embedding.latents,
+        method,
+        bundle,
+        seed=seed,
+        n_neighbors=n_neighbors,
+        min_dist=min_dist,
+        knn=knn,
+        device=device,
+    )
+    provenance = json.loads(json.dumps(embedding.provenance))
+    provenance["projection"] = projected.describe()
+    if bundle_folder is not None and method == "projector":
+        provenance["projection"]["bundle_checksum"] = bundle_checksum(bundle_folder)
+    result = replace(embedding, xy=projected.xy, provenance=provenance)
+    tick = time.perf_counter()
+    if metrics:
+        provenance["metrics"] = _scored_metrics(result)
+    provenance["seconds"] = {
+        "projection": round(sum(projected.seconds.values()), 3),
+        "metrics": round(time.perf_counter() - tick, 3),
+        "total": round(time.perf_counter() - started, 3),
+    }
+    provenance["reprojected_from"] = embedding.provenance.get("projection", {})
+    return result
+
+
+# ----------------------------------------------------------------------------- writers / reader
+
+
+def write_npz(embedding: Embedding, path: str | os.PathLike) -> Path:
+    """``.npz`` with member_ids, latent, x, y, label, label_source, confidence, class_names,
+    predicted_label/_confidence (with a labeler), split and provenance (a JSON string). Written
+    atomically; read back with :func:`read_embedding` (no pickles)."""
+    arrays: dict[str, np.ndarray] = {
+        "member_ids": np.asarray(embedding.member_ids, dtype=str),
+        "latent": np.asarray(embedding.latents, dtype=np.float32),
+        "x": embedding.xy[:, 0].astype(np.float32),
+        "y": embedding.xy[:, 1].astype(np.float32),
+        "label": embedding.labels.astype(np.int64),
+        "label_source": np.asarray(embedding.label_source, dtype=str),
+        "confidence": embedding.confidence.astype(np.float32),
+        "class_names": np.asarray(embedding.class_names, dtype=str),
+        "provenance": np.asarray(json.dumps(embedding.provenance)),
+    }
+    if embedding.predicted_labels is not None:
+        arrays["predicted_label"] = embedding.predicted_labels.astype(np.int64)
+        arrays["predicted_confidence"] = np.asarray(embedding.predicted_confidence, np.float32)
+    if embedding.split is not None:
+        arrays["split"] = np.asarray(embedding.split, dtype=str)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as stream:
+            np.savez(stream, **arrays)
+    return path
+
+
+def read_embedding(path: str | os.PathLike) -> Embedding:
+    """An :class:`Embedding` from a ``.npz`` written by :func:`write_npz`."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            keys = set(data.files)
+            needed = {"member_ids", "latent", "x", "y", "label", "label_source", "confidence"}
+            if not needed <= keys:
+                raise SenseError(
+                    f"{path}: not a SENSE embedding (missing {sorted(needed - keys)}); "
+                    "write one with `sense embed`"
+                )
+            provenance = json.loads(str(data["provenance"])) if "provenance" in keys else {}
+            version = provenance.get("format_version", 1)
+            if isinstance(version, int) and version > EMBEDDING_FORMAT_VERSION:
+                raise SenseError(f"{path}: embedding format {version} is newer; update SENSE")
+            return Embedding(
+                member_ids=tuple(str(m) for m in data["member_ids"]),
+                latents=data["latent"].astype(np.float32),
+                xy=np.stack([data["x"], data["y"]], axis=1).astype(np.float32),
+                labels=data["label"].astype(np.int64),
+                label_source=data["label_source"].astype(str),
+                confidence=data["confidence"].astype(np.float32),
+                class_names=tuple(str(c) for c in data.get("class_names", [])),
+                predicted_labels=data["predicted_label"] if "predicted_label" in keys else None,
+                predicted_confidence=(
+                    data["predicted_confidence"] if "predicted_confidence" in keys else None
+                ),
+                split=data["split"].astype(str) if "split" in keys else None,
+                provenance=provenance,
+            )
+    except FileNotFoundError as exc:
+        raise SenseError(f"{path}: no such file") from exc
+    except (OSError, ValueError, json.JSONDecodeError) as exc:
+        raise SenseError(f"{path}: cannot read the embedding ({exc})") from exc
+
+
+def write_csv(embedding: Embedding, path: str | os.PathLike) -> Path:
+    """CSV, one row per member: member_id, x, y, label, class_name, label_source, confidence,
+    [predicted_label, predicted_confidence,] latent_0 ... latent_{D-1}. Written atomically."""
+    dim = embedding.latents.shape[1]
+    header = ["member_id", "x", "y", "label", "class_name", "label_source", "confidence"]
+    with_prediction = embedding.predicted_labels is not None
+    if with_prediction:
+        header += ["predicted_label", "predicted_confidence"]
+    header += [f"latent_{i}" for i in range(dim)]
+
+    def number(value: float) -> str:
+        return "" if not np.isfinite(value) else f"{value:.7g}"
+
+    path = Path(path)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(header)
+        for i, member_id in enumerate(embedding.member_ids):
+            label = int(embedding.labels[i])
+            row = [
+                member_id,
+                number(embedding.xy[i, 0]),
+                number(embedding.xy[i, 1]),
+                label,
+                embedding.class_names[label] if label >= 0 else "",
+                embedding.label_source[i],
+                number(embedding.confidence[i]),
+            ]
+            if with_prediction:
+                row += [
+                    int(embedding.predicted_labels[i]),
+                    number(embedding.predicted_confidence[i]),
+                ]
+            row += [number(v) for v in embedding.latents[i]]
+            writer.writerow(row)
+    return path
+
+
+def write_scatter_png(
+    embedding: Embedding, path: str | os.PathLike, title: str | None = None, dpi: int = 120
+) -> Path:
+    """Scatter of the map coloured by class: hand labels as outlined dots, predicted labels as
+    plain dots, unlabeled members grey. Uses matplotlib's Agg canvas without pyplot, so it
+    changes no global backend (safe inside ParaView)."""
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7.5, 6.0), dpi=dpi)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot(1, 1, 1)
+    count = len(embedding)
+    size = float(np.clip(4000.0 / max(count, 1), 1.0, 30.0))
+    xy = embedding.xy
+    unlabeled = embedding.labels == UNLABELED
+    if unlabeled.any():
+        axes.scatter(*xy[unlabeled].T, s=size, c="#b0b0b0", linewidths=0, label="unlabeled")
+    palette = "tab10" if len(embedding.class_names) <= 10 else "tab20"
+    cmap = colormaps[palette]
+    for index, name in enumerate(embedding.class_names):
+        colour = cmap(index % cmap.N)
+        predicted = (embedding.labels == index) & (embedding.label_source == "predicted")
+        manual = (embedding.labels == index) & (embedding.label_source == "manual")
+        if predicted.any():
+            axes.scatter(*xy[predicted].T, s=size, color=colour, linewidths=0, alpha=0.7)
+        if manual.any() or predicted.any():
+            axes.scatter(
+                *xy[manual].T,
+                s=size * 1.6,
+                color=colour,
+                edgecolors="black",
+                linewidths=0.4,
+                label=f"{name} ({int(manual.sum())} hand, {int(predicted.sum())} predicted)",
+            )
+    method = embedding.provenance.get("projection", {}).get("method", "")
+    axes.set_title(title or f"SENSE map of {count} members ({method})")
+    axes.set_xlabel("x")
+    axes.set_ylabel("y")
+    axes.legend(loc="best", fontsize="small", markerscale=1.5, framealpha=0.8)
+    figure.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png")
+    return path
+
+
+def _table(rows: list[tuple[str, str]]) -> str:
+    lines = ["| | |", "|---|---|"]
+    lines += [f"| {key} | {value} |" for key, value in rows]
+    return "\n".join(lines)
+
+
+def report_markdown(embedding: Embedding, files: dict[str, str] | None = None) -> str:
+    """A short Markdown report: inputs, provider, projection, counts, metrics, timings."""
+    prov = embedding.provenance
+    inference = prov.get("inference", {})
+    projection = prov.get("projection", {})
+    seconds = prov.get("seconds", {})
+    bundle = prov.get("bundle", {})
+    parts = ["# SENSE embedding", ""]
+    rows = [
+        ("ensemble", f"`{prov.get('ensemble', {}).get('path', '')}`"),
+        ("members", str(len(embedding))),
+        ("member shape (C, H, W)", str(tuple(prov.get("ensemble", {}).get("member_shape", [])))),
+        ("bundle", f"`{bundle.get('path', '')}`"),
+        ("bundle checksum (sense.json SHA-256)", f"`{bundle.get('checksum', '')}`"),
+        ("latent size", str(embedding.latents.shape[1])),
+        (
+            "execution provider",
+            f"{inference.get('provider', '')} (asked: {inference.get('device')})",
+        ),
+    ]
+    notes = {m.get("device_note") for m in inference.get("models", {}).values()} - {"", None}
+    rows += [("device note", note) for note in sorted(notes)]
+    params = ", ".join(f"{k}={v}" for k, v in projection.get("params", {}).items())
+    rows.append(("projection", f"{projection.get('method', '')} ({params})"))
+    parts += [_table(rows), "", "## Members per class", ""]
+    counts = embedding.class_counts()
+    lines = ["| class | hand-labeled | predicted |", "|---|---|---|"]
+    for name in embedding.class_names:
+        lines.append(f"| {name} | {counts['manual'][name]} | {counts['predicted'][name]} |")
+    lines.append(f"| (unlabeled) | | {counts['none']['unlabeled']} |")
+    parts += lines
+    metrics = prov.get("metrics")
+    if metrics:
+        parts += ["", "## Metrics (hand-labeled members)", ""]
+        parts += [_table([(k, str(v)) for k, v in metrics.items()])]
+        parts += [
+            "",
+            "`*_test`: the labeled test split (`sense info` shows it); the labeler's agreement on "
+            "all hand-labeled members includes the members it was trained on.",
+        ]
+    timing_rows = [(k, f"{v} s") for k, v in seconds.items()]
+    if inference.get("members_per_second"):
+        timing_rows.append(("inference rate", f"{inference['members_per_second']} members/s"))
+    parts += ["", "## Timings", "", _table(timing_rows)]
+    if files:
+        parts += ["", "## Files", ""] + [f"- {what}: `{name}`" for what, name in files.items()]
+    return "\n".join(parts) + "\n"
+
+
+def output_paths(out_dir: str | os.PathLike, plot: bool = True) -> dict[str, Path]:
+    """The files :func:`write_outputs` writes into ``out_dir``."""
+    out = Path(out_dir)
+    return {k: out / name for k, name in OUTPUT_FILES.items() if plot or k != "png"}
+
+
+def check_outputs(out_dir: str | os.PathLike, overwrite: bool, plot: bool = True) -> None:
+    """Refuse, before any work, outputs that exist (without ``overwrite``) or a bad folder."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise SenseError(f"{out}: exists and is not a folder")
+    existing = [p.name for p in output_paths(out, plot).values() if p.exists()]
+    if existing and not overwrite:
+        raise SenseError(f"{out}: {', '.join(existing)} already exist (use --overwrite)")
+    if not out.exists() and not out.parent.is_dir():
+        raise SenseError(f"{out}: the folder {out.parent} does not exist")
+
+
+def write_outputs(
+    embedding: Embedding, out_dir: str | os.PathLike, overwrite: bool = False, plot: bool = True
+) -> dict[str, Path]:
+    """Write embedding.npz, embedding.csv, scatter.png (unless ``plot`` is off) and report.md
+    into ``out_dir`` (created if needed), each file atomically."""
+    check_outputs(out_dir, overwrite, plot)
+    Path(out_dir).mkdir(exist_ok=True)
+    paths = output_paths(out_dir, plot)
+    write_npz(embedding, paths["npz"])
+    write_csv(embedding, paths["csv"])
+    if plot:
+        write_scatter_png(embedding, paths["png"])
+    files = {k: p.name for k, p in paths.items() if k != "report"}
+    atomic_write_text(paths["report"], report_markdown(embedding, files))
+    return paths
+
+
+def embedding_digest(embedding: Embedding) -> str:
+    """SHA-256 of the per-member results (ids, latents, map, labels): equal runs, equal digests."""
+    digest = hashlib.sha256()
+    digest.update("\n".join(embedding.member_ids).encode())
+    for array in (embedding.latents, embedding.xy, embedding.labels):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
