@@ -148,3 +148,200 @@ class SENSEMemberView(VTKPythonAlgorithmBase):
         except Exception as exc:  # noqa: BLE001 - the GUI must show every failure, never crash
             _report_error(str(exc))
         return 1
+
+
+_DEVICES = ("auto", "cpu", "cuda")
+_PROJECTIONS = ("auto", "umap", "projector", "pca")
+
+
+@smproxy.filter(name="SENSEEmbedding", label="SENSE Embedding")
+@smhint.xml('<ShowInMenu category="SENSE"/>')
+@smproperty.xml('<OutputPort name="Map" index="0"/><OutputPort name="Table" index="1"/>')
+@smproperty.input(name="Input", port_index=0)
+@smdomain.datatype(
+    dataTypes=["vtkMultiBlockDataSet", "vtkPartitionedDataSetCollection", "vtkImageData"],
+    composite_data_supported=True,
+)
+class SENSEEmbedding(VTKPythonAlgorithmBase):
+    """Embeds every member of an ensemble (a multiblock of images, or a time series of images
+    where each time step is a member) with a SENSE model bundle and projects it to 2D.
+    Output 0: one point (x, y, 0) per member with member_id, label, class_name, label_source,
+    confidence and the latent vector, for a scatter in a render view coloured by class.
+    Output 1: the same as a table. The provider used (CUDA/CPU) and timings are field data."""
+
+    def __init__(self):
+        super().__init__(nInputPorts=1, nOutputPorts=2, outputType="vtkPolyData")
+        self._bundle = ""
+        self._array_name = ""
+        self._device = 0
+        self._batch_size = 64
+        self._projection = 0
+        self._n_neighbors = 15
+        self._min_dist = 0.1
+        self._seed = 0
+        self._time_steps = []
+        self._collected = []
+
+    def _set(self, name, value):
+        if getattr(self, name) != value:
+            setattr(self, name, value)
+            self.Modified()
+
+    def FillInputPortInformation(self, port, info):
+        info.Set(self.INPUT_REQUIRED_DATA_TYPE(), "vtkDataObject")
+        return 1
+
+    def FillOutputPortInformation(self, port, info):
+        from vtkmodules.vtkCommonDataModel import vtkDataObject
+
+        info.Set(vtkDataObject.DATA_TYPE_NAME(), ("vtkPolyData", "vtkTable")[port])
+        return 1
+
+    @smproperty.xml(
+        """<StringVectorProperty name="Bundle" command="SetBundle" number_of_elements="1"
+             default_values="">
+           <FileListDomain name="files"/>
+           <Hints><UseDirectoryName/></Hints>
+           <Documentation>SENSE model bundle folder (with sense.json). Empty: the shipped
+           bundle for the input's member shape.</Documentation>
+         </StringVectorProperty>"""
+    )
+    def SetBundle(self, path):
+        self._set("_bundle", path or "")
+
+    @smproperty.stringvector(name="FieldArray", default_values="")
+    @smdomain.xml(
+        """<ArrayListDomain name="array_list" attribute_type="Scalars"
+             input_domain_name="inputs_array">
+           <RequiredProperties><Property name="Input" function="Input"/></RequiredProperties>
+         </ArrayListDomain>"""
+    )
+    def SetFieldArray(self, name):
+        """Point array holding the members' fields (empty: the active scalars)."""
+        self._set("_array_name", name or "")
+
+    @smproperty.xml(
+        """<IntVectorProperty name="Device" command="SetDevice" number_of_elements="1"
+             default_values="0">
+           <EnumerationDomain name="enum">
+             <Entry value="0" text="Auto"/><Entry value="1" text="CPU"/>
+             <Entry value="2" text="CUDA"/>
+           </EnumerationDomain>
+           <Documentation>Where the models run. Auto: CUDA when onnxruntime can really use it,
+           else CPU. CUDA: an error that says why when it cannot be used.</Documentation>
+         </IntVectorProperty>"""
+    )
+    def SetDevice(self, value):
+        self._set("_device", int(value))
+
+    @smproperty.intvector(name="BatchSize", default_values=64)
+    @smdomain.intrange(min=1, max=4096)
+    def SetBatchSize(self, value):
+        """Members per inference batch."""
+        self._set("_batch_size", int(value))
+
+    @smproperty.xml(
+        """<IntVectorProperty name="Projection" command="SetProjection" number_of_elements="1"
+             default_values="0">
+           <EnumerationDomain name="enum">
+             <Entry value="0" text="Auto"/><Entry value="1" text="UMAP"/>
+             <Entry value="2" text="Parametric projector"/><Entry value="3" text="PCA"/>
+           </EnumerationDomain>
+           <Documentation>Latent vectors to 2D. Auto: the bundle's parametric projector when
+           it has one (deterministic, fast), else UMAP.</Documentation>
+         </IntVectorProperty>"""
+    )
+    def SetProjection(self, value):
+        self._set("_projection", int(value))
+
+    @smproperty.intvector(name="UMAPNeighbors", default_values=15)
+    @smdomain.intrange(min=2, max=200)
+    def SetUMAPNeighbors(self, value):
+        """UMAP n_neighbors: larger values favour global structure."""
+        self._set("_n_neighbors", int(value))
+
+    @smproperty.doublevector(name="UMAPMinDist", default_values=0.1)
+    @smdomain.doublerange(min=0.0, max=1.0)
+    def SetUMAPMinDist(self, value):
+        """UMAP min_dist: how tightly points may pack."""
+        self._set("_min_dist", float(value))
+
+    @smproperty.intvector(name="Seed", default_values=0)
+    def SetSeed(self, value):
+        """Random seed of the projection (recorded in the output)."""
+        self._set("_seed", int(value))
+
+    def _input_time_steps(self, inInfo):
+        from vtkmodules.vtkCommonDataModel import vtkImageData
+        from vtkmodules.vtkCommonExecutionModel import vtkStreamingDemandDrivenPipeline as sddp
+
+        info = inInfo[0].GetInformationObject(0)
+        data = info.Get(vtkImageData.DATA_OBJECT())
+        if not isinstance(data, vtkImageData) or not info.Has(sddp.TIME_STEPS()):
+            return []
+        return list(info.Get(sddp.TIME_STEPS()))
+
+    def RequestInformation(self, request, inInfo, outInfo):
+        from vtkmodules.vtkCommonExecutionModel import vtkStreamingDemandDrivenPipeline as sddp
+
+        self._time_steps = self._input_time_steps(inInfo)
+        for port in range(2):  # the map has no time: it covers every member at once
+            outInfo.GetInformationObject(port).Remove(sddp.TIME_STEPS())
+            outInfo.GetInformationObject(port).Remove(sddp.TIME_RANGE())
+        return 1
+
+    def RequestUpdateExtent(self, request, inInfo, outInfo):
+        from vtkmodules.vtkCommonExecutionModel import vtkStreamingDemandDrivenPipeline as sddp
+
+        if self._time_steps:
+            step = self._time_steps[len(self._collected)]
+            inInfo[0].GetInformationObject(0).Set(sddp.UPDATE_TIME_STEP(), step)
+        return 1
+
+    def RequestData(self, request, inInfo, outInfo):
+        from vtkmodules.vtkCommonDataModel import (
+            vtkDataObject,
+            vtkImageData,
+            vtkPolyData,
+            vtkTable,
+        )
+        from vtkmodules.vtkCommonExecutionModel import vtkStreamingDemandDrivenPipeline as sddp
+
+        data = inInfo[0].GetInformationObject(0).Get(vtkDataObject.DATA_OBJECT())
+        if self._time_steps and isinstance(data, vtkImageData):
+            copy = vtkImageData()
+            copy.DeepCopy(data)
+            self._collected.append((f"t{len(self._collected):06d}", copy))
+            if len(self._collected) < len(self._time_steps):
+                request.Set(sddp.CONTINUE_EXECUTING(), 1)
+                self.UpdateProgress(0.5 * len(self._collected) / len(self._time_steps))
+                return 1
+            request.Remove(sddp.CONTINUE_EXECUTING())
+            images, self._collected = self._collected, []
+        elif isinstance(data, vtkImageData):
+            images = [("t000000", data)]
+        else:
+            from sense_core.io.vti import composite_images
+
+            images = composite_images(data)
+        try:
+            from sense_core.vtk_views import embed_images
+
+            self.UpdateProgress(0.5)
+            _, points, table = embed_images(
+                images,
+                self._bundle,
+                self._array_name or None,
+                device=_DEVICES[self._device],
+                batch_size=self._batch_size,
+                projection=_PROJECTIONS[self._projection],
+                seed=self._seed,
+                n_neighbors=self._n_neighbors,
+                min_dist=self._min_dist,
+            )
+            vtkPolyData.GetData(outInfo, 0).ShallowCopy(points)
+            vtkTable.GetData(outInfo, 1).ShallowCopy(table)
+        except Exception as exc:  # noqa: BLE001 - the GUI must show every failure, never crash
+            _report_error(str(exc))
+        self.UpdateProgress(1.0)
+        return 1

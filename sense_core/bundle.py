@@ -263,3 +263,29 @@ def add_model(
     manifest["software"] = {**manifest.get("software", {}), **software_versions()}
     atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2, sort_keys=False) + "\n")
     return Bundle.load(folder)
+
+
+def shipped_bundles_dir() -> Path:
+    """Where SENSE's shipped default bundles live (``SENSE_MODELS_DIR`` overrides)."""
+    override = os.environ.get("SENSE_MODELS_DIR")
+    return Path(override) if override else Path(__file__).resolve().parents[1] / "models"
+
+
+def find_shipped_bundle(member_shape: tuple[int, int, int]) -> Path:
+    """The shipped bundle whose input shape is ``member_shape``; an error listing the shipped
+    bundles and their shapes when none matches."""
+    shipped = []
+    folder = shipped_bundles_dir()
+    for manifest_path in sorted(folder.glob(f"*/{MANIFEST}")) if folder.is_dir() else []:
+        try:
+            shape = tuple(json.loads(manifest_path.read_text())["input"]["shape"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if shape == tuple(member_shape):
+            return manifest_path.parent
+        shipped.append(f"{manifest_path.parent.name} {shape}")
+    raise BundleError(
+        f"no bundle given, and no shipped bundle takes members of shape (C, H, W) = "
+        f"{tuple(member_shape)} (shipped: {', '.join(shipped) or 'none'}); choose a bundle "
+        "trained for this ensemble (sense fit) or resample the members"
+    )

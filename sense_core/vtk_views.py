@@ -1,13 +1,16 @@
-"""VTK outputs of SENSE's ParaView views (``vtkmodules`` imported lazily, as in io.vti).
+"""VTK outputs of SENSE's ParaView filters (``vtkmodules`` imported lazily, as in io.vti).
 
-The member view: for a selection of member ids, a multiblock with the tiled mosaic of their
-fields, points labelling each tile with its member id, and the pixel-wise mean and standard
-deviation, laid out side by side in one render view.
+- The member view: for a selection of member ids, a multiblock with the tiled mosaic of their
+  fields, points labelling each tile with its member id, and the pixel-wise mean and standard
+  deviation, laid out side by side in one render view.
+- The embedding: the 2D map as points (x, y, 0) and as a table, one row per member.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+import numpy as np
 
 from sense_core.errors import SenseError
 from sense_core.io.vti import FIELD_ARRAY, composite_members, member_to_image
@@ -70,3 +73,107 @@ def member_view_blocks(
         blocks.SetBlock(index, data)
         blocks.GetMetaData(index).Set(vtkCompositeDataSet.NAME(), name)
     return blocks
+
+
+def _embedding_columns(embedding) -> list:
+    """VTK arrays, one value per member: ids, labels, class names, sources, confidences, latents."""
+    from vtkmodules.util.numpy_support import numpy_to_vtk
+    from vtkmodules.vtkCommonCore import VTK_FLOAT, VTK_INT, vtkStringArray
+
+    def strings(name, values):
+        array = vtkStringArray()
+        array.SetName(name)
+        for value in values:
+            array.InsertNextValue(str(value))
+        return array
+
+    def numbers(name, values, vtk_type):
+        array = numpy_to_vtk(np.ascontiguousarray(values), deep=True, array_type=vtk_type)
+        array.SetName(name)
+        return array
+
+    class_of = [embedding.class_names[i] if i >= 0 else "" for i in embedding.labels]
+    return [
+        strings("member_id", embedding.member_ids),
+        numbers("label", embedding.labels.astype(np.int32), VTK_INT),
+        strings("class_name", class_of),
+        strings("label_source", embedding.label_source),
+        numbers("confidence", embedding.confidence.astype(np.float32), VTK_FLOAT),
+        numbers("latent", embedding.latents.astype(np.float32), VTK_FLOAT),
+    ]
+
+
+def _provenance_field_data(data, embedding) -> None:
+    import json
+
+    from vtkmodules.vtkCommonCore import vtkStringArray
+
+    inference = embedding.provenance.get("inference", {})
+    for name, value in (
+        ("provider", inference.get("provider", "")),
+        ("provenance", json.dumps(embedding.provenance, default=str)),
+        ("class_names", json.dumps(list(embedding.class_names))),
+    ):
+        array = vtkStringArray()
+        array.SetName(name)
+        array.InsertNextValue(str(value))
+        data.GetFieldData().AddArray(array)
+
+
+def embedding_to_polydata(embedding):
+    """The 2D map as points (x, y, 0), one vertex per member, with per-member arrays and the
+    provenance (provider, timings, bundle checksum) as field data."""
+    from vtkmodules.util.numpy_support import numpy_to_vtk
+    from vtkmodules.vtkCommonCore import VTK_FLOAT, vtkPoints
+    from vtkmodules.vtkCommonDataModel import vtkCellArray, vtkPolyData
+
+    xyz = np.zeros((len(embedding), 3), dtype=np.float32)
+    xyz[:, :2] = embedding.xy
+    points = vtkPoints()
+    points.SetData(numpy_to_vtk(xyz, deep=True, array_type=VTK_FLOAT))
+    vertices = vtkCellArray()
+    for index in range(len(embedding)):
+        vertices.InsertNextCell(1)
+        vertices.InsertCellPoint(index)
+    polydata = vtkPolyData()
+    polydata.SetPoints(points)
+    polydata.SetVerts(vertices)
+    for array in _embedding_columns(embedding):
+        polydata.GetPointData().AddArray(array)
+    polydata.GetPointData().SetActiveScalars("label")
+    _provenance_field_data(polydata, embedding)
+    return polydata
+
+
+def embedding_to_table(embedding):
+    """The same per-member values as a table (x, y columns first), for spreadsheet and chart
+    views."""
+    from vtkmodules.util.numpy_support import numpy_to_vtk
+    from vtkmodules.vtkCommonCore import VTK_FLOAT
+    from vtkmodules.vtkCommonDataModel import vtkTable
+
+    table = vtkTable()
+    for axis, values in (("x", embedding.xy[:, 0]), ("y", embedding.xy[:, 1])):
+        column = numpy_to_vtk(
+            np.ascontiguousarray(values, dtype=np.float32), deep=True, array_type=VTK_FLOAT
+        )
+        column.SetName(axis)
+        table.AddColumn(column)
+    for array in _embedding_columns(embedding):
+        table.AddColumn(array)
+    _provenance_field_data(table, embedding)
+    return table
+
+
+def embed_images(images, bundle: str, array_name: str | None = None, **options):
+    """Embed (fallback id, vtkImageData) members with ``bundle`` (default: the shipped bundle
+    for their shape); return (embedding, polydata, table). ``options`` go to
+    :func:`sense_core.embedding.embed_ensemble` (device, batch_size, projection, seed, ...)."""
+    from sense_core.bundle import find_shipped_bundle
+    from sense_core.embedding import embed_ensemble
+    from sense_core.io.vti import images_to_ensemble
+
+    ensemble = images_to_ensemble(images, array_name)
+    bundle = bundle or str(find_shipped_bundle(ensemble.member_shape))
+    embedding = embed_ensemble(ensemble, bundle, **options)
+    return embedding, embedding_to_polydata(embedding), embedding_to_table(embedding)

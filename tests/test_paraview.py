@@ -240,3 +240,98 @@ def test_selecting_points_in_a_scatter_updates_the_member_view(tmp_path, ensembl
     assert sorted(result["selected"]) == ["run2", "run4", "run9"]
     assert result["blocks"] == 4
     assert result["cleared"] == []
+
+
+EMBED_SCRIPT = """
+from paraview.simple import *
+from vtkmodules.util.numpy_support import vtk_to_numpy
+LoadPlugin({plugin!r}, ns=globals())
+source = {source}
+embedding = SENSEEmbedding(Input=source, Bundle={bundle!r}, Projection={projection!r})
+embedding.UpdatePipeline()
+points = servermanager.Fetch(embedding, idx=0)
+table = servermanager.Fetch(embedding, idx=1)
+def strings(data, name):
+    array = data.GetAbstractArray(name)
+    return [array.GetValue(i) for i in range(array.GetNumberOfValues())] if array else []
+RESULT = {{
+    "points": vtk_to_numpy(points.GetPoints().GetData()).tolist()
+        if points.GetPoints() else [],
+    "member_id": strings(points.GetPointData(), "member_id"),
+    "label": vtk_to_numpy(points.GetPointData().GetArray("label")).tolist()
+        if points.GetNumberOfPoints() else [],
+    "label_source": strings(points.GetPointData(), "label_source"),
+    "latent_components": points.GetPointData().GetArray("latent").GetNumberOfComponents()
+        if points.GetNumberOfPoints() else 0,
+    "provider": strings(points.GetFieldData(), "provider"),
+    "table_rows": table.GetNumberOfRows(),
+    "table_x": vtk_to_numpy(table.GetColumnByName("x")).tolist() if table.GetNumberOfRows() else [],
+}}
+"""
+
+
+def run_embedding(tmp_path, source, bundle, projection="Parametric projector", check=True):
+    script = EMBED_SCRIPT.format(
+        plugin=str(PLUGIN), source=source, bundle=str(bundle), projection=projection
+    )
+    return run_paraview_script(script, tmp_path, check=check)
+
+
+def expected_embedding(ensemble, weights):
+    from conftest import mlp_reference
+
+    normalised = (ensemble.fields.reshape(len(ensemble), -1) - 0.5) / 2.0
+    latents = normalised @ weights["encoder"]
+    predicted = np.argmax(normalised @ weights["labeler"], axis=1)
+    labels = np.where(ensemble.labels >= 0, ensemble.labels, predicted)
+    return mlp_reference(latents, weights["projector"]), labels
+
+
+def test_embedding_filter_maps_every_member_of_a_multiblock(tmp_path, ensemble):
+    from conftest import make_runtime_bundle
+
+    weights = make_runtime_bundle(tmp_path / "bundle", projector=True)
+    npz = write_ensemble(ensemble, tmp_path / "ens.npz")
+    run = run_embedding(
+        tmp_path, f"SENSEEnsembleReader(FileName={str(npz)!r})", tmp_path / "bundle"
+    )
+    result = run["result"]
+    xy, labels = expected_embedding(ensemble, weights)
+    assert result["member_id"] == list(ensemble.member_ids)
+    np.testing.assert_allclose(np.array(result["points"])[:, :2], xy, rtol=1e-4, atol=1e-4)
+    assert np.all(np.array(result["points"])[:, 2] == 0)
+    assert result["label"] == labels.tolist()
+    assert result["label_source"] == [
+        "manual" if label >= 0 else "predicted" for label in ensemble.labels
+    ]
+    assert result["latent_components"] == 6
+    assert result["provider"] == ["CPUExecutionProvider"]
+    assert result["table_rows"] == len(ensemble)
+    np.testing.assert_allclose(result["table_x"], xy[:, 0], rtol=1e-4, atol=1e-4)
+
+
+def test_embedding_filter_takes_a_time_series_of_members(tmp_path, ensemble):
+    from conftest import make_runtime_bundle
+
+    weights = make_runtime_bundle(tmp_path / "bundle", projector=True)
+    folder = write_ensemble(ensemble, tmp_path / "members")
+    pvd = folder / "ensemble.pvd"
+    run = run_embedding(tmp_path, f"OpenDataFile({str(pvd)!r})", tmp_path / "bundle")
+    result = run["result"]
+    xy, _ = expected_embedding(ensemble, weights)
+    assert result["member_id"] == list(ensemble.member_ids)
+    np.testing.assert_allclose(np.array(result["points"])[:, :2], xy, rtol=1e-4, atol=1e-4)
+
+
+def test_embedding_filter_reports_bad_bundles_and_shapes(tmp_path, ensemble):
+    from conftest import make_runtime_bundle
+
+    make_runtime_bundle(tmp_path / "bundle", shape=(1, 8, 8))
+    npz = write_ensemble(ensemble, tmp_path / "ens.npz")
+    source = f"SENSEEnsembleReader(FileName={str(npz)!r})"
+    run = run_embedding(tmp_path, source, tmp_path / "bundle", projection="PCA")
+    assert run["result"]["table_rows"] == 0 and run["result"]["points"] == []
+    assert "expects (1, 8, 8)" in run["output"]
+    run = run_embedding(tmp_path, source, tmp_path / "nowhere", projection="PCA")
+    assert run["result"]["table_rows"] == 0
+    assert "not a SENSE bundle" in run["output"]

@@ -49,6 +49,48 @@ def selected_member_ids(source, port: int = 0, id_array: str = "member_id", _ext
     return _ids_from(servermanager.Fetch(extract), id_array)
 
 
+def embedding_columns(embedding, port: int = 1) -> dict:
+    """The embedding's table (output 1) as numpy columns, strings included."""
+    import numpy as np
+    from paraview import servermanager
+    from vtkmodules.util.numpy_support import vtk_to_numpy
+
+    table = servermanager.Fetch(embedding, idx=port)
+    columns = {}
+    for index in range(table.GetNumberOfColumns()):
+        column = table.GetColumn(index)
+        if column.IsNumeric():
+            columns[column.GetName()] = vtk_to_numpy(column)
+        else:
+            values = [column.GetValue(i) for i in range(column.GetNumberOfValues())]
+            columns[column.GetName()] = np.array(values, dtype=str)
+    return columns
+
+
+def member_ids_where(embedding, query: str) -> list[str]:
+    """Ids of the members whose table row satisfies ``query``: a numpy expression over the
+    columns (``label == 3``, ``(confidence < 0.6) & (label_source == 'predicted')``). It is
+    evaluated with the columns and numpy (``np``) only, no builtins."""
+    import numpy as np
+
+    columns = embedding_columns(embedding)
+    try:
+        mask = eval(query, {"__builtins__": {}, "np": np}, dict(columns))  # noqa: S307
+    except Exception as exc:  # noqa: BLE001 - report any mistake in the query itself
+        raise ValueError(f"query {query!r} failed: {exc} (columns: {sorted(columns)})") from exc
+    mask = np.broadcast_to(np.asarray(mask, dtype=bool), columns["member_id"].shape)
+    return columns["member_id"][mask].tolist()
+
+
+def point_indices(embedding, member_ids) -> list[int]:
+    """Point indices of ``member_ids`` in the embedding (an error names unknown ids)."""
+    position = {m: i for i, m in enumerate(embedding_columns(embedding)["member_id"].tolist())}
+    unknown = [m for m in member_ids if m not in position]
+    if unknown:
+        raise ValueError(f"member id(s) not in the embedding: {unknown[:5]}")
+    return [position[m] for m in member_ids]
+
+
 class SelectionLink:
     """Keeps ``member_view.MemberIds`` equal to the ids of the points selected on ``source``."""
 
@@ -59,11 +101,12 @@ class SelectionLink:
         views: Sequence = (),
         port: int = 0,
         id_array: str = "member_id",
+        fit_views: bool = False,
     ) -> None:
         from paraview import servermanager
 
         self.source, self.member_view, self.views = source, member_view, list(views)
-        self.port, self.id_array = port, id_array
+        self.port, self.id_array, self.fit_views = port, id_array, fit_views
         self._extract = servermanager.filters.ExtractSelection(
             Input=servermanager.OutputPort(source, port)
         )
@@ -71,7 +114,7 @@ class SelectionLink:
         self._tag = source.SMProxy.AddObserver("SelectionChangedEvent", self._on_selection)
 
     def _on_selection(self, obj=None, event=None) -> None:
-        from paraview.simple import Render
+        from paraview.simple import GetDisplayProperties, Render, ResetCamera
 
         try:
             ids = selected_member_ids(self.source, self.port, self.id_array, self._extract)
@@ -85,6 +128,11 @@ class SelectionLink:
         self._last = ids
         self.member_view.MemberIds = ids
         for view in self.views:
+            if self.fit_views and ids:
+                self.member_view.UpdatePipeline()
+                ResetCamera(view)
+                display = GetDisplayProperties(self.member_view, view)
+                display.RescaleTransferFunctionToDataRange(False, True)
             Render(view)
 
     @property

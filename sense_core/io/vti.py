@@ -183,33 +183,72 @@ def store_to_multiblock(store, array_name: str = FIELD_ARRAY):
     return blocks
 
 
-def composite_members(composite, array_name: str | None = None) -> tuple[list[str], np.ndarray]:
-    """Members of a multiblock / partitioned collection of 2D images: their ids and fields.
+def _field_value(image, name: str):
+    array = image.GetFieldData().GetAbstractArray(name)
+    if array is None or array.GetNumberOfValues() == 0:
+        return None
+    return array.GetValue(0)
 
-    A member's id is its ``member_id`` field data, else its block name, else ``block<i>``.
-    """
+
+def image_member_info(image, fallback_id: str) -> tuple[str, int, str]:
+    """(member id, label, class name) of one member image from its field data (as SENSE writes
+    it); the id falls back to ``fallback_id``, the label to -1 (unlabeled)."""
+    member_id = _field_value(image, "member_id")
+    label = _field_value(image, "label")
+    class_name = _field_value(image, "class_name")
+    return (
+        str(member_id) if member_id not in (None, "") else fallback_id,
+        int(label) if label is not None else -1,
+        str(class_name) if class_name is not None else "",
+    )
+
+
+def composite_images(composite) -> list[tuple[str, object]]:
+    """(block name or ``block<i>``, image) of every 2D image leaf of a multiblock /
+    partitioned dataset collection, in traversal order."""
     from vtkmodules.vtkCommonDataModel import vtkCompositeDataSet, vtkImageData
 
     _vtk()
     iterator = composite.NewIterator()
     iterator.SkipEmptyNodesOn()
-    ids, fields = [], []
+    images = []
     iterator.InitTraversal()
     while not iterator.IsDoneWithTraversal():
         block = iterator.GetCurrentDataObject()
         if isinstance(block, vtkImageData):
-            id_array = block.GetFieldData().GetAbstractArray("member_id")
             name = iterator.GetCurrentMetaData().Get(vtkCompositeDataSet.NAME())
-            if id_array is not None and id_array.GetNumberOfValues():
-                member_id = str(id_array.GetValue(0))
-            else:
-                member_id = name or f"block{iterator.GetCurrentFlatIndex()}"
-            ids.append(member_id)
-            fields.append(image_to_member(block, array_name, where=f"member {member_id!r}"))
+            images.append((name or f"block{iterator.GetCurrentFlatIndex()}", block))
         iterator.GoToNextItem()
-    if not fields:
+    return images
+
+
+def images_to_ensemble(images, array_name: str | None = None):
+    """An :class:`~sense_core.ensemble.Ensemble` from (fallback id, vtkImageData) pairs: ids,
+    labels and class names from SENSE's field data where present."""
+    from sense_core.ensemble import UNLABELED, Ensemble
+
+    if not images:
         raise EnsembleError("the input holds no 2D image members")
+    ids, labels, names, fields = [], [], {}, []
+    for fallback_id, image in images:
+        member_id, label, class_name = image_member_info(image, fallback_id)
+        ids.append(member_id)
+        labels.append(label)
+        if label != UNLABELED and class_name:
+            names[label] = class_name
+        fields.append(image_to_member(image, array_name, where=f"member {member_id!r}"))
     shapes = {f.shape for f in fields}
     if len(shapes) > 1:
-        raise EnsembleError(f"the input's members have different shapes: {sorted(shapes)}")
-    return ids, np.stack(fields)
+        raise EnsembleError(
+            f"the input's members have different shapes (C, H, W): {sorted(shapes)}; all "
+            "members of an ensemble must have one shape"
+        )
+    count = max([*labels, -1]) + 1
+    class_names = [names.get(i, f"class_{i}") for i in range(count)]
+    return Ensemble(np.stack(fields), labels=labels, class_names=class_names, member_ids=ids)
+
+
+def composite_members(composite, array_name: str | None = None) -> tuple[list[str], np.ndarray]:
+    """Member ids and (k, C, H, W) fields of a multiblock / partitioned collection of images."""
+    ensemble = images_to_ensemble(composite_images(composite), array_name)
+    return list(ensemble.member_ids), ensemble.fields

@@ -1,0 +1,69 @@
+"""Embed an ensemble in ParaView, headless, and save the map, a selection and a screenshot.
+
+    sense pvbatch embed_ensemble.py ENSEMBLE OUT_DIR [--bundle DIR] [--projection PCA]
+                                    [--select "label == 1" | --ids ID ID ...]
+
+ENSEMBLE: an .npz or member folder (read by the SENSE reader) or a .vtm / .pvd. Writes
+OUT_DIR/embedding.csv (one row per member), OUT_DIR/selection.vtm (the selected members'
+mosaic, mean and std), and OUT_DIR/layout.png (the linked layout: scatter | members).
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import paraview.simple as simple
+from paraview import servermanager
+from paraview.simple import LoadPlugin, OpenDataFile, SaveData, SaveScreenshot
+
+from sense_core.paraview_env import plugin_file
+from sense_paraview import show_linked_layout
+
+PROJECTIONS = {"auto": "Auto", "umap": "UMAP", "projector": "Parametric projector", "pca": "PCA"}
+
+
+def main(argv):
+    parser = argparse.ArgumentParser(prog="embed_ensemble.py", description=__doc__.split("\n")[0])
+    parser.add_argument("ensemble")
+    parser.add_argument("out_dir")
+    parser.add_argument("--bundle", default="", help="bundle folder (default: the shipped one)")
+    parser.add_argument("--projection", choices=sorted(PROJECTIONS), default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    chosen = parser.add_mutually_exclusive_group()
+    chosen.add_argument("--select", help="numpy query over the table, e.g. 'label == 1'")
+    chosen.add_argument("--ids", nargs="+", help="member ids to select")
+    args = parser.parse_args(argv)
+
+    if not hasattr(simple, "SENSEEmbedding"):  # not started through `sense pvbatch`
+        LoadPlugin(str(plugin_file()))
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.ensemble.endswith((".vtm", ".pvd")):
+        ensemble = OpenDataFile(args.ensemble)
+    else:
+        ensemble = simple.SENSEEnsembleReader(FileName=args.ensemble)
+    linked = show_linked_layout(
+        ensemble, bundle=args.bundle, Projection=PROJECTIONS[args.projection], Seed=args.seed
+    )
+    SaveData(str(out / "embedding.csv"), proxy=servermanager.OutputPort(linked.embedding, 1))
+    if args.select:
+        selected = linked.select_where(args.select)
+    elif args.ids:
+        linked.select(args.ids)
+        selected = args.ids
+    else:
+        selected = []
+    if selected:
+        linked.member_view.UpdatePipeline()
+        SaveData(str(out / "selection.vtm"), proxy=linked.member_view)
+    linked.layout.SetSize(1600, 800)
+    SaveScreenshot(str(out / "layout.png"), linked.layout, ImageResolution=[1600, 800])
+    print(f"embedded {len(linked.class_names)} classes; selected {len(selected)} member(s)")
+    print(
+        f"wrote {out / 'embedding.csv'}, {out / 'layout.png'}"
+        + (f", {out / 'selection.vtm'}" if selected else "")
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
