@@ -335,3 +335,42 @@ def test_embedding_filter_reports_bad_bundles_and_shapes(tmp_path, ensemble):
     run = run_embedding(tmp_path, source, tmp_path / "nowhere", projection="PCA")
     assert run["result"]["table_rows"] == 0
     assert "not a SENSE bundle" in run["output"]
+
+
+def test_batch_script_writes_csv_selection_and_layout_screenshot(tmp_path, ensemble):
+    import csv
+    import subprocess
+
+    from conftest import SENSE, make_runtime_bundle
+    from PIL import Image
+
+    make_runtime_bundle(tmp_path / "bundle", projector=True)
+    npz = write_ensemble(ensemble, tmp_path / "ens.npz")
+    script = REPO / "plugin" / "sense_paraview" / "scripts" / "embed_ensemble.py"
+    out = tmp_path / "out"
+    completed = subprocess.run(
+        [
+            SENSE,
+            "pvbatch",
+            str(script),
+            str(npz),
+            str(out),
+            "--bundle",
+            str(tmp_path / "bundle"),
+            "--select",
+            "label == 1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    rows = list(csv.DictReader((out / "embedding.csv").open()))
+    assert [row["member_id"] for row in rows] == list(ensemble.member_ids)
+    assert "selected 6 member(s)" in completed.stdout
+    assert (out / "selection.vtm").exists()
+    pixels = np.asarray(Image.open(out / "layout.png").convert("L"), dtype=float)
+    assert pixels.shape == (800, 1600)
+    left, right = pixels[:, :800], pixels[:, 800:]
+    assert left.std() > 5 and right.std() > 5  # scatter and members both drawn
