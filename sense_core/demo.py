@@ -1,9 +1,9 @@
 """``sense demo``: the main job on the built-in default ensemble, start to finish.
 
-Today it generates the default ensemble (MCMC channel structures), writes it for ParaView,
-describes it (classes, labels, split, normalisation), draws a gallery, and renders members
-through SENSE's ParaView plugin with pvbatch. Embedding with the shipped models joins here
-once the runtime lands.
+It generates the default ensemble (MCMC channel structures), writes it for ParaView, describes
+it (classes, labels, split, normalisation), draws a gallery, embeds it with the shipped bundle
+for its member shape (models/; no training on this path) into a CSV, npz, scatter PNG and
+report, and renders the linked layout and a member mosaic through SENSE's ParaView plugin.
 """
 
 from __future__ import annotations
@@ -20,6 +20,26 @@ from sense_core.errors import SenseError
 def _step(message: str) -> float:
     print(f"[demo] {message}", flush=True)
     return time.perf_counter()
+
+
+def _shipped_bundle(member_shape):
+    from sense_core.bundle import BundleError, find_shipped_bundle
+
+    try:
+        return find_shipped_bundle(member_shape)
+    except BundleError:
+        return None
+
+
+def _pvbatch(script: str, *args: str) -> None:
+    """Run one of sense_paraview's scripts with ``sense pvbatch``; raise with its output."""
+    from sense_paraview import scripts_dir
+
+    sense = str(Path(sys.executable).with_name("sense"))
+    command = [sense, "pvbatch", str(scripts_dir() / script), *args]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SenseError(f"pvbatch {script} failed ({result.returncode}):\n{result.stderr[-2000:]}")
 
 
 def run_demo(
@@ -54,25 +74,46 @@ def run_demo(
         f"test {split['test']}"
     )
 
+    bundle = _shipped_bundle(ensemble.member_shape)
+    if bundle is not None:
+        from sense_core.embedding import embed_ensemble, write_outputs
+
+        start = _step(f"embedding with the shipped bundle {bundle} and projecting with UMAP")
+        embedding = embed_ensemble(ensemble, bundle, projection="umap", seed=seed)
+        written = write_outputs(embedding, out / "embedding", overwrite=True)
+        outputs.update({f"embedding_{k}": path for k, path in written.items()})
+        metrics = embedding.provenance.get("metrics", {})
+        print(
+            f"[demo] embedded on {embedding.provenance['inference']['provider']} in "
+            f"{time.perf_counter() - start:.1f} s; metrics: {metrics}"
+        )
+    else:
+        print(f"[demo] no shipped bundle for members {ensemble.member_shape}; skipping embedding")
+
+    if paraview and bundle is not None:
+        start = _step("rendering the linked layout (scatter | members) with ParaView (pvbatch)")
+        layout_dir = out / "paraview"
+        _pvbatch(
+            "embed_ensemble.py",
+            str(outputs["ensemble"]),
+            str(layout_dir),
+            "--bundle",
+            str(bundle),
+            "--projection",
+            "umap",
+            "--select",
+            "label == 0",
+        )
+        outputs["paraview_layout"] = layout_dir / "layout.png"
+        print(f"[demo] rendered in {time.perf_counter() - start:.1f} s")
+
     if paraview:
         start = _step("rendering two members per class with SENSE's ParaView plugin (pvbatch)")
         picks = []
         for label in range(len(ensemble.class_names)):
             picks += [ensemble.member_ids[i] for i in (ensemble.labels == label).nonzero()[0][:2]]
-        from sense_paraview import scripts_dir
-
         shot = out / "paraview_members.png"
-        command = [
-            str(Path(sys.executable).with_name("sense")),
-            "pvbatch",
-            str(scripts_dir() / "render_members.py"),
-            str(outputs["members"] / "ensemble.vtm"),
-            str(shot),
-            *picks,
-        ]
-        result = subprocess.run(command, capture_output=True, text=True)
-        if result.returncode != 0 or not shot.exists():
-            raise SenseError(f"pvbatch failed ({result.returncode}):\n{result.stderr[-2000:]}")
+        _pvbatch("render_members.py", str(outputs["members"] / "ensemble.vtm"), str(shot), *picks)
         outputs["paraview_screenshot"] = shot
         print(f"[demo] rendered in {time.perf_counter() - start:.1f} s")
 

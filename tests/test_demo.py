@@ -24,3 +24,14 @@ def test_demo_writes_the_ensemble_a_summary_and_a_paraview_rendering(tmp_path):
     pixels = np.asarray(Image.open(out / "paraview_members.png").convert("L"), dtype=float)
     assert pixels.std() > 10  # members drawn, not a blank frame
     assert (out / "preview.png").stat().st_size > 1000
+
+
+def test_demo_embeds_with_the_shipped_bundle_and_renders_the_linked_layout(tmp_path):
+    out = tmp_path / "demo"
+    result = run_sense("demo", "--out", str(out), "--members", "80")
+    assert "embedded on CPUExecutionProvider" in result.stdout
+    rows = (out / "embedding" / "embedding.csv").read_text().splitlines()
+    assert len(rows) == 81  # header + one row per member
+    assert "silhouette" in (out / "embedding" / "report.md").read_text()
+    pixels = np.asarray(Image.open(out / "paraview" / "layout.png").convert("L"), dtype=float)
+    assert pixels[:, :800].std() > 5 and pixels[:, 800:].std() > 5
