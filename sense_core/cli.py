@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from sense_core import __version__
+from sense_core.cli_options import add_reader_options, open_from_args
 from sense_core.errors import SenseError
 
 # Modules that add subcommands: each has ``add_parser(commands)`` and imports nothing heavy at
@@ -32,32 +33,6 @@ LAUNCHER_HELP = {
     "pvpython": "ParaView's Python shell / script runner",
     "pvbatch": "ParaView's batch script runner (MPI-capable)",
 }
-
-
-def add_reader_options(parser: argparse.ArgumentParser) -> None:
-    """Options of every command that reads an ensemble (see :func:`open_from_args`)."""
-    parser.add_argument(
-        "--nan-policy",
-        choices=("raise", "fill"),
-        default="raise",
-        help="members with NaN/Inf values: reject them with an error (raise, default) or "
-        "replace the values by --fill-value (fill), e.g. cells outside a domain",
-    )
-    parser.add_argument(
-        "--fill-value", type=float, default=0.0, help="value for NaN/Inf with --nan-policy fill"
-    )
-    parser.add_argument(
-        "--array", default=None, help=".vti members: point array to read (default: active scalars)"
-    )
-
-
-def open_from_args(args: argparse.Namespace):
-    """The ensemble named by ``args.path``, read with the options of add_reader_options."""
-    from sense_core.io import open_ensemble
-
-    return open_ensemble(
-        args.path, nan_policy=args.nan_policy, fill_value=args.fill_value, array_name=args.array
-    )
 
 
 def describe_ensemble(store, fractions=(0.7, 0.15, 0.15), seed: int = 0, stats: bool = False):
@@ -99,7 +74,9 @@ def _run_info(args: argparse.Namespace) -> int:
         else:
             print_bundle_summary(summary)
         return 0
-    summary = describe_ensemble(open_from_args(args), tuple(args.fractions), args.seed, args.stats)
+    summary = describe_ensemble(
+        open_from_args(args.path, args), tuple(args.fractions), args.seed, args.stats
+    )
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -127,7 +104,7 @@ def _run_info(args: argparse.Namespace) -> int:
 def _run_convert(args: argparse.Namespace) -> int:
     from sense_core.io import write_ensemble
 
-    store = open_from_args(args)
+    store = open_from_args(args.path, args)
     out = write_ensemble(
         store,
         args.out,

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from sense_core.cli_options import add_reader_options, open_from_args
 from sense_core.errors import SenseError
 
 EMBED_DESCRIPTION = """\
@@ -48,22 +49,6 @@ Compile UMAP's numba code and fill its on-disk cache (NUMBA_CACHE_DIR, by defaul
 after installing. Compilation that numba cannot cache is redone in each new process; SENSE keeps
 that short by passing exact nearest neighbours to UMAP. Prints the timings.
 """
-
-
-def _add_reader_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--nan-policy",
-        choices=("raise", "fill"),
-        default="raise",
-        help="members with NaN/Inf values: reject them (raise, default) or replace the values "
-        "by --fill-value (fill)",
-    )
-    parser.add_argument(
-        "--fill-value", type=float, default=0.0, help="value for NaN/Inf with --nan-policy fill"
-    )
-    parser.add_argument(
-        "--array", default=None, help=".vti members: point array to read (default: active scalars)"
-    )
 
 
 def _add_projection_options(parser: argparse.ArgumentParser) -> None:
@@ -118,12 +103,9 @@ def _print_result(embedding, paths: dict[str, Path], encoded: bool = True) -> No
 
 def _run_embed(args: argparse.Namespace) -> int:
     from sense_core.embedding import check_outputs, embed_ensemble, write_outputs
-    from sense_core.io import open_ensemble
 
     check_outputs(args.out, args.overwrite, not args.no_plot)
-    store = open_ensemble(
-        args.ensemble, nan_policy=args.nan_policy, fill_value=args.fill_value, array_name=args.array
-    )
+    store = open_from_args(args.ensemble, args)
     embedding = embed_ensemble(
         store,
         args.bundle,
@@ -309,7 +291,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--no-labeler", action="store_true", help="do not predict labels with the labeler"
     )
     _add_projection_options(embed)
-    _add_reader_options(embed)
+    add_reader_options(embed)
     embed.set_defaults(handler=_run_embed)
 
     project = commands.add_parser(

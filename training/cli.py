@@ -14,6 +14,7 @@ import json
 import sys
 from pathlib import Path
 
+from sense_core.cli_options import add_reader_options, open_from_args
 from sense_core.errors import SenseError
 
 # Defaults of the labeler's training options; tests check them against LabelerConfig.
@@ -47,26 +48,11 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data", required=True, metavar="PATH", help="ensemble .npz file or folder of members"
     )
-    parser.add_argument(
-        "--nan-policy",
-        choices=("raise", "fill"),
-        default="raise",
-        help="members with NaN/Inf: reject (raise, default) or replace by --fill-value (fill)",
-    )
-    parser.add_argument(
-        "--fill-value", type=float, default=0.0, help="value for NaN/Inf with --nan-policy fill"
-    )
-    parser.add_argument(
-        "--array", default=None, help=".vti members: point array to read (default: active scalars)"
-    )
+    add_reader_options(parser)
 
 
 def _open_data(args: argparse.Namespace):
-    from sense_core.io import open_ensemble
-
-    return open_ensemble(
-        args.data, nan_policy=args.nan_policy, fill_value=args.fill_value, array_name=args.array
-    )
+    return open_from_args(args.data, args)
 
 
 def _progress(args: argparse.Namespace) -> bool:

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from sense_core.cli_options import add_reader_options, open_from_args
 from sense_core.errors import SenseError
 
 # Named settings of `sense fit`: `quick` fits ~2,000 members of 32-64 px in minutes on 2 cores;
@@ -92,13 +93,7 @@ def _ints(text: str) -> tuple[int, ...]:
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="ensemble (.npz file or member folder)")
-    parser.add_argument(
-        "--nan-policy",
-        choices=("raise", "fill"),
-        default="raise",
-        help="members with NaN/Inf: reject (raise, default) or replace by --fill-value (fill)",
-    )
-    parser.add_argument("--fill-value", type=float, default=0.0, help="value for --nan-policy fill")
+    add_reader_options(parser)
 
 
 def _add_encoder_options(parser: argparse.ArgumentParser, defaults_note: str = "") -> None:
@@ -195,9 +190,7 @@ def encoder_config_from_args(args: argparse.Namespace, base: dict | None = None)
 
 
 def _open(args: argparse.Namespace):
-    from sense_core.io import open_ensemble
-
-    return open_ensemble(args.data, nan_policy=args.nan_policy, fill_value=args.fill_value)
+    return open_from_args(args.data, args)
 
 
 def _run_train_encoder(args: argparse.Namespace) -> int:
