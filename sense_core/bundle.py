@@ -266,9 +266,14 @@ def add_model(
 
 
 def shipped_bundles_dir() -> Path:
-    """Where SENSE's shipped default bundles live (``SENSE_MODELS_DIR`` overrides)."""
+    """Where SENSE's shipped default bundles live: ``SENSE_MODELS_DIR`` when set, else the copy
+    installed with the package (``sense_core/shipped_models`` in a wheel), else the source tree's
+    ``models/`` folder (editable installs)."""
     override = os.environ.get("SENSE_MODELS_DIR")
-    return Path(override) if override else Path(__file__).resolve().parents[1] / "models"
+    if override:
+        return Path(override)
+    installed = Path(__file__).resolve().parent / "shipped_models"
+    return installed if installed.is_dir() else Path(__file__).resolve().parents[1] / "models"
 
 
 def find_shipped_bundle(member_shape: tuple[int, int, int]) -> Path:
