@@ -18,6 +18,7 @@ JSON + ONNX: nothing is unpickled.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -30,8 +31,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from sense_core.ensemble import MemberStore, NormalizationStats
-from sense_core.errors import SenseError
-from sense_core.io.atomic import atomic_path, atomic_write_text
+from sense_core.errors import SenseError, SignalGate
+from sense_core.io.atomic import atomic_path
 
 MANIFEST = "sense.json"
 BUNDLE_FORMAT = "sense-bundle"
@@ -238,30 +239,35 @@ def add_model(
 
     ``manifest`` is the bundle's manifest to update (from :func:`new_manifest` or
     :func:`read_manifest`); ``training`` (command, config, metrics, ...) is stored under
-    ``training.<role>``. The model file and the manifest are each replaced atomically; the
-    returned bundle is re-read and validated.
+    ``training.<role>``. The model file and the manifest are written under temporary names and
+    renamed into place together (a SIGTERM waits until both are); the returned bundle is
+    re-read and validated.
     """
     if role not in MODEL_ROLES:
         raise ValueError(f"role must be one of {MODEL_ROLES}, got {role!r}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{role}.onnx"
-    if Path(onnx_file).resolve() != target.resolve():
-        with atomic_path(target) as tmp:
-            shutil.copyfile(onnx_file, tmp)
     manifest = json.loads(json.dumps(manifest))  # a copy
-    manifest.setdefault("models", {})[role] = {
-        "file": target.name,
-        "sha256": file_sha256(target),
-        "input_name": input_name,
-        "output_name": output_name,
-        "opset": int(opset),
-        **dict(details or {}),
-    }
-    if training is not None:
-        manifest.setdefault("training", {})[role] = dict(training)
-    manifest["software"] = {**manifest.get("software", {}), **software_versions()}
-    atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    with SignalGate() as gate, contextlib.ExitStack() as stack:
+        written = target
+        if Path(onnx_file).resolve() != target.resolve():
+            written = stack.enter_context(atomic_path(target))
+            shutil.copyfile(onnx_file, written)
+        manifest.setdefault("models", {})[role] = {
+            "file": target.name,
+            "sha256": file_sha256(written),
+            "input_name": input_name,
+            "output_name": output_name,
+            "opset": int(opset),
+            **dict(details or {}),
+        }
+        if training is not None:
+            manifest.setdefault("training", {})[role] = dict(training)
+        manifest["software"] = {**manifest.get("software", {}), **software_versions()}
+        text = json.dumps(manifest, indent=2, sort_keys=False) + "\n"
+        stack.enter_context(atomic_path(folder / MANIFEST)).write_text(text, encoding="utf-8")
+        gate.close()  # the model and sense.json are renamed together; a SIGTERM waits for both
     return Bundle.load(folder)
 
 

@@ -1,7 +1,9 @@
 """The ``sense`` command: one entry point, a subcommand per job.
 
-Errors meant for the user (:class:`SenseError`) are printed as one line, without a traceback,
-and exit with status 2.
+Errors meant for the user (:class:`SenseError`, and the system's own: disk full, no permission,
+out of memory) are printed as one line, without a traceback, and exit with status 2. SIGTERM and
+SIGHUP stop a command like Ctrl-C does: partial outputs are removed, and the exit status is
+128 + the signal number (143 for SIGTERM).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import numpy as np
 
 from sense_core import __version__
 from sense_core.cli_options import add_reader_options, open_from_args
-from sense_core.errors import SenseError
+from sense_core.errors import Interrupted, SenseError, stop_on_signals
 
 # Modules that add subcommands: each has ``add_parser(commands)`` and imports nothing heavy at
 # module level (torch, umap, onnxruntime load inside the handlers). A module that is not installed
@@ -231,7 +233,21 @@ def _launch(program: str, argv: Sequence[str]) -> int:
     return launch(program, args, use_xvfb=use_xvfb)
 
 
+INTERRUPTED_NOTE = (
+    "outputs being written were discarded, finished ones are kept; a training run continues "
+    "from its last completed epoch with --resume"
+)
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for an operating-system error: the file, then the system's reason."""
+    reason = exc.strerror or str(exc)
+    return f"{exc.filename}: {reason}" if exc.filename else reason
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``sense`` command; user errors print one line (exit status 2), SIGTERM/SIGHUP
+    and Ctrl-C stop cleanly (exit status 128 + the signal number)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         # Launchers pass their arguments through untouched (argparse would eat pvpython's -c).
@@ -242,12 +258,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 2
-        return int(args.handler(args) or 0)
+        with stop_on_signals():
+            return int(args.handler(args) or 0)
     except SenseError as exc:
         print(f"sense: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # disk full, no permission, ... outside SENSE's own checks
+        print(f"sense: error: {describe_os_error(exc)}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(
+            "sense: error: out of memory; use smaller batches (--batch-size), fewer or smaller "
+            "members, or a machine with more memory",
+            file=sys.stderr,
+        )
+        return 2
+    except Interrupted as exc:
+        print(f"sense: {exc}: {INTERRUPTED_NOTE}", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
-        print("sense: interrupted", file=sys.stderr)
+        print(f"sense: interrupted: {INTERRUPTED_NOTE}", file=sys.stderr)
         return 130
 
 

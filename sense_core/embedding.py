@@ -13,11 +13,14 @@ know is appended after them, so no label is lost or renumbered silently.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
 import os
 import time
+import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,8 +29,8 @@ from typing import Any
 import numpy as np
 
 from sense_core.ensemble import UNLABELED, MemberStore
-from sense_core.errors import SenseError
-from sense_core.io.atomic import atomic_path, atomic_write_text
+from sense_core.errors import SenseError, SignalGate, WriteError
+from sense_core.io.atomic import atomic_path
 
 EMBEDDING_FORMAT = "sense-embedding"
 EMBEDDING_FORMAT_VERSION = 1
@@ -114,8 +117,15 @@ def _scored_metrics(embedding: Embedding) -> dict[str, Any]:
     from sense_core.metrics import embedding_metrics
 
     labels = embedding.manual_labels
-    if len(np.unique(labels[labels != UNLABELED])) < 2:
-        return {"note": "fewer than two hand-labeled classes: no class metrics"}
+    present = np.unique(labels[labels != UNLABELED])
+    if len(present) == 0:
+        return {"note": "no member is labeled by hand: no class metrics (silhouette, k-NN)"}
+    if len(present) < 2:
+        return {
+            "note": f"the hand labels cover one class ({embedding.class_names[present[0]]!r}): "
+            "a silhouette and the other class metrics are undefined with fewer than two "
+            "classes, so none are computed"
+        }
     test = train = None
     if embedding.split is not None and np.any(embedding.split == "test"):
         test = np.flatnonzero(embedding.split == "test")
@@ -130,6 +140,13 @@ def _scored_metrics(embedding: Embedding) -> dict[str, Any]:
         if test is not None:
             test_agree = embedding.predicted_labels[test] == labels[test]
             metrics["labeler_accuracy_test"] = round(float(np.mean(test_agree)), 6)
+    undefined = sorted(k for k, v in metrics.items() if isinstance(v, float) and np.isnan(v))
+    if undefined:
+        metrics["note"] = (
+            f"undefined (nan): {', '.join(undefined)}; a silhouette needs two or more classes "
+            "and more labeled members than classes, k-NN and k-means enough members per class "
+            "(few hand-labeled members, or a test split with one member per class)"
+        )
     return metrics
 
 
@@ -195,6 +212,7 @@ def embed_ensemble(
     assert run.latents is not None
 
     class_names, mapping = _merge_classes(bundle.class_names, tuple(store.class_names))
+    unknown = [name for name in store.class_names if name not in bundle.class_names]
     hand = np.asarray(store.labels, dtype=np.int64)
     manual = hand != UNLABELED
     labels = np.full(len(store), UNLABELED, dtype=np.int64)
@@ -250,6 +268,12 @@ def embed_ensemble(
         "projection": projected.describe(),
         "split": split_info,
     }
+    if unknown:
+        provenance["notes"] = [
+            f"classes the bundle does not know: {unknown}; their hand labels are kept (appended "
+            f"after the bundle's {len(bundle.class_names)} classes), the labeler never predicts "
+            "them"
+        ]
     embedding = Embedding(
         member_ids=tuple(store.member_ids),
         latents=run.latents,
@@ -326,7 +350,18 @@ def reproject(
 # ----------------------------------------------------------------------------- writers / reader
 
 
-def write_npz(embedding: Embedding, path: str | os.PathLike) -> Path:
+@contextlib.contextmanager
+def _target(path: Path, atomic: bool) -> Iterator[Path]:
+    """Where to write ``path``: a temporary renamed into place (``atomic``), or ``path`` itself
+    (when it is already a temporary, as in :func:`write_outputs`)."""
+    if atomic:
+        with atomic_path(path) as tmp:
+            yield tmp
+    else:
+        yield path
+
+
+def write_npz(embedding: Embedding, path: str | os.PathLike, atomic: bool = True) -> Path:
     """``.npz`` with member_ids, latent, x, y, label, label_source, confidence, class_names,
     predicted_label/_confidence (with a labeler), split and provenance (a JSON string). Written
     atomically; read back with :func:`read_embedding` (no pickles)."""
@@ -347,9 +382,11 @@ def write_npz(embedding: Embedding, path: str | os.PathLike) -> Path:
     if embedding.split is not None:
         arrays["split"] = np.asarray(embedding.split, dtype=str)
     path = Path(path)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as stream:
-            np.savez(stream, **arrays)
+    with _target(path, atomic) as tmp, zipfile.ZipFile(tmp, "w") as archive:
+        # what np.savez writes, but closed properly when interrupted midway
+        for key, values in arrays.items():
+            with archive.open(f"{key}.npy", "w", force_zip64=True) as stream:
+                np.lib.format.write_array(stream, np.asanyarray(values), allow_pickle=False)
     return path
 
 
@@ -390,7 +427,7 @@ def read_embedding(path: str | os.PathLike) -> Embedding:
         raise SenseError(f"{path}: cannot read the embedding ({exc})") from exc
 
 
-def write_csv(embedding: Embedding, path: str | os.PathLike) -> Path:
+def write_csv(embedding: Embedding, path: str | os.PathLike, atomic: bool = True) -> Path:
     """CSV, one row per member: member_id, x, y, label, class_name, label_source, confidence,
     [predicted_label, predicted_confidence,] latent_0 ... latent_{D-1}. Written atomically."""
     dim = embedding.latents.shape[1]
@@ -404,7 +441,7 @@ def write_csv(embedding: Embedding, path: str | os.PathLike) -> Path:
         return "" if not np.isfinite(value) else f"{value:.7g}"
 
     path = Path(path)
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as stream:
+    with _target(path, atomic) as tmp, open(tmp, "w", newline="", encoding="utf-8") as stream:
         writer = csv.writer(stream)
         writer.writerow(header)
         for i, member_id in enumerate(embedding.member_ids):
@@ -429,7 +466,11 @@ def write_csv(embedding: Embedding, path: str | os.PathLike) -> Path:
 
 
 def write_scatter_png(
-    embedding: Embedding, path: str | os.PathLike, title: str | None = None, dpi: int = 120
+    embedding: Embedding,
+    path: str | os.PathLike,
+    title: str | None = None,
+    dpi: int = 120,
+    atomic: bool = True,
 ) -> Path:
     """Scatter of the map coloured by class: hand labels as outlined dots, predicted labels as
     plain dots, unlabeled members grey. Uses matplotlib's Agg canvas without pyplot, so it
@@ -471,7 +512,7 @@ def write_scatter_png(
     axes.legend(loc="best", fontsize="small", markerscale=1.5, framealpha=0.8)
     figure.tight_layout()
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with _target(path, atomic) as tmp:
         figure.savefig(tmp, format="png")
     return path
 
@@ -513,6 +554,8 @@ def report_markdown(embedding: Embedding, files: dict[str, str] | None = None) -
         lines.append(f"| {name} | {counts['manual'][name]} | {counts['predicted'][name]} |")
     lines.append(f"| (unlabeled) | | {counts['none']['unlabeled']} |")
     parts += lines
+    if prov.get("notes"):
+        parts += ["", "## Notes", ""] + [f"- {note}" for note in prov["notes"]]
     metrics = prov.get("metrics")
     if metrics:
         parts += ["", "## Metrics (hand-labeled members)", ""]
@@ -538,7 +581,8 @@ def output_paths(out_dir: str | os.PathLike, plot: bool = True) -> dict[str, Pat
 
 
 def check_outputs(out_dir: str | os.PathLike, overwrite: bool, plot: bool = True) -> None:
-    """Refuse, before any work, outputs that exist (without ``overwrite``) or a bad folder."""
+    """Refuse, before any work, outputs that exist (without ``overwrite``) or a folder that is
+    missing or not writable."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise SenseError(f"{out}: exists and is not a folder")
@@ -547,22 +591,42 @@ def check_outputs(out_dir: str | os.PathLike, overwrite: bool, plot: bool = True
         raise SenseError(f"{out}: {', '.join(existing)} already exist (use --overwrite)")
     if not out.exists() and not out.parent.is_dir():
         raise SenseError(f"{out}: the folder {out.parent} does not exist")
+    folder = out if out.exists() else out.parent
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise SenseError(f"{out}: the folder {folder} is not writable")
 
 
 def write_outputs(
     embedding: Embedding, out_dir: str | os.PathLike, overwrite: bool = False, plot: bool = True
 ) -> dict[str, Path]:
     """Write embedding.npz, embedding.csv, scatter.png (unless ``plot`` is off) and report.md
-    into ``out_dir`` (created if needed), each file atomically."""
+    into ``out_dir`` (created if needed), all or nothing: every file is written under a
+    temporary name first, and they are renamed into place only when all are complete, so a
+    failure (disk full, interruption) leaves the previous outputs as they were."""
     check_outputs(out_dir, overwrite, plot)
-    Path(out_dir).mkdir(exist_ok=True)
+    try:
+        Path(out_dir).mkdir(exist_ok=True)
+    except OSError as exc:
+        raise SenseError(f"{out_dir}: cannot create the folder ({exc.strerror or exc})") from exc
     paths = output_paths(out_dir, plot)
-    write_npz(embedding, paths["npz"])
-    write_csv(embedding, paths["csv"])
-    if plot:
-        write_scatter_png(embedding, paths["png"])
     files = {k: p.name for k, p in paths.items() if k != "report"}
-    atomic_write_text(paths["report"], report_markdown(embedding, files))
+    try:
+        with SignalGate() as gate, contextlib.ExitStack() as stack:
+            # renamed in the reverse order of entering: embedding.npz first, report.md last
+            tmp = {key: stack.enter_context(atomic_path(paths[key])) for key in reversed(paths)}
+            write_npz(embedding, tmp["npz"], atomic=False)
+            write_csv(embedding, tmp["csv"], atomic=False)
+            if plot:
+                write_scatter_png(embedding, tmp["png"], atomic=False)
+            tmp["report"].write_text(report_markdown(embedding, files), encoding="utf-8")
+            gate.close()  # a SIGTERM now waits until all four files are in place
+    except WriteError as exc:
+        cause = exc.__cause__
+        reason = getattr(cause, "strerror", None) or str(cause or exc)
+        raise WriteError(
+            f"{out_dir}: the outputs were not written ({reason}); the files that were there "
+            "are unchanged"
+        ) from exc
     return paths
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import abc
 import hashlib
+import os
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -65,6 +66,66 @@ def check_finite(fields: np.ndarray, member_id: str, where: str = "") -> None:
         )
 
 
+MEMORY_LIMIT_ENV = "SENSE_MEMORY_LIMIT"
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def _parse_bytes(text: str) -> int:
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*", text, re.IGNORECASE)
+    if match is None:
+        raise EnsembleError(
+            f"{MEMORY_LIMIT_ENV}={text!r} is not a size (examples: 500M, 8G, 1073741824)"
+        )
+    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+
+
+def memory_budget() -> tuple[int | None, str]:
+    """The bytes one read may allocate and where the number comes from: ``SENSE_MEMORY_LIMIT``
+    (e.g. ``8G``) when set, else the memory the system reports as available (None: unknown)."""
+    limit = os.environ.get(MEMORY_LIMIT_ENV, "").strip()
+    if limit:
+        return _parse_bytes(limit), f"the limit {MEMORY_LIMIT_ENV}={limit}"
+    try:
+        with open("/proc/meminfo", encoding="ascii") as stream:
+            for line in stream:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024, "the available memory"
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "the available memory"
+    except (AttributeError, ValueError, OSError):
+        return None, ""
+
+
+def format_bytes(count: float) -> str:
+    """``1536`` -> ``1.5 KiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(count) < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} GiB"
+
+
+def check_memory(nbytes: int, what: str, where: str = "", hint: str = "") -> None:
+    """Refuse, before allocating, a read that needs more memory than :func:`memory_budget`
+    allows, with a message that names the data and what to do instead of crashing the process
+    (or ParaView) out of memory."""
+    budget, source = memory_budget()
+    if budget is None or nbytes <= budget:
+        return
+    prefix = f"{where}: " if where else ""
+    raise EnsembleError(
+        f"{prefix}{what} needs {format_bytes(nbytes)} of memory, more than {source} "
+        f"({format_bytes(budget)})" + (f"; {hint}" if hint else "")
+    )
+
+
+def member_nbytes(shape: Sequence[int], count: int = 1) -> int:
+    """float32 bytes of ``count`` members of (C, H, W) ``shape``."""
+    return int(count) * int(np.prod([int(s) for s in shape], dtype=np.int64)) * 4
+
+
 class MemberStore(abc.ABC):
     """What every ensemble container offers: ids, labels, classes, metadata and batched reads."""
 
@@ -104,6 +165,12 @@ class MemberStore(abc.ABC):
         """Read every member into an in-memory :class:`Ensemble`."""
         if len(self) == 0:
             raise EnsembleError("ensemble is empty: no members to load")
+        check_memory(
+            member_nbytes(self.member_shape, len(self)),
+            f"loading all {len(self)} members of (C, H, W) = {tuple(self.member_shape)}",
+            str(getattr(self, "path", "")),
+            "stream it in batches instead (sense convert and sense embed do)",
+        )
         fields = np.empty((len(self), *self.member_shape), dtype=np.float32)
         for chunk, batch in self.iter_batches():
             fields[chunk] = batch

@@ -120,3 +120,11 @@ def test_linear_test_model_runs_in_onnxruntime(tmp_path):
     fields = np.random.default_rng(0).normal(size=(3, *SHAPE)).astype(np.float32)
     (out,) = session.run(None, {"fields": fields})
     np.testing.assert_allclose(out, fields.reshape(3, -1) @ weights, rtol=1e-4, atol=1e-4)
+
+
+def test_a_model_file_linked_outside_the_bundle_is_refused(bundle_dir, tmp_path):
+    outside = tmp_path / "elsewhere.onnx"
+    (bundle_dir / "encoder.onnx").rename(outside)
+    (bundle_dir / "encoder.onnx").symlink_to(outside)
+    with pytest.raises(BundleError, match="must stay inside the bundle folder"):
+        Bundle.load(bundle_dir)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from sense_core.bundle import Bundle, BundleError, add_model, new_manifest
 from sense_core.ensemble import NormalizationStats
 from sense_core.errors import EnsembleError
-from sense_core.io import open_ensemble, read_ensemble, write_ensemble
+from sense_core.io import open_ensemble, read_ensemble, read_member_file, write_ensemble
 
 FUZZ = settings(
     max_examples=int(os.environ.get("SENSE_FUZZ_EXAMPLES", "60")),
@@ -77,6 +77,37 @@ def test_damaged_npz_is_read_or_rejected_clearly(tmp_path, data):
         assert "damaged.npz" in str(error)
         return
     assert ensemble.fields.shape == (6, 1, 12, 10)
+
+
+def _member_files(folder) -> dict[str, bytes]:
+    """One valid member of each format, as bytes (written once per test folder)."""
+    from PIL import Image
+
+    from sense_core.io.vti import member_to_image, write_vti
+
+    folder.mkdir(exist_ok=True)
+    field = np.arange(48, dtype=np.float32).reshape(1, 6, 8)
+    np.save(folder / "m.npy", field)
+    Image.fromarray(field[0].astype(np.uint8)).save(folder / "m.png")
+    write_vti(folder / "m.vti", member_to_image(field))
+    return {suffix: (folder / f"m{suffix}").read_bytes() for suffix in (".npy", ".png", ".vti")}
+
+
+@FUZZ
+@given(data=st.data(), suffix=st.sampled_from([".npy", ".png", ".vti"]))
+def test_damaged_member_files_are_read_or_rejected_clearly(tmp_path, data, suffix):
+    blob = bytearray(_member_files(tmp_path / "valid")[suffix])
+    cut = data.draw(st.integers(min_value=0, max_value=len(blob)))
+    for position in data.draw(st.lists(st.integers(0, len(blob) - 1), max_size=6)):
+        blob[position] = data.draw(st.integers(0, 255))
+    damaged = tmp_path / f"damaged{suffix}"
+    damaged.write_bytes(bytes(blob[:cut]))
+    try:
+        member = read_member_file(damaged, nan_policy="fill")
+    except EnsembleError as error:
+        assert f"damaged{suffix}" in str(error)
+        return
+    assert member.dtype == np.float32 and member.ndim == 3
 
 
 json_values = st.recursive(

@@ -1,19 +1,23 @@
 """Write outputs so that a failure never leaves a half-written file or folder behind.
 
 Everything is written to a temporary sibling first and renamed into place at the end
-(``os.replace`` is atomic within one file system).
+(``os.replace`` is atomic within one file system). Temporaries are named
+``.<name>.<pid>.<random>.part``: an error or a SIGTERM removes them at once; after a SIGKILL
+(which no program can catch) the next write of the same output removes the ones whose process
+is gone. An output is therefore either complete or absent, never partial.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from sense_core.errors import SenseError
+from sense_core.errors import SenseError, SignalGate, WriteError
 
 
 def _check_parent(path: Path) -> None:
@@ -30,23 +34,86 @@ def _umask() -> int:
     return mask
 
 
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process: it exists
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries of ``path`` left by writers that were killed (their process is
+    gone); return what was removed. Temporaries of running writers are kept. A folder that a
+    killed writer had moved aside to replace it comes back if nothing replaced it."""
+    path = Path(path)
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(\d+)\.[^.]+\.(part|old)$")
+    removed = []
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if match is None or _process_alive(int(match.group(1))):
+            continue
+        stale = Path(entry.path)
+        try:
+            kept = stale / path.name
+            if match.group(2) == "old" and not path.exists() and kept.exists():
+                os.replace(kept, path)  # killed between the two renames: put the old one back
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(stale)
+            else:
+                stale.unlink()
+        except OSError:
+            continue
+        removed.append(stale)
+    return removed
+
+
+def _prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}."
+
+
+def _write_error(path: Path, exc: OSError, existed: bool) -> WriteError:
+    reason = exc.strerror or str(exc)
+    kept = f"the previous {path.name} is unchanged" if existed else "nothing was written"
+    return WriteError(f"{path}: not written ({reason}); {kept}")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary file path next to ``path``; rename it to ``path`` on success.
 
-    On any exception the temporary file is removed and ``path`` is left as it was.
+    On any exception the temporary file is removed and ``path`` is left as it was; system
+    errors (disk full, no permission) become a :class:`WriteError` that names ``path``.
     """
     path = Path(path)
     _check_parent(path)
     if not overwrite and path.exists():
         raise SenseError(f"{path} already exists (pass overwrite to replace it)")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    existed = path.exists()
+    remove_stale_temporaries(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=_prefix(path), suffix=".part", dir=path.parent)
+    except OSError as exc:
+        raise _write_error(path, exc, existed) from exc
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
     try:
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError as exc:
+        tmp_path.unlink(missing_ok=True)
+        if isinstance(exc, SenseError):
+            raise
+        raise _write_error(path, exc, existed) from exc
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
@@ -71,17 +138,29 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
         raise SenseError(f"{path} already exists (pass overwrite to replace it)")
     if path.exists() and not path.is_dir():
         raise SenseError(f"{path} exists and is not a folder")
-    tmp_path = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
-    os.chmod(tmp_path, 0o777 & ~_umask())  # mkdtemp makes 0700
+    existed = path.exists()
+    remove_stale_temporaries(path)
     try:
+        tmp_path = Path(tempfile.mkdtemp(prefix=_prefix(path), suffix=".part", dir=path.parent))
+    except OSError as exc:
+        raise _write_error(path, exc, existed) from exc
+    try:
+        os.chmod(tmp_path, 0o777 & ~_umask())  # mkdtemp makes 0700
         yield tmp_path
         if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            os.replace(path, old / path.name)
-            os.replace(tmp_path, path)
+            old = Path(tempfile.mkdtemp(prefix=_prefix(path), suffix=".old", dir=path.parent))
+            with SignalGate() as gate:  # a SIGTERM waits until the new folder is in place
+                gate.close()
+                os.replace(path, old / path.name)
+                os.replace(tmp_path, path)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp_path, path)
+    except OSError as exc:
+        shutil.rmtree(tmp_path, ignore_errors=True)
+        if isinstance(exc, SenseError):
+            raise
+        raise _write_error(path, exc, existed) from exc
     except BaseException:
         shutil.rmtree(tmp_path, ignore_errors=True)
         raise

@@ -29,6 +29,8 @@ from sense_core.ensemble import (
     UNLABELED,
     MemberStore,
     check_member_id,
+    check_memory,
+    member_nbytes,
     natural_key,
     validate_labels,
 )
@@ -161,7 +163,8 @@ def read_metadata_csv(
         dtype = (dtypes or {}).get(name)
         try:
             values = np.array([float(c) if c else np.nan for c in cells])
-            if dtype is not None:
+            # a member without a value keeps NaN: an integer column then stays float
+            if dtype is not None and (np.dtype(dtype).kind == "f" or np.isfinite(values).all()):
                 values = values.astype(dtype)
         except ValueError:
             values = np.array(cells, dtype=str)
@@ -262,6 +265,12 @@ class MemberFolderSource(MemberStore):
     def read_members(self, indices: Sequence[int]) -> np.ndarray:
         shape = self.member_shape
         indices = np.asarray(indices, dtype=np.int64)
+        check_memory(
+            member_nbytes(shape, len(indices)),
+            f"reading {len(indices)} member(s) of (C, H, W) = {shape}",
+            str(self.path),
+            "read fewer members at a time (--batch-size) or resample the members",
+        )
         out = np.empty((len(indices), *shape), dtype=np.float32)
         for slot, index in enumerate(indices):
             member = self._read(int(index))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sense_core.ensemble import check_finite
+from sense_core.ensemble import check_finite, check_memory, member_nbytes
 from sense_core.errors import EnsembleError, SenseError
 
 MEMBER_SUFFIXES = (".npy", ".png", ".tif", ".tiff", ".vti")
@@ -29,17 +29,48 @@ def _as_chw(array: np.ndarray, path: Path, channel_axis: int | None = None) -> n
         raise EnsembleError(f"{path}: values must be numeric, got dtype {array.dtype}")
     if np.iscomplexobj(array):
         raise EnsembleError(f"{path}: complex values are not supported")
+    return to_float32(array, str(path))
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def to_float32(array: np.ndarray, where: str) -> np.ndarray:
+    """``array`` as contiguous float32; finite values beyond float32's range (float64 data)
+    are an error instead of silently becoming infinities."""
+    if array.dtype.kind == "f" and array.dtype.itemsize > 4:
+        finite = np.isfinite(array)
+        if np.any(np.abs(array[finite]) > FLOAT32_MAX):
+            largest = float(np.max(np.abs(array[finite])))
+            raise EnsembleError(
+                f"{where}: values up to {largest:.3g} exceed the float32 range SENSE computes in "
+                f"(|x| <= {FLOAT32_MAX:.3g}); rescale the field"
+            )
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
+def check_member_memory(path: Path, shape: tuple[int, ...]) -> None:
+    """Refuse a member whose decoding would not fit in memory (its decoded values and their
+    float32 copy), before decoding it."""
+    check_memory(
+        2 * member_nbytes(shape),
+        f"a member of shape {tuple(int(s) for s in shape)}",
+        str(path),
+        "SENSE works on 2D fields of moderate size: resample or crop the members",
+    )
+
+
 def _read_npy(path: Path) -> np.ndarray:
-    return _as_chw(np.load(path, allow_pickle=False, mmap_mode="r"), path)
+    values = np.load(path, allow_pickle=False, mmap_mode="r")  # maps the file, reads nothing
+    check_member_memory(path, values.shape)
+    return _as_chw(values, path)
 
 
 def _read_png(path: Path) -> np.ndarray:
     from PIL import Image
 
     with Image.open(path) as image:
+        check_member_memory(path, (len(image.getbands()), image.height, image.width))
         image.load()
         values = np.asarray(image)
     return _as_chw(values, path, channel_axis=-1)
@@ -50,6 +81,7 @@ def _read_tiff(path: Path) -> np.ndarray:
 
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
+        check_member_memory(path, series.shape)
         values = series.asarray()
         axes = series.axes
     squeezed_axes = "".join(a for a, n in zip(axes, values.shape) if n != 1) or "YX"

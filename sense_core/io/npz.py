@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,12 +20,14 @@ from sense_core.ensemble import (
     UNLABELED,
     MemberStore,
     check_member_id,
+    check_memory,
     default_member_ids,
+    member_nbytes,
     validate_labels,
 )
 from sense_core.errors import EnsembleError
 from sense_core.io.atomic import atomic_path
-from sense_core.io.members import apply_nan_policy
+from sense_core.io.members import FLOAT32_MAX, apply_nan_policy
 from sense_core.progress import batches_with_progress
 
 METADATA_PREFIX = "meta_"
@@ -49,7 +52,7 @@ class NpzSource(MemberStore):
         try:
             with open(self.path, "rb") as stream:
                 self._read_index(stream, str(self.path))
-        except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        except (OSError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
             raise EnsembleError(f"{self.path}: not a readable .npz archive ({exc})") from exc
 
     def _read_index(self, stream, where: str) -> None:
@@ -79,6 +82,8 @@ class NpzSource(MemberStore):
                 }
             except ValueError as exc:  # object arrays would need pickle
                 raise EnsembleError(f"{where}: unreadable array ({exc})") from exc
+            except (OSError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
+                raise EnsembleError(f"{where}: damaged archive ({exc})") from exc
         if self.class_names is None:
             top = int(labels.max()) if labels.size else -1
             self.class_names = tuple(f"class_{i}" for i in range(top + 1))
@@ -152,21 +157,59 @@ class NpzSource(MemberStore):
 
     def read_members(self, indices: Sequence[int]) -> np.ndarray:
         indices = np.asarray(indices, dtype=np.int64)
-        in_memory = self._fortran or self._shape[0] * self._member_bytes() <= IN_MEMORY_LIMIT_BYTES
+        check_memory(
+            2 * member_nbytes(self.member_shape, len(indices)),
+            f"reading {len(indices)} member(s) of (C, H, W) = {self.member_shape}",
+            str(self.path),
+            "read fewer members at a time (--batch-size) or resample the members",
+        )
+        total = self._shape[0] * self._member_bytes()
+        in_memory = self._fortran or total <= self._in_memory_limit()
+        if self._fortran and self._cache is None:
+            check_memory(
+                total,
+                "reading a Fortran-ordered 'fields' array (it cannot be streamed)",
+                str(self.path),
+                "rewrite the file in C order (np.ascontiguousarray)",
+            )
         out = np.empty((len(indices), *self.member_shape), dtype=np.float32)
         try:
             if in_memory:
-                out[:] = self._load_all()[indices]
+                raw = self._load_all()[indices]
             else:
+                raw = np.empty((len(indices), *self.member_shape), dtype=self._dtype)
                 for slot in np.argsort(indices, kind="stable"):
-                    out[slot] = self._read_streamed(int(indices[slot]))
-        except (OSError, zipfile.BadZipFile, EOFError, ValueError) as exc:
+                    raw[slot] = self._read_streamed(int(indices[slot]))
+        except (OSError, zipfile.BadZipFile, EOFError, ValueError, zlib.error) as exc:
             raise EnsembleError(f"{self.path}: cannot read 'fields' ({exc})") from exc
+        self._check_range(raw, indices)
+        out[:] = raw
         for slot, index in enumerate(indices):
             out[slot] = apply_nan_policy(
                 out[slot], self.member_ids[index], self.nan_policy, self.fill_value, str(self.path)
             )
         return out
+
+    @staticmethod
+    def _in_memory_limit() -> int:
+        from sense_core.ensemble import memory_budget
+
+        budget, _ = memory_budget()
+        return IN_MEMORY_LIMIT_BYTES if budget is None else min(IN_MEMORY_LIMIT_BYTES, budget // 2)
+
+    def _check_range(self, raw: np.ndarray, indices: np.ndarray) -> None:
+        """float64 values beyond float32's range would silently become infinities."""
+        if raw.dtype.kind != "f" or raw.dtype.itemsize <= 4:
+            return
+        finite = np.where(np.isfinite(raw), np.abs(raw), 0.0)
+        too_big = finite.reshape(len(raw), -1).max(axis=1) > FLOAT32_MAX
+        if too_big.any():
+            slot = int(np.flatnonzero(too_big)[0])
+            raise EnsembleError(
+                f"{self.path}: member {self.member_ids[indices[slot]]!r} has values up to "
+                f"{finite[slot].max():.3g}, beyond the float32 range SENSE computes in "
+                f"(|x| <= {FLOAT32_MAX:.3g}); rescale the fields"
+            )
 
     def close(self) -> None:
         if self._stream is not None:

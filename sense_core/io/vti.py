@@ -10,8 +10,9 @@ like ParaView's own PNG reader shows it.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
@@ -101,10 +102,42 @@ def read_vti(path: str | os.PathLike, array_name: str | None = None) -> np.ndarr
     errors = _ErrorCatcher()
     reader.AddObserver("ErrorEvent", errors)
     reader.GetExecutive().AddObserver("ErrorEvent", errors)
-    reader.Update()
-    if errors.messages:
-        raise EnsembleError(f"{path}: cannot read .vti ({errors.messages[0].strip()[:200]})")
-    return image_to_member(reader.GetOutput(), array_name, where=str(path))
+    with _vtk_errors_silenced():  # VTK's XML parser would print its own lines to stderr
+        reader.UpdateInformation()  # reads the header only: the extent, before any value
+        if not errors.messages:
+            _check_extent_memory(path, reader)
+        reader.Update()
+    image = reader.GetOutput()
+    if errors.messages or image is None or image.GetNumberOfPoints() == 0:
+        reason = errors.messages[0].strip()[:200] if errors.messages else "damaged or truncated"
+        raise EnsembleError(f"{path}: cannot read .vti ({reason})")
+    return image_to_member(image, array_name, where=str(path))
+
+
+@contextlib.contextmanager
+def _vtk_errors_silenced() -> Iterator[None]:
+    """Keep VTK's own error lines off stderr and ParaView's Output Messages while SENSE reads a
+    file: SENSE reports the problem itself, once, naming the file."""
+    from vtkmodules.vtkCommonCore import vtkObject
+
+    previous = vtkObject.GetGlobalWarningDisplay()
+    vtkObject.GlobalWarningDisplayOff()
+    try:
+        yield
+    finally:
+        vtkObject.SetGlobalWarningDisplay(previous)
+
+
+def _check_extent_memory(path: Path, reader) -> None:
+    from vtkmodules.vtkCommonExecutionModel import vtkStreamingDemandDrivenPipeline
+
+    from sense_core.io.members import check_member_memory
+
+    extent = reader.GetOutputInformation(0).Get(vtkStreamingDemandDrivenPipeline.WHOLE_EXTENT())
+    if extent is None:
+        return
+    dims = [max(0, extent[2 * i + 1] - extent[2 * i] + 1) for i in range(3)]
+    check_member_memory(path, (dims[2], dims[1], dims[0]))
 
 
 def write_vti(path: str | os.PathLike, image) -> None:
@@ -162,7 +195,15 @@ def store_to_multiblock(store, array_name: str = FIELD_ARRAY):
     member id, with ``member_id``, ``label`` and ``class_name`` as the block's field data."""
     from vtkmodules.vtkCommonDataModel import vtkCompositeDataSet, vtkMultiBlockDataSet
 
+    from sense_core.ensemble import check_memory, member_nbytes
+
     _vtk()
+    check_memory(
+        2 * member_nbytes(store.member_shape, len(store)),
+        f"showing all {len(store)} members of (C, H, W) = {tuple(store.member_shape)}",
+        str(getattr(store, "path", "")),
+        "open a subset of the members, or resample them",
+    )
     blocks = vtkMultiBlockDataSet()
     blocks.SetNumberOfBlocks(len(store))
     for indices, batch in store.iter_batches():
