@@ -7,6 +7,20 @@ Plugins in the GUI, or start ParaView through ``sense paraview`` (which sets PV_
 from paraview.util.vtkAlgorithm import VTKPythonAlgorithmBase, smdomain, smhint, smproperty, smproxy
 
 
+def _watch_the_gui():
+    """In the GUI (also when connected to a pvserver, where the filters run remotely), open the
+    linked layout on each SENSE Embedding's first Apply (see sense_paraview.gui)."""
+    try:
+        from sense_paraview.gui import enable_auto_layout
+
+        enable_auto_layout()
+    except ImportError:
+        pass  # sense_paraview not importable here (a bare server): nothing to lay out
+
+
+_watch_the_gui()
+
+
 def _report_error(message):
     """Exceptions in RequestData are only logged by ParaView; show the message to the user."""
     from vtkmodules.vtkCommonCore import vtkOutputWindow
@@ -54,19 +68,35 @@ class SENSEEnsembleReader(VTKPythonAlgorithmBase):
             self._nan_policy = value
             self.Modified()
 
+    def RequestInformation(self, request, inInfo, outInfo):
+        from vtkmodules.vtkCommonExecutionModel import vtkAlgorithm
+
+        # Under MPI each rank reads its share of the members (blocks elsewhere are empty).
+        outInfo.GetInformationObject(0).Set(vtkAlgorithm.CAN_HANDLE_PIECE_REQUEST(), 1)
+        return 1
+
     def RequestData(self, request, inInfo, outInfo):
         from vtkmodules.vtkCommonDataModel import vtkMultiBlockDataSet
+        from vtkmodules.vtkCommonExecutionModel import vtkStreamingDemandDrivenPipeline as sddp
 
         output = vtkMultiBlockDataSet.GetData(outInfo, 0)
         if not self._file_name:
             _report_error("no FileName set on the SENSE Ensemble Reader")
             return 1
+        info = outInfo.GetInformationObject(0)
+        piece = info.Get(sddp.UPDATE_PIECE_NUMBER()) if info.Has(sddp.UPDATE_PIECE_NUMBER()) else 0
+        pieces = (
+            info.Get(sddp.UPDATE_NUMBER_OF_PIECES())
+            if info.Has(sddp.UPDATE_NUMBER_OF_PIECES())
+            else 1
+        )
         try:
             from sense_core.io import open_ensemble
-            from sense_core.io.vti import store_to_multiblock
+            from sense_core.vtk_views import store_piece_to_multiblock
 
             policy = ("raise", "fill")[self._nan_policy]
-            output.ShallowCopy(store_to_multiblock(open_ensemble(self._file_name, policy)))
+            store = open_ensemble(self._file_name, policy)
+            output.ShallowCopy(store_piece_to_multiblock(store, piece, pieces))
         except Exception as exc:  # noqa: BLE001 - the GUI must show every failure, never crash
             _report_error(str(exc))
         return 1
@@ -138,12 +168,15 @@ class SENSEMemberView(VTKPythonAlgorithmBase):
         if not self._member_ids:
             return 1  # nothing selected: an empty view
         try:
-            from sense_core.vtk_views import member_view_blocks
+            from sense_core import vtk_views
 
             ensemble = inInfo[0].GetInformationObject(0).Get(vtkDataObject.DATA_OBJECT())
-            blocks = member_view_blocks(
-                ensemble, self._member_ids, self._array_name or None, self._columns or None
-            )
+            comm = vtk_views.mpi_communicator()
+            options = (self._member_ids, self._array_name or None, self._columns or None)
+            if comm is not None:  # under MPI each rank holds some of the members
+                blocks = vtk_views.member_view_blocks_distributed(comm, ensemble, *options)
+            else:
+                blocks = vtk_views.member_view_blocks(ensemble, *options)
             output.ShallowCopy(blocks)
         except Exception as exc:  # noqa: BLE001 - the GUI must show every failure, never crash
             _report_error(str(exc))
@@ -156,6 +189,7 @@ _PROJECTIONS = ("auto", "umap", "projector", "pca")
 
 @smproxy.filter(name="SENSEEmbedding", label="SENSE Embedding")
 @smhint.xml('<ShowInMenu category="SENSE"/>')
+@smhint.xml('<View type="None" port="1"/>')  # the table: open it in a spreadsheet on demand
 @smproperty.xml('<OutputPort name="Map" index="0"/><OutputPort name="Table" index="1"/>')
 @smproperty.input(name="Input", port_index=0)
 @smdomain.datatype(
@@ -181,6 +215,10 @@ class SENSEEmbedding(VTKPythonAlgorithmBase):
         self._seed = 0
         self._time_steps = []
         self._collected = []
+        self._linked_layout = 1
+        from sense_paraview.gui import enable_auto_layout
+
+        enable_auto_layout()  # in the GUI: the linked layout on the first Apply
 
     def _set(self, name, value):
         if getattr(self, name) != value:
@@ -266,6 +304,18 @@ class SENSEEmbedding(VTKPythonAlgorithmBase):
         """UMAP min_dist: how tightly points may pack."""
         self._set("_min_dist", float(value))
 
+    @smproperty.xml(
+        """<IntVectorProperty name="LinkedLayout" command="SetLinkedLayout"
+             number_of_elements="1" default_values="1" panel_visibility="advanced">
+           <BooleanDomain name="bool"/>
+           <Documentation>In the GUI, on the first Apply, split the view into the scatter
+           (coloured by class) and a SENSE Member View of the same ensemble, linked live:
+           selected points show their members' fields with mean and std.</Documentation>
+         </IntVectorProperty>"""
+    )
+    def SetLinkedLayout(self, value):
+        self._linked_layout = int(value)  # read by sense_paraview.gui; no pipeline change
+
     @smproperty.intvector(name="Seed", default_values=0)
     def SetSeed(self, value):
         """Random seed of the projection (recorded in the output)."""
@@ -294,8 +344,10 @@ class SENSEEmbedding(VTKPythonAlgorithmBase):
         from vtkmodules.vtkCommonExecutionModel import vtkStreamingDemandDrivenPipeline as sddp
 
         if self._time_steps:
-            step = self._time_steps[len(self._collected)]
-            inInfo[0].GetInformationObject(0).Set(sddp.UPDATE_TIME_STEP(), step)
+            info = inInfo[0].GetInformationObject(0)
+            info.Set(sddp.UPDATE_TIME_STEP(), self._time_steps[len(self._collected)])
+            info.Set(sddp.UPDATE_PIECE_NUMBER(), 0)  # whole images on every MPI rank
+            info.Set(sddp.UPDATE_NUMBER_OF_PIECES(), 1)
         return 1
 
     def RequestData(self, request, inInfo, outInfo):
@@ -321,26 +373,40 @@ class SENSEEmbedding(VTKPythonAlgorithmBase):
         elif isinstance(data, vtkImageData):
             images = [("t000000", data)]
         else:
-            from sense_core.io.vti import composite_images
-
-            images = composite_images(data)
+            images = None  # a composite: under MPI each rank holds some of its members
         try:
-            from sense_core.vtk_views import embed_images
+            from sense_core import vtk_views
 
             self.UpdateProgress(0.5)
-            _, points, table = embed_images(
-                images,
-                self._bundle,
-                self._array_name or None,
-                device=_DEVICES[self._device],
-                batch_size=self._batch_size,
-                projection=_PROJECTIONS[self._projection],
-                seed=self._seed,
-                n_neighbors=self._n_neighbors,
-                min_dist=self._min_dist,
-            )
-            vtkPolyData.GetData(outInfo, 0).ShallowCopy(points)
-            vtkTable.GetData(outInfo, 1).ShallowCopy(table)
+            options = {
+                "device": _DEVICES[self._device],
+                "batch_size": self._batch_size,
+                "projection": _PROJECTIONS[self._projection],
+                "seed": self._seed,
+                "n_neighbors": self._n_neighbors,
+                "min_dist": self._min_dist,
+            }
+            comm = vtk_views.mpi_communicator()
+            if comm is not None and images is None:
+                result = vtk_views.embed_images_distributed(
+                    comm,
+                    vtk_views.indexed_composite_images(data),
+                    self._bundle,
+                    self._array_name or None,
+                    **options,
+                )
+            elif comm is not None and comm.Get_rank() != 0:
+                result = None  # a time series: every rank has every image; rank 0 embeds
+            else:
+                if images is None:
+                    images = [(n, i) for _, n, i in vtk_views.indexed_composite_images(data)]
+                result = vtk_views.embed_images(
+                    images, self._bundle, self._array_name or None, **options
+                )
+            if result is not None:
+                _, points, table = result
+                vtkPolyData.GetData(outInfo, 0).ShallowCopy(points)
+                vtkTable.GetData(outInfo, 1).ShallowCopy(table)
         except Exception as exc:  # noqa: BLE001 - the GUI must show every failure, never crash
             _report_error(str(exc))
         self.UpdateProgress(1.0)

@@ -16,7 +16,10 @@ VENV=${VENV:-.venv}
 EXTRAS=${EXTRAS:-cpu,train,dev}
 CONSTRAINTS=${CONSTRAINTS:-requirements/constraints.txt}
 PARAVIEW_PYTHON=/usr/bin/python3
-APT_PACKAGES=(paraview python3-paraview python3-venv python3-mpi4py xvfb xauth cmake)
+# paraview-dev: ParaView's CMake package (plugin library); its CMake config also needs the MPI
+# and utf8cpp headers, which Debian 12's paraview-dev does not pull in. openmpi-bin: mpirun.
+APT_PACKAGES=(paraview python3-paraview python3-venv python3-mpi4py xvfb xauth cmake
+    openmpi-bin paraview-dev libopenmpi-dev libutfcpp-dev g++)
 
 say() { printf '[setup] %s\n' "$*"; }
 

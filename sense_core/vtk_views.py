@@ -36,21 +36,33 @@ def _tile_labels(origins, member_ids, mosaic_height: int):
     return labels
 
 
-def member_view_blocks(
-    ensemble, member_ids: Sequence[str], array_name: str | None = None, columns: int | None = None
-):
-    """Blocks ``mosaic``, ``tile_labels``, ``mean`` and ``std`` for the selected members."""
+MEMBER_VIEW_BLOCKS = ("mosaic", "tile_labels", "mean", "std")
+
+
+def _named_blocks(outputs):
     from vtkmodules.vtkCommonDataModel import vtkCompositeDataSet, vtkMultiBlockDataSet
 
-    if not member_ids:
-        raise SenseError("no members selected")
-    ids, fields = composite_members(ensemble, array_name)
+    blocks = vtkMultiBlockDataSet()
+    blocks.SetNumberOfBlocks(len(outputs))
+    for index, (name, data) in enumerate(outputs):
+        if data is not None:
+            blocks.SetBlock(index, data)
+        blocks.GetMetaData(index).Set(vtkCompositeDataSet.NAME(), name)
+    return blocks
+
+
+def _selected_fields(ids: Sequence[str], fields: np.ndarray, member_ids: Sequence[str]):
     position = {member_id: i for i, member_id in enumerate(ids)}
     unknown = [m for m in member_ids if m not in position]
     if unknown:
         shown = ", ".join(repr(m) for m in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
         raise SenseError(f"member id(s) not in the ensemble: {shown}")
-    selected = fields[[position[m] for m in member_ids]]
+    return fields[[position[m] for m in member_ids]]
+
+
+def member_view_from_fields(selected: np.ndarray, member_ids: Sequence[str], columns=None):
+    """Blocks ``mosaic``, ``tile_labels``, ``mean`` and ``std`` of the (k, C, H, W) fields of
+    the selected members (in ``member_ids`` order)."""
     mosaic = tile_members(selected, columns)
     mean, std = selection_statistics(selected)
     _, height, width = mosaic.image.shape
@@ -67,12 +79,53 @@ def member_view_blocks(
     for name, x in (("mean", mean_x), ("std", mean_x + tile_width + tile_width // 2)):
         image = dict(outputs)[name]
         image.SetOrigin(x, height - tile_height, 0.0)
-    blocks = vtkMultiBlockDataSet()
-    blocks.SetNumberOfBlocks(len(outputs))
-    for index, (name, data) in enumerate(outputs):
-        blocks.SetBlock(index, data)
-        blocks.GetMetaData(index).Set(vtkCompositeDataSet.NAME(), name)
-    return blocks
+    return _named_blocks(outputs)
+
+
+def member_view_blocks(
+    ensemble, member_ids: Sequence[str], array_name: str | None = None, columns: int | None = None
+):
+    """Blocks ``mosaic``, ``tile_labels``, ``mean`` and ``std`` for the selected members."""
+    if not member_ids:
+        raise SenseError("no members selected")
+    ids, fields = composite_members(ensemble, array_name)
+    return member_view_from_fields(_selected_fields(ids, fields, member_ids), member_ids, columns)
+
+
+def member_view_blocks_distributed(
+    comm,
+    ensemble,
+    member_ids: Sequence[str],
+    array_name: str | None = None,
+    columns: int | None = None,
+):
+    """Collective: each rank sends the selected members it holds to rank 0, which builds the
+    member view; the other ranks return the same four blocks, empty (ParaView merges the ranks'
+    outputs block by block, so every rank keeps the structure)."""
+    from sense_core.io.vti import images_to_ensemble
+
+    held: dict[str, np.ndarray] = {}
+    error = ""
+    images = [(name, image) for _, name, image in indexed_composite_images(ensemble)]
+    if images:
+        try:
+            local = images_to_ensemble(images, array_name)
+            wanted = set(member_ids)
+            held = {m: f for m, f in zip(local.member_ids, local.fields) if m in wanted}
+        except Exception as exc:  # noqa: BLE001 - raised on rank 0 below, never a hang
+            error = str(exc)
+    gathered = comm.gather((held, error), root=0)
+    if comm.Get_rank() != 0:
+        return _named_blocks([(name, None) for name in MEMBER_VIEW_BLOCKS])
+    errors = [f"rank {r}: {e}" for r, (_, e) in enumerate(gathered) if e]
+    if errors:
+        raise SenseError("; ".join(errors))
+    fields: dict[str, np.ndarray] = {}
+    for part, _ in gathered:
+        fields.update(part)
+    ids = list(fields)
+    stacked = np.stack([fields[m] for m in ids]) if ids else np.empty((0, 1, 1, 1), np.float32)
+    return member_view_from_fields(_selected_fields(ids, stacked, member_ids), member_ids, columns)
 
 
 def _embedding_columns(embedding) -> list:
@@ -177,3 +230,108 @@ def embed_images(images, bundle: str, array_name: str | None = None, **options):
     bundle = bundle or str(find_shipped_bundle(ensemble.member_shape))
     embedding = embed_ensemble(ensemble, bundle, **options)
     return embedding, embedding_to_polydata(embedding), embedding_to_table(embedding)
+
+
+def store_piece_to_multiblock(store, piece: int, pieces: int, array_name: str = FIELD_ARRAY):
+    """The ensemble as a multiblock with every member's block named, but only the members of
+    ``piece`` (a contiguous share, :func:`sense_core.distributed.member_share`) read and set:
+    what one MPI rank of a parallel ParaView holds. One piece: the whole ensemble."""
+    from vtkmodules.vtkCommonDataModel import vtkCompositeDataSet, vtkMultiBlockDataSet
+
+    from sense_core.distributed import member_share
+    from sense_core.io.vti import store_to_multiblock
+
+    if pieces <= 1:
+        return store_to_multiblock(store, array_name)
+    share = list(member_share(len(store), piece, pieces))
+    blocks = vtkMultiBlockDataSet()
+    blocks.SetNumberOfBlocks(len(store))
+    for index, member_id in enumerate(store.member_ids):
+        blocks.GetMetaData(index).Set(vtkCompositeDataSet.NAME(), member_id)
+    if share:
+        for index, member in zip(share, store.read_members(share)):
+            label = int(store.labels[index])
+            blocks.SetBlock(
+                index,
+                member_to_image(
+                    member,
+                    array_name,
+                    field_data={
+                        "member_id": store.member_ids[index],
+                        "label": label,
+                        "class_name": store.class_names[label] if label >= 0 else "",
+                    },
+                ),
+            )
+    return blocks
+
+
+def indexed_composite_images(composite) -> list[tuple[int, str, object]]:
+    """(flat index, block name or ``block<i>``, image) of the 2D image leaves this process holds;
+    the flat index orders members the same way on every MPI rank."""
+    from vtkmodules.vtkCommonDataModel import vtkCompositeDataSet, vtkImageData
+
+    iterator = composite.NewIterator()
+    iterator.SkipEmptyNodesOn()
+    found = []
+    iterator.InitTraversal()
+    while not iterator.IsDoneWithTraversal():
+        block = iterator.GetCurrentDataObject()
+        if isinstance(block, vtkImageData):
+            index = iterator.GetCurrentFlatIndex()
+            name = iterator.GetCurrentMetaData().Get(vtkCompositeDataSet.NAME())
+            found.append((index, name or f"block{index}", block))
+        iterator.GoToNextItem()
+    return found
+
+
+def embed_images_distributed(
+    comm, indexed_images, bundle: str, array_name: str | None = None, **options
+):
+    """Collective over ``comm``: every rank embeds its (flat index, fallback id, image) members,
+    rank 0 projects all of them and returns (embedding, polydata, table); others return None."""
+    from sense_core.bundle import find_shipped_bundle
+    from sense_core.distributed import embed_distributed
+    from sense_core.io.vti import image_member_info, images_to_ensemble
+
+    images = [(name, image) for _, name, image in indexed_images]
+    names: dict[int, str] = {}
+    for name, image in images:
+        _, label, class_name = image_member_info(image, name)
+        if label >= 0 and class_name:
+            names[label] = class_name
+    fields, ids, labels, error = None, [], [], ""
+    if images:
+        try:
+            local = images_to_ensemble(images, array_name)
+            fields, ids, labels = local.fields, list(local.member_ids), list(local.labels)
+            bundle = bundle or str(find_shipped_bundle(local.member_shape))
+        except Exception as exc:  # noqa: BLE001 - raised on every rank below, never a hang
+            error = str(exc)
+    errors = [e for e in comm.allgather(error) if e]
+    if errors:
+        raise SenseError(errors[0])
+    bundle = next((b for b in comm.allgather(bundle) if b), "")
+    indices = [index for index, _, _ in indexed_images] if fields is not None else []
+    embedding = embed_distributed(comm, indices, ids, labels, names, fields, bundle, **options)
+    if embedding is None:
+        return None
+    return embedding, embedding_to_polydata(embedding), embedding_to_table(embedding)
+
+
+def mpi_communicator():
+    """mpi4py's world communicator when this ParaView runs on several MPI ranks, else None
+    (mpi4py is then never imported, so serial runs do not start MPI)."""
+    from vtkmodules.vtkParallelCore import vtkMultiProcessController
+
+    controller = vtkMultiProcessController.GetGlobalController()
+    if controller is None or controller.GetNumberOfProcesses() < 2:
+        return None
+    try:
+        from mpi4py import MPI
+    except ImportError as exc:
+        raise SenseError(
+            "SENSE Embedding on several MPI ranks needs mpi4py (Debian: python3-mpi4py) built "
+            f"for ParaView's MPI: {exc}"
+        ) from exc
+    return MPI.COMM_WORLD

@@ -56,67 +56,108 @@ def _class_names(embedding) -> list[str]:
 
 def style_scatter(embedding, view, class_names) -> object:
     """Points coloured by class with a legend, axes titled, 2D interaction."""
-    from paraview.simple import ColorBy, GetColorTransferFunction, Show
+    from paraview.simple import ColorBy, GetColorTransferFunction, GetScalarBar, Show
 
     display = Show(embedding, view)
     display.Representation = "Points"
     display.PointSize = 6.0
     display.RenderPointsAsSpheres = 1
+    # Selected points are drawn larger than the points (else the highlight hides under them);
+    # their labels (off: they pile up on a cluster) show member ids when turned on.
+    display.SelectionPointSize = 11.0
+    display.SelectionPointFieldDataArrayName = "member_id"
     ColorBy(display, ("POINTS", "label"))
     colors = GetColorTransferFunction("label")
+    colors.AutomaticRescaleRangeMode = "Never"  # the GUI would add annotations of its own
     colors.InterpretValuesAsCategories = 1
     colors.Annotations = [v for i, name in enumerate(class_names) for v in (str(i), name)]
     colors.ApplyPreset("Brewer Qualitative Set1", True)
     display.SetScalarBarVisibility(view, True)
+    legend = GetScalarBar(colors, view)
+    legend.Title, legend.ComponentTitle = "class", ""
+    legend.TitleFontSize, legend.LabelFontSize = 14, 12
+    legend.WindowLocation = "Upper Right Corner"
     view.InteractionMode = "2D"
     view.OrientationAxesVisibility = 0
     grid = view.AxesGrid
     grid.Visibility = 1
     grid.XTitle, grid.YTitle = "SENSE map x", "SENSE map y"
+    grid.XTitleFontSize = grid.YTitleFontSize = 14
+    grid.XLabelFontSize = grid.YLabelFontSize = 12
     return display
 
 
-def show_linked_layout(ensemble, embedding=None, bundle: str = "", **embedding_properties):
+def frame_scatter(embedding, view) -> None:
+    """Fit the camera to the map with room for the axis titles and, on the right, the legend
+    (ParaView's own reset frames the points alone: titles and legend get clipped)."""
+    xmin, xmax, ymin, ymax = embedding.GetDataInformation(0).GetBounds()[:4]
+    if xmin > xmax:
+        return  # an empty map (an error was reported)
+    width, height = max(xmax - xmin, 1e-6), max(ymax - ymin, 1e-6)
+    padded = [xmin - 0.3 * width, xmax + 0.3 * width, ymin - 0.2 * height, ymax + 0.2 * height]
+    view.SMProxy.ResetCamera([*padded, -1.0, 1.0])
+
+
+def style_members(member_view, view) -> object:
+    """The member view's field in Viridis with the gaps between tiles in the background
+    colour. Colouring is set without ``ColorBy``, which warns while nothing is selected."""
+    from paraview.simple import GetColorTransferFunction, Show
+
+    view.InteractionMode = "2D"
+    view.OrientationAxesVisibility = 0
+    display = Show(member_view, view)
+    display.Representation = "Surface"
+    colors = GetColorTransferFunction("field")
+    colors.ApplyPreset("Viridis (matplotlib)", True)
+    colors.NanColor = list(view.Background)
+    display.ColorArrayName = ["POINTS", "field"]
+    display.LookupTable = colors
+    return display
+
+
+def _place_views(scatter_view=None):
+    """(layout, scatter view, members view) side by side. With ``scatter_view`` (a render view
+    the user is in), its layout cell is split and the members view goes to its right; else a
+    new layout "SENSE" gets two new render views."""
+    from paraview.simple import AssignViewToLayout, CreateLayout, CreateView, GetLayout
+
+    layout = GetLayout(scatter_view) if scatter_view is not None else None
+    members_view = CreateView("RenderView")
+    if layout is None:
+        layout = CreateLayout("SENSE")
+        scatter_view = scatter_view or CreateView("RenderView")
+        AssignViewToLayout(view=scatter_view, layout=layout, hint=0)
+        layout.SplitHorizontal(0, 0.5)
+        AssignViewToLayout(view=members_view, layout=layout, hint=2)
+    else:
+        first_child = layout.SplitViewHorizontal(scatter_view, 0.5)
+        layout.AssignView(first_child + 1, members_view)
+    return layout, scatter_view, members_view
+
+
+def show_linked_layout(
+    ensemble, embedding=None, bundle: str = "", scatter_view=None, **embedding_properties
+):
     """Build the linked layout for ``ensemble`` (a SENSE reader, a .vtm/.pvd reader, ...).
 
     ``embedding``: an existing SENSE Embedding on it (else one is made with ``bundle`` and
-    ``embedding_properties``, e.g. ``Projection="PCA"``).
+    ``embedding_properties``, e.g. ``Projection="PCA"``). ``scatter_view``: a render view to
+    show the scatter in (its layout cell is split for the members); else a new layout.
     """
     import paraview.simple as simple
-    from paraview.simple import (
-        AssignViewToLayout,
-        ColorBy,
-        CreateLayout,
-        CreateView,
-        GetColorTransferFunction,
-        ResetCamera,
-        Show,
-    )
 
     from sense_paraview.linking import link_selection
 
     if embedding is None:
+        embedding_properties.setdefault("LinkedLayout", 0)  # this function lays it out
         embedding = simple.SENSEEmbedding(Input=ensemble, Bundle=bundle, **embedding_properties)
     embedding.UpdatePipeline()
     class_names = _class_names(embedding)
     member_view = simple.SENSEMemberView(Input=ensemble)
-    layout = CreateLayout("SENSE")
-    scatter_view = CreateView("RenderView")
-    AssignViewToLayout(view=scatter_view, layout=layout, hint=0)
+    layout, scatter_view, members_view = _place_views(scatter_view)
     style_scatter(embedding, scatter_view, class_names)
-    members_view = CreateView("RenderView")
-    layout.SplitHorizontal(0, 0.5)
-    AssignViewToLayout(view=members_view, layout=layout, hint=2)
-    members_view.InteractionMode = "2D"
-    members_view.OrientationAxesVisibility = 0
-    member_display = Show(member_view, members_view)
-    member_display.Representation = "Surface"
-    ColorBy(member_display, ("POINTS", "field"))
-    field_colors = GetColorTransferFunction("field")
-    field_colors.ApplyPreset("Viridis (matplotlib)", True)
-    field_colors.NanColor = list(members_view.Background)  # gaps between tiles
-    ResetCamera(scatter_view)
-    scatter_view.CameraParallelScale *= 1.3  # room for the legend
+    style_members(member_view, members_view)
+    frame_scatter(embedding, scatter_view)
     simple.SetActiveView(scatter_view)
     simple.SetActiveSource(embedding)
     link = link_selection(embedding, member_view, views=[members_view], fit_views=True)

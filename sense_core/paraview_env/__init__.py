@@ -1,14 +1,16 @@
-"""Start ParaView's programs (paraview, pvpython, pvbatch) with SENSE ready to use.
+"""Start ParaView's programs (paraview, pvpython, pvbatch, pvserver) with SENSE ready to use.
 
 The environment this builds carries the ``inspect.getargspec`` shim, the SENSE virtual
-environment's packages and the plugin folder; rendering programs run under ``xvfb-run`` when
-no display is set.
+environment's packages and the plugin folder; without a display the programs run on a private
+Xvfb (started with ``-displayfd``, stopped with the program).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import sysconfig
 from collections.abc import Mapping, Sequence
@@ -16,7 +18,7 @@ from pathlib import Path
 
 from sense_core.errors import SenseError
 
-PROGRAMS = ("paraview", "pvpython", "pvbatch")
+PROGRAMS = ("paraview", "pvpython", "pvbatch", "pvserver")
 SHIM_DIR = Path(__file__).resolve().parent / "shim"
 
 
@@ -61,10 +63,8 @@ def needs_virtual_display(env: Mapping[str, str]) -> bool:
     return not env.get("DISPLAY") and not env.get("WAYLAND_DISPLAY")
 
 
-def paraview_command(
-    program: str, args: Sequence[str], env: Mapping[str, str], use_xvfb: bool = True
-) -> list[str]:
-    """The argv that starts ``program`` (under ``xvfb-run -a`` when a display is needed)."""
+def paraview_command(program: str, args: Sequence[str], env: Mapping[str, str]) -> list[str]:
+    """The argv that starts ``program`` (found on the environment's PATH)."""
     if program not in PROGRAMS:
         raise SenseError(f"unknown ParaView program {program!r}; one of {PROGRAMS}")
     executable = shutil.which(program, path=env.get("PATH"))
@@ -73,23 +73,64 @@ def paraview_command(
             f"{program} not found on PATH; install ParaView (Debian: apt-get install paraview "
             "python3-paraview), e.g. with `make setup`"
         )
-    command = [executable, *args]
-    if use_xvfb and needs_virtual_display(env):
-        xvfb = shutil.which("xvfb-run", path=env.get("PATH"))
-        if xvfb is None:
-            raise SenseError(
-                f"{program} needs a display and none is set (DISPLAY); install xvfb "
-                "(apt-get install xvfb xauth) or pass --no-xvfb for pipelines that never render"
-            )
-        command = [xvfb, "-a", "-s", "-screen 0 1600x1000x24", *command]
-    return command
+    return [executable, *args]
+
+
+def start_virtual_display(env: Mapping[str, str]) -> tuple[subprocess.Popen, str]:
+    """Start a private Xvfb; return (server, DISPLAY). The server picks a free display number
+    itself and reports it when it accepts connections (``-displayfd``), so parallel starts
+    never share or race for a number (``xvfb-run -a`` does: a program could end up on another
+    run's display and lose it when that run ends)."""
+    xvfb = shutil.which("Xvfb", path=env.get("PATH"))
+    if xvfb is None:
+        raise SenseError(
+            "ParaView needs a display and none is set (DISPLAY); install xvfb "
+            "(apt-get install xvfb) or pass --no-xvfb for pipelines that never render"
+        )
+    read_end, write_end = os.pipe()
+    server = subprocess.Popen(
+        [xvfb, "-displayfd", str(write_end), "-screen", "0", "1600x1000x24", "-nolisten", "tcp"],
+        pass_fds=(write_end,),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    os.close(write_end)
+    with os.fdopen(read_end) as stream:
+        number = stream.readline().strip()
+    if not number.isdigit():
+        server.kill()
+        server.wait()
+        raise SenseError(f"Xvfb ({xvfb}) did not start (exit status {server.returncode})")
+    return server, f":{number}"
 
 
 def launch(program: str, args: Sequence[str], use_xvfb: bool = True) -> int:
-    """Replace this process with ``program`` started in the SENSE environment."""
+    """Run ``program`` in the SENSE environment and return its exit status. Without a display
+    (and ``use_xvfb``) it runs on a private Xvfb that stops with it; otherwise this process is
+    replaced by the program."""
     env = paraview_environment()
-    command = paraview_command(program, args, env, use_xvfb)
+    command = paraview_command(program, args, env)
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(command[0], command, env)
-    return 1  # not reached
+    if not (use_xvfb and needs_virtual_display(env)):
+        os.execve(command[0], command, env)
+    server, env["DISPLAY"] = start_virtual_display(env)
+    child = None
+
+    def forward(signum, frame):
+        if child is not None and child.poll() is None:
+            child.send_signal(signum)
+
+    previous = {
+        s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    }
+    try:
+        child = subprocess.Popen(command, env=env)
+        status = child.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        server.terminate()
+        server.wait()
+    return 128 - status if status < 0 else status
