@@ -34,6 +34,7 @@ LAUNCHER_HELP = {
     "paraview": "the ParaView GUI",
     "pvpython": "ParaView's Python shell / script runner",
     "pvbatch": "ParaView's batch script runner (MPI-capable)",
+    "pvserver": "ParaView's server (MPI-capable)",
 }
 
 
@@ -210,12 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"start {what} with SENSE's plugin and environment",
             description=f"Start {what} with the SENSE plugin on PV_PLUGIN_PATH, this "
             "environment's packages importable, and ParaView 5.11's Python-plugin fix "
-            "(inspect.getargspec). Without a DISPLAY it runs under xvfb-run. Every argument "
+            "(inspect.getargspec). Without a DISPLAY it runs on a private Xvfb. Every argument "
             f"after `sense {program}` goes to {program} (`sense {program} -- --help` for its own "
             "help).",
         )
         launcher.add_argument(
-            "--no-xvfb", action="store_true", help="never wrap the program in xvfb-run"
+            "--no-xvfb", action="store_true", help="never start a private Xvfb for the program"
         )
         launcher.add_argument("args", nargs="*", help=f"arguments for {program}")
     return parser
