@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from sense_core.errors import SenseError
-from sense_core.io.vti import FIELD_ARRAY, composite_members, member_to_image
+from sense_core.io.vti import FIELD_ARRAY, composite_members, member_to_image, store_member_image
 from sense_core.selection import selection_statistics, tile_members
 
 
@@ -250,19 +250,7 @@ def store_piece_to_multiblock(store, piece: int, pieces: int, array_name: str = 
         blocks.GetMetaData(index).Set(vtkCompositeDataSet.NAME(), member_id)
     if share:
         for index, member in zip(share, store.read_members(share)):
-            label = int(store.labels[index])
-            blocks.SetBlock(
-                index,
-                member_to_image(
-                    member,
-                    array_name,
-                    field_data={
-                        "member_id": store.member_ids[index],
-                        "label": label,
-                        "class_name": store.class_names[label] if label >= 0 else "",
-                    },
-                ),
-            )
+            blocks.SetBlock(index, store_member_image(store, index, member, array_name))
     return blocks
 
 

@@ -336,3 +336,28 @@ def test_written_outputs_get_the_usual_permissions(tmp_path, ensemble):
         os.umask(mask)
     assert npz.stat().st_mode & 0o777 == 0o644
     assert folder.stat().st_mode & 0o777 == 0o755
+
+
+def test_multiblock_keeps_every_class_name_when_few_members_are_labeled(tmp_path):
+    """Members converted to VTK carry the ensemble's class list, so reading back a subset whose
+    labeled members cover only some classes keeps the real names (not ``class_2``...)."""
+    from sense_core.io.vti import composite_images, images_to_ensemble, store_to_multiblock
+
+    ensemble = Ensemble(
+        np.zeros((4, 1, 3, 3), np.float32),
+        labels=[0, UNLABELED, 1, UNLABELED],
+        class_names=["calm", "wavy", "storm", "surge"],
+        member_ids=["a", "b", "c", "d"],
+    )
+    back = images_to_ensemble(composite_images(store_to_multiblock(ensemble)))
+    assert list(back.class_names) == ["calm", "wavy", "storm", "surge"]
+    np.testing.assert_array_equal(back.labels, ensemble.labels)
+    folder = write_ensemble(ensemble, tmp_path / "members")
+    from vtkmodules.vtkIOXML import vtkXMLImageDataReader
+
+    from sense_core.io.vti import image_class_names
+
+    reader = vtkXMLImageDataReader()
+    reader.SetFileName(str(folder / "a.vti"))
+    reader.Update()
+    assert image_class_names(reader.GetOutput()) == ["calm", "wavy", "storm", "surge"]

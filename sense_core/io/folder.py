@@ -297,7 +297,7 @@ def write_member_folder(
     ``.vti`` folders also get ``ensemble.vtm`` (members as named blocks) and ``ensemble.pvd``
     (members as time steps), which ParaView opens directly.
     """
-    from sense_core.io.vti import member_to_image, write_index_files, write_vti
+    from sense_core.io.vti import store_member_image, write_index_files, write_vti
 
     if member_format not in ("vti", "npy"):
         raise ValueError(f"member_format must be 'vti' or 'npy', got {member_format!r}")
@@ -310,16 +310,7 @@ def write_member_folder(
                 if member_format == "npy":
                     np.save(target, member, allow_pickle=False)
                     continue
-                label = int(store.labels[index])
-                image = member_to_image(
-                    member,
-                    field_data={
-                        "member_id": store.member_ids[index],
-                        "label": label,
-                        "class_name": store.class_names[label] if label != UNLABELED else "",
-                    },
-                )
-                write_vti(target, image)
+                write_vti(target, store_member_image(store, index, member))
         _write_side_files(store, tmp, member_format)
         if member_format == "vti":
             write_index_files(tmp, store.member_ids, files)

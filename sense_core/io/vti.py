@@ -21,6 +21,7 @@ import numpy as np
 from sense_core.errors import EnsembleError, SenseError
 
 FIELD_ARRAY = "field"
+CLASS_NAMES_ARRAY = "class_names"  # field data: the ensemble's class names, on every member
 
 
 def _vtk():
@@ -61,6 +62,29 @@ def member_to_image(
             number = numpy_support.numpy_to_vtk(np.array([value]), deep=True)
             number.SetName(key)
             image.GetFieldData().AddArray(number)
+    return image
+
+
+def store_member_image(store, index: int, member: np.ndarray, array_name: str = FIELD_ARRAY):
+    """Member ``index`` of ``store`` as ``vtkImageData`` with SENSE's field data: ``member_id``,
+    ``label``, ``class_name`` and the ensemble's full ``class_names`` (so that classes without
+    a labeled member in a subset keep their names when read back)."""
+    core, _, _ = _vtk()
+    label = int(store.labels[index])
+    image = member_to_image(
+        member,
+        array_name,
+        field_data={
+            "member_id": store.member_ids[index],
+            "label": label,
+            "class_name": store.class_names[label] if label >= 0 else "",
+        },
+    )
+    names = core.vtkStringArray()
+    names.SetName(CLASS_NAMES_ARRAY)
+    for name in store.class_names:
+        names.InsertNextValue(str(name))
+    image.GetFieldData().AddArray(names)
     return image
 
 
@@ -208,18 +232,8 @@ def store_to_multiblock(store, array_name: str = FIELD_ARRAY):
     blocks.SetNumberOfBlocks(len(store))
     for indices, batch in store.iter_batches():
         for index, member in zip(indices, batch):
-            label = int(store.labels[index])
             member_id = store.member_ids[index]
-            image = member_to_image(
-                member,
-                array_name,
-                field_data={
-                    "member_id": member_id,
-                    "label": label,
-                    "class_name": store.class_names[label] if label >= 0 else "",
-                },
-            )
-            blocks.SetBlock(int(index), image)
+            blocks.SetBlock(int(index), store_member_image(store, index, member, array_name))
             blocks.GetMetaData(int(index)).Set(vtkCompositeDataSet.NAME(), member_id)
     return blocks
 
@@ -229,6 +243,14 @@ def _field_value(image, name: str):
     if array is None or array.GetNumberOfValues() == 0:
         return None
     return array.GetValue(0)
+
+
+def image_class_names(image) -> list[str]:
+    """The ensemble's class names stored with a member image (empty when absent)."""
+    array = image.GetFieldData().GetAbstractArray(CLASS_NAMES_ARRAY)
+    if array is None:
+        return []
+    return [str(array.GetValue(i)) for i in range(array.GetNumberOfValues())]
 
 
 def image_member_info(image, fallback_id: str) -> tuple[str, int, str]:
@@ -271,12 +293,14 @@ def images_to_ensemble(images, array_name: str | None = None):
     if not images:
         raise EnsembleError("the input holds no 2D image members")
     ids, labels, names, fields = [], [], {}, []
+    listed: list[str] = []
     for fallback_id, image in images:
         member_id, label, class_name = image_member_info(image, fallback_id)
         ids.append(member_id)
         labels.append(label)
         if label != UNLABELED and class_name:
             names[label] = class_name
+        listed = max(listed, image_class_names(image), key=len)
         fields.append(image_to_member(image, array_name, where=f"member {member_id!r}"))
     shapes = {f.shape for f in fields}
     if len(shapes) > 1:
@@ -284,8 +308,10 @@ def images_to_ensemble(images, array_name: str | None = None):
             f"the input's members have different shapes (C, H, W): {sorted(shapes)}; all "
             "members of an ensemble must have one shape"
         )
-    count = max([*labels, -1]) + 1
-    class_names = [names.get(i, f"class_{i}") for i in range(count)]
+    count = max([*labels, -1, len(listed) - 1]) + 1
+    class_names = [
+        names.get(i, listed[i] if i < len(listed) else f"class_{i}") for i in range(count)
+    ]
     return Ensemble(np.stack(fields), labels=labels, class_names=class_names, member_ids=ids)
 
 
