@@ -215,6 +215,7 @@ class SENSEEmbedding(VTKPythonAlgorithmBase):
         self._seed = 0
         self._time_steps = []
         self._collected = []
+        self._inference_cache = {}  # latents of the last input: new seeds only re-project
         self._linked_layout = 1
         from sense_paraview.gui import enable_auto_layout
 
@@ -401,7 +402,14 @@ class SENSEEmbedding(VTKPythonAlgorithmBase):
                 if images is None:
                     images = [(n, i) for _, n, i in vtk_views.indexed_composite_images(data)]
                 result = vtk_views.embed_images(
-                    images, self._bundle, self._array_name or None, **options
+                    images,
+                    self._bundle,
+                    self._array_name or None,
+                    cache=self._inference_cache,
+                    input_key=None
+                    if self._time_steps
+                    else (data.GetAddressAsString("vtkObject"), data.GetMTime()),
+                    **options,
                 )
             if result is not None:
                 _, points, table = result

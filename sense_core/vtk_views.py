@@ -218,17 +218,52 @@ def embedding_to_table(embedding):
     return table
 
 
-def embed_images(images, bundle: str, array_name: str | None = None, **options):
+INFERENCE_OPTIONS = ("device", "batch_size", "threads", "use_labeler")
+
+
+def embed_images(
+    images,
+    bundle: str,
+    array_name: str | None = None,
+    cache: dict | None = None,
+    input_key=None,
+    **options,
+):
     """Embed (fallback id, vtkImageData) members with ``bundle`` (default: the shipped bundle
     for their shape); return (embedding, polydata, table). ``options`` go to
-    :func:`sense_core.embedding.embed_ensemble` (device, batch_size, projection, seed, ...)."""
+    :func:`sense_core.embedding.embed_ensemble` (device, batch_size, projection, seed, ...).
+
+    With a ``cache`` dict (kept by the filter between executions) and an ``input_key`` that
+    identifies the input data (e.g. its MTime), a re-execution for the same input, bundle, array
+    and inference options only projects the cached latents again: changing the seed or the
+    projection in the GUI costs the projection, not the models' run over every member.
+    """
     from sense_core.bundle import find_shipped_bundle
-    from sense_core.embedding import embed_ensemble
+    from sense_core.embedding import bundle_checksum, embed_ensemble, reproject
     from sense_core.io.vti import images_to_ensemble
 
     ensemble = images_to_ensemble(images, array_name)
     bundle = bundle or str(find_shipped_bundle(ensemble.member_shape))
-    embedding = embed_ensemble(ensemble, bundle, **options)
+    key = None
+    if cache is not None and input_key is not None:
+        inference = tuple(sorted((k, v) for k, v in options.items() if k in INFERENCE_OPTIONS))
+        key = (input_key, bundle, bundle_checksum(bundle), array_name, inference)
+    if key is not None and cache.get("key") == key:
+        projection = {k: v for k, v in options.items() if k not in INFERENCE_OPTIONS}
+        method = projection.pop("projection", "auto")
+        embedding = reproject(
+            cache["embedding"],
+            method,
+            bundle_folder=bundle,
+            device=options.get("device", "cpu"),
+            **projection,
+        )
+    else:
+        embedding = embed_ensemble(ensemble, bundle, **options)
+        if cache is not None:
+            cache.clear()
+            if key is not None:
+                cache.update(key=key, embedding=embedding)
     return embedding, embedding_to_polydata(embedding), embedding_to_table(embedding)
 
 
@@ -280,7 +315,7 @@ def embed_images_distributed(
     rank 0 projects all of them and returns (embedding, polydata, table); others return None."""
     from sense_core.bundle import find_shipped_bundle
     from sense_core.distributed import embed_distributed
-    from sense_core.io.vti import image_member_info, images_to_ensemble
+    from sense_core.io.vti import image_class_names, image_member_info, images_to_ensemble
 
     images = [(name, image) for _, name, image in indexed_images]
     names: dict[int, str] = {}
@@ -288,6 +323,8 @@ def embed_images_distributed(
         _, label, class_name = image_member_info(image, name)
         if label >= 0 and class_name:
             names[label] = class_name
+        for listed_label, listed_name in enumerate(image_class_names(image)):
+            names.setdefault(listed_label, listed_name)
     fields, ids, labels, error = None, [], [], ""
     if images:
         try:

@@ -374,3 +374,44 @@ def test_batch_script_writes_csv_selection_and_layout_screenshot(tmp_path, ensem
     assert pixels.shape == (800, 1600)
     left, right = pixels[:, :800], pixels[:, 800:]
     assert left.std() > 5 and right.std() > 5  # scatter and members both drawn
+
+
+def test_new_seed_or_projection_reprojects_cached_latents_without_rerunning_models(tmp_path):
+    """A second Apply that changes only projection settings reuses the latents of the first
+    (the models' run over every member dominates the wait); a new bundle runs them again."""
+    from conftest import make_ensemble, make_runtime_bundle
+
+    make_runtime_bundle(tmp_path / "bundle", projector=True)
+    make_runtime_bundle(tmp_path / "other", projector=True, mean=0.1)
+    npz = write_ensemble(make_ensemble(count=30), tmp_path / "ens.npz")
+    run = run_paraview_script(
+        f"""
+        import json
+        from paraview.simple import *
+        from vtkmodules.util.numpy_support import vtk_to_numpy
+        LoadPlugin({str(PLUGIN)!r}, ns=globals())
+        reader = SENSEEnsembleReader(FileName={str(npz)!r})
+        embedding = SENSEEmbedding(Input=reader, Bundle={str(tmp_path / "bundle")!r},
+                                   Projection="PCA")
+        def state():
+            embedding.UpdatePipeline()
+            points = servermanager.Fetch(embedding, idx=0)
+            provenance = json.loads(points.GetFieldData().GetAbstractArray("provenance")
+                                    .GetValue(0))
+            return {{"reused": "reprojected_from" in provenance,
+                     "method": provenance["projection"]["method"],
+                     "latent": vtk_to_numpy(points.GetPointData().GetArray("latent")).tolist()}}
+        first = state()
+        embedding.Projection = "Parametric projector"
+        second = state()
+        embedding.Bundle = {str(tmp_path / "other")!r}
+        third = state()
+        RESULT = [first, second, third]
+        """,
+        tmp_path,
+    )
+    first, second, third = run["result"]
+    assert (first["reused"], first["method"]) == (False, "pca")
+    assert (second["reused"], second["method"]) == (True, "projector")
+    assert second["latent"] == first["latent"]
+    assert third["reused"] is False and third["latent"] != first["latent"]
