@@ -291,7 +291,74 @@ def test_fit_runs_labeler_pseudo_labels_encoder_and_evaluation(tmp_path, monkeyp
     )
     assert code == 0
     bundle = Bundle.load(out)
-    assert set(bundle.models) == {"labeler", "encoder"}
+    assert {"labeler", "encoder"} <= set(bundle.models)  # `fit` may add a projector
     members = bundle.manifest["training"]["encoder"]["metrics"]["members"]
     assert members["train_pseudo"] == int(np.sum(ensemble.labels < 0))
     assert (out / "evaluation" / "evaluation.md").exists()
+
+
+def test_memory_bank_and_silhouette_target_train_resume_and_monitor_the_plain_loss(tmp_path):
+    from sklearn.metrics import silhouette_samples
+
+    from sense_training.data import EnsembleDataset
+    from sense_training.encoder import encode_dataset
+
+    ensemble = wave_ensemble(count=60)
+    config = tiny(
+        losses="recon,cluster", dropout=0.2, select="last", memory_size=16, silhouette_target=0.4
+    )
+    whole = train_encoder(ensemble, tmp_path / "a", config, export=False, **QUIET)
+    first = train_encoder(ensemble, tmp_path / "b", config, export=False, stop_after=1, **QUIET)
+    resumed = train_encoder(ensemble, tmp_path / "b", None, export=False, resume=True, **QUIET)
+    for key, value in whole.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[key], value, rtol=0, atol=1e-6)
+    assert first.metrics["epochs_run"] == 1
+    # the monitored "cluster" stays 1 - mean silhouette; the trained hinge is reported beside it
+    val = EnsembleDataset(ensemble, whole.parts.split.validation, whole.normalization)
+    encoded = encode_dataset(whole.model, val, torch.device("cpu"))
+    samples = silhouette_samples(encoded["code"].astype(np.float64), encoded["labels"])
+    last = whole.history.records[-1]
+    assert last["val_cluster"] == pytest.approx(1 - samples.mean(), abs=1e-6)
+    assert last["val_cluster_objective"] == pytest.approx(
+        np.maximum(0, 0.4 - samples).mean(), abs=1e-6
+    )
+    assert last["val_total"] == pytest.approx(last["val_recon"] + last["val_cluster_objective"])
+    assert last["cluster_gap"] == pytest.approx(last["val_cluster"] - last["train_cluster"])
+
+
+def test_remedy_options_reach_the_encoder_configuration():
+    import argparse
+
+    from sense_training.encoder_cli import add_parser, encoder_config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    args = parser.parse_args(
+        "train-encoder --data d.npz --bundle b --loss recon,cluster --trim-fraction 0.5 "
+        "--silhouette-target 0.8 --memory-size 256 --trim-warmup-epochs 3".split()
+    )
+    config = encoder_config_from_args(args)
+    assert (config.trim_fraction, config.silhouette_target, config.memory_size) == (0.5, 0.8, 256)
+    assert config.trim_warmup_epochs == 3
+    loss = config.loss_config()
+    assert (loss.trim_fraction, loss.silhouette_target, loss.memory_size) == (0.5, 0.8, 256)
+    with pytest.raises(SenseError, match="trim_fraction"):
+        EncoderConfig(losses="recon,cluster", trim_fraction=1.0)
+
+
+def test_trim_schedule_ramps_like_co_teaching_and_is_recorded(tmp_path):
+    from sense_training.encoder import trim_schedule
+
+    config = tiny(losses="recon,cluster", trim_fraction=0.5, trim_warmup_epochs=4)
+    assert [trim_schedule(e, config) for e in range(6)] == [0.0, 0.125, 0.25, 0.375, 0.5, 0.5]
+    assert trim_schedule(0, tiny(losses="recon,cluster", trim_fraction=0.3)) == 0.3
+    with pytest.raises(SenseError, match="trim_warmup_epochs"):
+        tiny(trim_warmup_epochs=-1)
+    run = train_encoder(
+        wave_ensemble(count=60),
+        tmp_path / "run",
+        tiny(losses="recon,cluster", trim_fraction=0.5, trim_warmup_epochs=2),
+        export=False,
+        **QUIET,
+    )
+    assert [r["trim_fraction"] for r in run.history.records] == [0.0, 0.25]

@@ -259,3 +259,148 @@ def test_class_batch_sampler_gives_every_class_in_a_batch_a_positive(labels, bat
     assert list(sampler) != batches
     if (labels < 0).any():
         assert any(labels[i] < 0 for i in seen)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_silhouette_against_a_memory_bank_equals_sklearn_on_batch_and_bank(seed):
+    rng = np.random.default_rng(20 + seed)
+    points, labels = _clusters(rng, rng.integers(3, 8, size=4), dim=6, spread=1.5)
+    batch = int(rng.integers(3, len(labels) - 3))
+    latent = torch.tensor(points[:batch], requires_grad=True)
+    memberships = losses.one_hot_memberships(torch.tensor(labels[:batch]), 4).double()
+    bank = torch.tensor(points[batch:])
+    bank_memberships = losses.one_hot_memberships(torch.tensor(labels[batch:]), 4).double()
+    expected_rows = silhouette_samples(points, labels)[:batch]
+    per_member, _ = losses.silhouette_per_member(latent, memberships, bank, bank_memberships)
+    np.testing.assert_allclose(per_member.detach().numpy(), expected_rows, atol=1e-10)
+    value = losses.soft_silhouette(
+        latent, memberships, reference=bank, reference_memberships=bank_memberships
+    )
+    assert float(value.detach()) == pytest.approx(expected_rows.mean(), abs=1e-10)
+    value.backward()
+    assert torch.isfinite(latent.grad).all() and latent.grad.abs().sum() > 0
+
+
+def test_memory_bank_exclusion_drops_a_members_own_older_code():
+    rng = np.random.default_rng(30)
+    points, labels = _clusters(rng, [5, 6, 4], dim=3)
+    batch = 6
+    stale = points[:batch] + 0.05 * rng.normal(size=(batch, 3))  # older codes of the batch
+    bank = np.concatenate([stale, points[batch:]])
+    bank_labels = np.concatenate([labels[:batch], labels[batch:]])
+    bank_index = np.concatenate([np.arange(batch), np.arange(batch, len(labels))])
+    exclude = torch.tensor(np.arange(batch)[:, None] == bank_index[None, :])
+    per_member, _ = losses.silhouette_per_member(
+        torch.tensor(points[:batch]),
+        losses.one_hot_memberships(torch.tensor(labels[:batch]), 3).double(),
+        torch.tensor(bank),
+        losses.one_hot_memberships(torch.tensor(bank_labels), 3).double(),
+        exclude,
+    )
+    for i in range(batch):  # sklearn on batch ∪ bank without i's own older code
+        keep = np.ones(batch + len(bank), dtype=bool)
+        keep[batch + i] = False
+        everything = np.concatenate([points[:batch], bank])[keep]
+        classes = np.concatenate([labels[:batch], bank_labels])[keep]
+        assert float(per_member[i]) == pytest.approx(
+            silhouette_samples(everything, classes)[i], abs=1e-10
+        )
+
+
+@pytest.mark.parametrize("target", [1.0, 0.6, 0.2, -0.1])
+def test_silhouette_hinge_matches_sklearn_samples(target):
+    rng = np.random.default_rng(40)
+    points, labels = _clusters(rng, [6, 5, 7], dim=4, spread=2.5)
+    weights = rng.uniform(0.2, 1.0, size=len(labels))
+    memberships = losses.one_hot_memberships(torch.tensor(labels), 3).double()
+    ours = losses.silhouette_hinge_loss(
+        torch.tensor(points), memberships, target, torch.tensor(weights)
+    )
+    expected = np.average(
+        np.maximum(0.0, target - silhouette_samples(points, labels)), weights=weights
+    )
+    assert float(ours) == pytest.approx(expected, abs=1e-10)
+    if target == 1.0:  # the plain loss 1 - s̄
+        plain = losses.soft_silhouette_loss(
+            torch.tensor(points), memberships, torch.tensor(weights)
+        )
+        assert float(ours) == pytest.approx(float(plain), abs=1e-12)
+    with pytest.raises(ValueError, match="target"):
+        losses.silhouette_hinge_loss(torch.tensor(points), memberships, 1.5)
+
+
+def test_latent_memory_is_a_fifo_of_labelled_rows():
+    memory = losses.LatentMemory(5)
+    codes = torch.arange(12.0).reshape(4, 3).requires_grad_()
+    labels = torch.tensor([0, -1, 1, 0])
+    memory.push(codes, losses.one_hot_memberships(labels, 2), torch.tensor([10, 11, 12, 13]))
+    assert len(memory) == 3 and memory.index.tolist() == [10, 12, 13]
+    assert not memory.codes.requires_grad
+    memory.push(codes[:3], losses.one_hot_memberships(torch.tensor([1, 1, 1]), 2), None)
+    assert len(memory) == 5 and memory.index.tolist() == [12, 13, -1, -1, -1]
+    exclusion = memory.exclusion(torch.tensor([13, 7]))
+    assert exclusion.tolist() == [[False, True, False, False, False], [False] * 5]
+    memory.clear()
+    assert len(memory) == 0 and memory.exclusion(torch.tensor([1])) is None
+    with pytest.raises(ValueError):
+        losses.LatentMemory(0)
+
+
+def test_joint_loss_with_memory_and_target():
+    rng = np.random.default_rng(50)
+    points, labels = _clusters(rng, [8, 8, 8], dim=4, spread=2.0)
+    config = losses.LossConfig(terms="cluster", silhouette_target=0.5, memory_size=10)
+    joint = losses.JointLoss(config, num_classes=3, latent_dim=4, input_dim=16)
+    first, second = np.arange(12), np.arange(12, 24)
+    z = torch.tensor(points)
+    out = joint(None, None, z[first], torch.tensor(labels[first]), index=torch.tensor(first))
+    expected = np.maximum(0, 0.5 - silhouette_samples(points[first], labels[first])).mean()
+    assert float(out.total) == pytest.approx(expected, abs=1e-10)
+    assert len(joint.memory) == 10  # the last 10 of the first batch
+    out = joint(None, None, z[second], torch.tensor(labels[second]), index=torch.tensor(second))
+    union = np.concatenate([second, first[2:]])
+    rows = silhouette_samples(points[union], labels[union])[: len(second)]
+    assert float(out.total) == pytest.approx(np.maximum(0, 0.5 - rows).mean(), abs=1e-10)
+    with pytest.raises(SenseError, match="silhouette_target"):
+        losses.LossConfig(terms="cluster", silhouette_target=2.0)
+    with pytest.raises(SenseError, match="memory_size"):
+        losses.LossConfig(terms="cluster", memory_size=-1)
+
+
+@pytest.mark.parametrize(("trim", "target"), [(0.2, 1.0), (0.34, 0.6), (0.05, 1.0)])
+def test_trimmed_silhouette_loss_leaves_out_the_worst_placed_members(trim, target):
+    rng = np.random.default_rng(60)
+    points, labels = _clusters(rng, [7, 6, 8], dim=3, spread=3.0)
+    labels_with_unlabelled = np.concatenate([labels, [-1, -1]])
+    points_with_unlabelled = np.concatenate([points, rng.normal(size=(2, 3))])
+    weights = rng.uniform(0.2, 1.0, size=len(labels_with_unlabelled))
+    memberships = losses.one_hot_memberships(torch.tensor(labels_with_unlabelled), 3).double()
+    ours = losses.silhouette_hinge_loss(
+        torch.tensor(points_with_unlabelled), memberships, target, torch.tensor(weights), trim=trim
+    )
+    samples = silhouette_samples(points, labels)
+    kept = np.argsort(samples, kind="stable")[int(np.floor(trim * len(labels))) :]
+    expected = np.average(np.maximum(0.0, target - samples[kept]), weights=weights[kept])
+    assert float(ours) == pytest.approx(expected, abs=1e-10)
+    per_member, mass = losses.silhouette_per_member(torch.tensor(points), memberships[:-2])
+    hardest = losses.hardest_members(per_member, mass, trim).numpy()
+    assert hardest.sum() == int(np.floor(trim * len(labels)))
+    assert samples[hardest].max() <= samples[~hardest].min()
+    with pytest.raises(ValueError, match="trimmed fraction"):
+        losses.hardest_members(per_member, mass, 1.0)
+    with pytest.raises(SenseError, match="trim_fraction"):
+        losses.LossConfig(terms="cluster", trim_fraction=-0.1)
+
+
+def test_joint_loss_trim_override_equals_the_configured_trim():
+    rng = np.random.default_rng(70)
+    points, labels = _clusters(rng, [6, 6, 6], dim=3, spread=3.0)
+    z, y = torch.tensor(points), torch.tensor(labels)
+    configured = losses.JointLoss(losses.LossConfig(terms="cluster", trim_fraction=0.3), 3, 3, 9)
+    plain = losses.JointLoss(losses.LossConfig(terms="cluster"), 3, 3, 9)
+    assert float(plain(None, None, z, y, trim_fraction=0.3).total) == pytest.approx(
+        float(configured(None, None, z, y).total), abs=1e-12
+    )
+    assert float(configured(None, None, z, y, trim_fraction=0.0).total) == pytest.approx(
+        1 - silhouette_score(points, labels), abs=1e-10
+    )

@@ -19,9 +19,12 @@ from :class:`~sense_training.losses.ClassBatchSampler` when a latent term is use
 a batch has a positive). After every epoch the model is scored *in evaluation mode* on the whole
 validation part and on a fixed sample of the training part (``monitor_members``), each loss
 term separately: ``train_cluster`` vs ``val_cluster`` is the overfitting gap the paper ran into.
-Remedies offered: a linear warm-up of λ (``warmup_epochs``), confidence-weighted or soft
-memberships, stronger dropout, and keeping the epoch with the lowest validation objective
-(``select="best"``, early stopping with ``patience``). A checkpoint is written after each epoch;
+Remedies offered: the trimmed silhouette loss (``trim_fraction``, ramped over
+``trim_warmup_epochs``), a silhouette target (``silhouette_target``), a memory bank of earlier
+batches' codes (``memory_size``), a linear warm-up of λ (``warmup_epochs``), confidence-weighted
+or soft memberships, stronger dropout, and keeping the epoch with the lowest validation
+objective (``select="best"``, early stopping with ``patience``); see docs/encoder.md for which
+of them helped. A checkpoint is written after each epoch;
 ``resume=True`` continues a run and ends with the same weights as an uninterrupted one (every
 epoch's randomness is derived from ``(seed, epoch)``).
 
@@ -116,6 +119,10 @@ class EncoderConfig:
     temperature: float = 0.1
     soft_memberships: bool = False
     confidence_weights: bool = False
+    silhouette_target: float = 1.0  # s* of the silhouette hinge; 1 = plain 1 - mean silhouette
+    memory_size: int = 0  # codes of earlier batches the silhouette also runs over; 0 = off
+    trim_fraction: float = 0.0  # share of a batch's worst-placed members left out of L_clu
+    trim_warmup_epochs: int = 0  # the trimmed share ramps from 0 over these epochs
     min_confidence: float = 0.0  # pseudo-labels below this confidence are not used
     label_noise: float = 0.0  # fraction of training pseudo-labels flipped (ablation)
     warmup_epochs: int = 0  # λ_clu and λ_con ramp linearly from 0 over these epochs
@@ -148,6 +155,8 @@ class EncoderConfig:
                 raise SenseError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.learning_rate <= 0 or self.weight_decay < 0:
             raise SenseError("learning rate must be > 0 and weight decay >= 0")
+        if self.trim_warmup_epochs < 0:
+            raise SenseError(f"trim_warmup_epochs must be >= 0, got {self.trim_warmup_epochs}")
         if not 0 <= self.label_noise <= 1 or not 0 <= self.min_confidence <= 1:
             raise SenseError("label_noise and min_confidence must be in [0, 1]")
         self.loss_config()  # validates weights
@@ -165,6 +174,9 @@ class EncoderConfig:
             temperature=self.temperature,
             soft_memberships=self.soft_memberships,
             confidence_weights=self.confidence_weights,
+            silhouette_target=self.silhouette_target,
+            memory_size=self.memory_size,
+            trim_fraction=self.trim_fraction,
         )
 
     def model_config(self, input_shape: Sequence[int]) -> AutoencoderConfig:
@@ -339,7 +351,12 @@ def encode_dataset(
 def _score(
     objective: JointLoss, encoded: dict[str, np.ndarray], confidence: np.ndarray | None
 ) -> dict[str, float]:
-    """Every loss term on a whole evaluated part (latent terms over all its members at once)."""
+    """Every loss term on a whole evaluated part (latent terms over all its members at once).
+
+    ``cluster`` is always ``1 − s̄`` of the part (comparable between runs and the quantity of
+    the train–validation gap); with a silhouette target ``s* < 1`` or trimming, the trained
+    term (:func:`~sense_training.losses.silhouette_hinge_loss` over the whole part) is
+    ``cluster_objective`` and enters ``total`` instead."""
     code = torch.from_numpy(encoded["code"]).double()
     labels = torch.from_numpy(encoded["labels"])
     parts: dict[str, float] = {}
@@ -352,13 +369,22 @@ def _score(
             logvar = torch.from_numpy(encoded["logvar"]).double()
             parts["kl"] = float(0.5 * torch.mean(code.pow(2) + logvar.exp() - logvar - 1.0))
             total += objective.beta_norm * parts["kl"]
-    latent_only = LossConfig(**{**config.to_dict(), "terms": ("cluster", "contrastive")})
+    plain = {"silhouette_target": 1.0, "memory_size": 0, "trim_fraction": 0.0}
+    latent_only = LossConfig(**{**config.to_dict(), "terms": ("cluster", "contrastive"), **plain})
     scorer = JointLoss(latent_only, objective.num_classes, 1, 1)
     conf = None if confidence is None else torch.from_numpy(confidence).double()
     latent = scorer(code, None, code, labels, confidence=conf)
     if "cluster" in config.terms:
         parts["cluster"] = latent.parts["cluster"]
-        total += config.cluster_weight * parts["cluster"]
+        if config.silhouette_target < 1.0 or config.trim_fraction > 0:
+            trained = LossConfig(**{**config.to_dict(), "terms": ("cluster",), "memory_size": 0})
+            value = JointLoss(trained, objective.num_classes, 1, 1)(
+                code, None, code, labels, confidence=conf
+            )
+            parts["cluster_objective"] = value.parts["cluster"]
+            total += config.cluster_weight * parts["cluster_objective"]
+        else:
+            total += config.cluster_weight * parts["cluster"]
     else:  # still worth watching: the silhouette of the latent space (1 - s)
         parts["cluster_monitor"] = latent.parts["cluster"]
     if "contrastive" in config.terms:
@@ -405,6 +431,15 @@ def _bundle_manifest(
             f"{out}: the bundle already has an encoder (use --overwrite to replace it)"
         )
     return manifest
+
+
+def trim_schedule(epoch: int, config: EncoderConfig) -> float:
+    """The trimmed share of epoch ``epoch`` (0-based): ``τ · min(1, epoch / w)`` with
+    ``w = trim_warmup_epochs`` (co-teaching's schedule, Han et al. 2018; τ from the start
+    when w = 0), so that the model first learns from every member."""
+    if config.trim_warmup_epochs <= 0:
+        return config.trim_fraction
+    return config.trim_fraction * min(1.0, epoch / config.trim_warmup_epochs)
 
 
 def _latent_scale(epoch: int, config: EncoderConfig) -> float:
@@ -539,6 +574,9 @@ def train_encoder(
             if part is not None:
                 part.set_epoch(epoch)
         scale = _latent_scale(epoch, config)
+        trim = trim_schedule(epoch, config)
+        if objective.memory is not None:
+            objective.memory.clear()  # each epoch starts with an empty bank (resumable)
         model.train()
         sums: dict[str, float] = {}
         batches = 0
@@ -555,6 +593,8 @@ def train_encoder(
                 confidence=confidence,
                 logvar=outputs.get("logvar"),
                 latent_scale=scale,
+                index=index.to(device),
+                trim_fraction=trim,
             )
             optimizer.zero_grad(set_to_none=True)
             loss.total.backward()
@@ -583,6 +623,8 @@ def train_encoder(
                 if key in val_scores:
                     record[f"{key}_gap"] = val_scores[key] - train_scores[key]
         record["latent_scale"] = scale
+        if config.trim_fraction > 0:
+            record["trim_fraction"] = trim
         record["seconds"] = time.perf_counter() - tick
         history.append(epoch, **record)
         last_epoch = epoch
@@ -625,6 +667,7 @@ def train_encoder(
                 "epoch",
                 "seconds",
                 "latent_scale",
+                "trim_fraction",
                 *{k for r in history for k in r if k.startswith("batch_")},
             ),
         )

@@ -16,6 +16,12 @@ latent vector of ``M`` values (for a β-VAE: mean ``μ`` and log-variance ``log 
 - **Soft silhouette** (:func:`soft_silhouette`, Vardakas et al. 2024) on latent vectors with
   memberships ``P`` (B, K) from (pseudo-)labels; ``L_clu = 1 − s̄``. With one-hot memberships
   ``s̄`` equals ``sklearn.metrics.silhouette_score`` of the batch (tested).
+  Three remedies against its overfitting (:func:`silhouette_hinge_loss`): **trimming**
+  (the batch's worst-placed members are left out of the loss), a **silhouette target** ``s*``
+  (``L_clu = Σ_i w_i max(0, s* − s(i)) / Σ_i w_i``: members already at ``s*`` stop pulling;
+  ``s* = 1`` is ``1 − s̄``) and a **memory bank** (:class:`LatentMemory`: the batch's
+  silhouette is computed against the batch plus detached codes of earlier batches, so ``a`` and
+  ``b`` are not estimated from a few in-batch members).
 - **Contrastive**: the margin pairwise loss (:func:`margin_contrastive_loss`, Hadsell et al.
   2006) and supervised contrastive loss (:func:`supcon_loss`, Khosla et al. 2020).
 - **Joint objective** (:class:`JointLoss`):
@@ -104,7 +110,11 @@ def pairwise_distances(latent: torch.Tensor) -> torch.Tensor:
 
 
 def silhouette_per_member(
-    latent: torch.Tensor, memberships: torch.Tensor
+    latent: torch.Tensor,
+    memberships: torch.Tensor,
+    reference: torch.Tensor | None = None,
+    reference_memberships: torch.Tensor | None = None,
+    exclude: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Soft silhouette value ``s(i)`` of each member and its weight (its membership mass).
 
@@ -114,6 +124,10 @@ def silhouette_per_member(
     ``s_k(i) = (b_k(i) − a_k(i)) / max(a_k(i), b_k(i))``; ``s(i) = Σ_k p_ik s_k(i)``.
     As in scikit-learn, ``s_k(i) = 0`` when i is alone in cluster k (no other member has mass
     there) and when ``max(a, b) = 0``. Clusters with no mass in the batch are ignored.
+
+    ``reference`` (R, M) with ``reference_memberships`` (R, K): further points (a memory bank)
+    that the sums over j also run over; only the batch members are scored. ``exclude`` (B, R)
+    bool drops reference points from member i's sums (e.g. an older code of i itself).
     """
     if latent.ndim != 2 or memberships.ndim != 2 or len(latent) != len(memberships):
         raise ValueError(
@@ -127,6 +141,24 @@ def silhouette_per_member(
     # mass[i, k] = Σ_{j≠i} p_jk ; weighted[i, k] = Σ_{j≠i} p_jk d_ij
     mass = not_self @ memberships
     weighted = (distances * not_self) @ memberships
+    if reference is not None and len(reference):
+        if reference_memberships is None or reference_memberships.shape != (
+            len(reference),
+            clusters,
+        ):
+            raise ValueError(
+                f"reference {tuple(reference.shape)} needs memberships of shape "
+                f"({len(reference)}, {clusters})"
+            )
+        keep = torch.ones(count, len(reference), dtype=latent.dtype, device=latent.device)
+        if exclude is not None:
+            keep = keep * (~exclude.to(latent.device)).to(latent.dtype)
+        to_reference = torch.cdist(
+            latent, reference.to(latent), compute_mode="donot_use_mm_for_euclid_dist"
+        )
+        reference_memberships = reference_memberships.to(latent)
+        mass = mass + keep @ reference_memberships
+        weighted = weighted + (to_reference * keep) @ reference_memberships
     has_mass = mass > 0
     mean_distance = weighted / torch.where(has_mass, mass, torch.ones_like(mass))
     infinity = torch.full_like(mean_distance, math.inf)
@@ -153,24 +185,50 @@ def silhouette_per_member(
     return per_member / torch.where(weight > 0, weight, torch.ones_like(weight)), weight
 
 
+def _weighted_member_mean(
+    values: torch.Tensor,
+    mass: torch.Tensor,
+    clusters_present: int,
+    sample_weights: torch.Tensor | None,
+) -> torch.Tensor | None:
+    """``Σ_i w_i v_i / Σ_i w_i`` over members with membership mass; None when fewer than two
+    clusters have mass or no member has weight."""
+    weights = (mass > 0).to(values.dtype)
+    if sample_weights is not None:
+        weights = weights * sample_weights.to(values.dtype)
+    total = weights.sum()
+    if clusters_present < 2 or float(total) <= 0:
+        return None
+    return (weights * values).sum() / total
+
+
+def _clusters_present(memberships: torch.Tensor, reference_memberships: torch.Tensor | None) -> int:
+    mass = memberships.sum(dim=0)
+    if reference_memberships is not None and len(reference_memberships):
+        mass = mass + reference_memberships.to(mass).sum(dim=0)
+    return int((mass > 0).sum())
+
+
 def soft_silhouette(
     latent: torch.Tensor,
     memberships: torch.Tensor,
     sample_weights: torch.Tensor | None = None,
+    reference: torch.Tensor | None = None,
+    reference_memberships: torch.Tensor | None = None,
+    exclude: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The mean soft silhouette ``s̄ = Σ_i w_i s(i) / Σ_i w_i`` over members with membership
     mass (``w_i`` = ``sample_weights`` or 1). With one-hot memberships of the labelled members
-    this is ``sklearn.metrics.silhouette_score`` of those members (euclidean). Returns 0 when
-    fewer than two clusters have mass (the silhouette is undefined)."""
-    per_member, mass = silhouette_per_member(latent, memberships)
-    weights = (mass > 0).to(latent.dtype)
-    if sample_weights is not None:
-        weights = weights * sample_weights.to(latent.dtype)
-    clusters_present = int((memberships.sum(dim=0) > 0).sum())
-    total = weights.sum()
-    if clusters_present < 2 or float(total) <= 0:
-        return latent.sum() * 0.0  # keeps the graph; no signal from this batch
-    return (weights * per_member).sum() / total
+    this is ``sklearn.metrics.silhouette_score`` of those members (euclidean); with a
+    ``reference`` (memory bank, see :func:`silhouette_per_member`) it is the mean of
+    ``sklearn.metrics.silhouette_samples`` of batch ∪ reference over the batch rows. Returns 0
+    when fewer than two clusters have mass (the silhouette is undefined)."""
+    per_member, mass = silhouette_per_member(
+        latent, memberships, reference, reference_memberships, exclude
+    )
+    present = _clusters_present(memberships, reference_memberships)
+    value = _weighted_member_mean(per_member, mass, present, sample_weights)
+    return latent.sum() * 0.0 if value is None else value  # 0 keeps the graph, no signal
 
 
 def soft_silhouette_loss(
@@ -180,6 +238,107 @@ def soft_silhouette_loss(
 ) -> torch.Tensor:
     """``L_clu = 1 − s̄`` (0 = perfectly separated clusters, 1 = no structure, up to 2)."""
     return 1.0 - soft_silhouette(latent, memberships, sample_weights)
+
+
+def hardest_members(per_member: torch.Tensor, mass: torch.Tensor, fraction: float) -> torch.Tensor:
+    """(B,) bool: the ``floor(fraction · n)`` members with membership mass and the lowest
+    silhouette (ties: the earlier row), n = members with mass."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"the trimmed fraction must be in [0, 1), got {fraction}")
+    labelled = torch.nonzero(mass > 0).flatten()
+    count = int(math.floor(fraction * len(labelled)))
+    hardest = torch.zeros(len(per_member), dtype=torch.bool, device=per_member.device)
+    if count:
+        order = torch.sort(per_member.detach()[labelled], stable=True).indices
+        hardest[labelled[order[:count]]] = True
+    return hardest
+
+
+def silhouette_hinge_loss(
+    latent: torch.Tensor,
+    memberships: torch.Tensor,
+    target: float = 1.0,
+    sample_weights: torch.Tensor | None = None,
+    reference: torch.Tensor | None = None,
+    reference_memberships: torch.Tensor | None = None,
+    exclude: torch.Tensor | None = None,
+    trim: float = 0.0,
+) -> torch.Tensor:
+    """Silhouette with a target ``s*`` and trimming: ``L = Σ_{i∉T} w_i max(0, s* − s(i)) /
+    Σ_{i∉T} w_i``, where T holds the ``floor(trim · n)`` members of the batch with the lowest
+    silhouette (:func:`hardest_members`).
+
+    - ``s*``: members whose silhouette already reaches ``s*`` give no gradient, so training
+      clusters are not tightened beyond what unseen members can follow (the per-member
+      analogue of "flooding", Ishida et al. 2020). ``s* = 1`` gives ``1 − s̄`` exactly.
+    - ``trim``: the worst-placed members (ambiguous or wrongly labelled ones, near a class
+      boundary) are not forced into their class: "small-loss" selection against memorising
+      noisy labels (Han et al. 2018, co-teaching). They still count in everyone's a and b.
+    ``trim = 0, s* = 1`` is ``1 − s̄``. ``reference``/``exclude``: a memory bank as in
+    :func:`silhouette_per_member`. Returns 0 when fewer than two clusters have mass."""
+    if not -1.0 <= target <= 1.0:
+        raise ValueError(f"the silhouette target must be in [-1, 1], got {target}")
+    per_member, mass = silhouette_per_member(
+        latent, memberships, reference, reference_memberships, exclude
+    )
+    present = _clusters_present(memberships, reference_memberships)
+    if trim > 0:
+        mass = torch.where(hardest_members(per_member, mass, trim), 0.0, mass)
+    value = _weighted_member_mean(
+        torch.clamp(target - per_member, min=0.0), mass, present, sample_weights
+    )
+    return latent.sum() * 0.0 if value is None else value
+
+
+class LatentMemory:
+    """A first-in-first-out bank of detached latent codes of labelled members from earlier
+    batches (MoCo-style queue, He et al. 2020), with their memberships and member indices.
+
+    :class:`JointLoss` computes the silhouette of each batch against the batch plus this bank
+    (an older code of the same member is excluded), so a_k(i) and b_k(i) average over up to
+    ``size`` members instead of the few per class in one batch. The codes are as old as the
+    last ``size / labelled-per-batch`` steps; :meth:`clear` at every epoch start keeps runs
+    resumable (the bank is not checkpointed).
+    """
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ValueError(f"memory size must be >= 1, got {size}")
+        self.size = int(size)
+        self.clear()
+
+    def clear(self) -> None:
+        self.codes: torch.Tensor | None = None
+        self.memberships: torch.Tensor | None = None
+        self.index: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return 0 if self.codes is None else len(self.codes)
+
+    def exclusion(self, index: torch.Tensor | None) -> torch.Tensor | None:
+        """(B, R) bool: bank entries that are older codes of the batch's members."""
+        if index is None or self.index is None:
+            return None
+        return index.to(self.index.device).unsqueeze(1) == self.index.unsqueeze(0)
+
+    def push(
+        self, codes: torch.Tensor, memberships: torch.Tensor, index: torch.Tensor | None
+    ) -> None:
+        """Add the labelled rows (membership mass > 0) of a batch, dropping the oldest."""
+        keep = memberships.sum(dim=1) > 0
+        codes = codes.detach()[keep]
+        memberships = memberships.detach().to(codes.dtype)[keep]
+        if index is None:
+            index = torch.full((len(codes),), -1, dtype=torch.long, device=codes.device)
+        else:
+            index = index.to(codes.device)[keep]
+        if self.codes is not None:
+            codes = torch.cat([self.codes.to(codes.dtype), codes])
+            memberships = torch.cat([self.memberships.to(codes.dtype), memberships])
+            index = torch.cat([self.index, index])
+        self.codes = codes[-self.size :]
+        self.memberships = memberships[-self.size :]
+        self.index = index[-self.size :]
 
 
 # --------------------------------------------------------------------------- contrastive
@@ -257,6 +416,10 @@ class LossConfig:
     β of a β-VAE (used only when the model returns a log-variance). ``soft_memberships``: the
     silhouette uses :func:`confidence_memberships` instead of one-hot ones. ``confidence_weights``:
     members' terms are weighted by their label confidence (manual labels: 1).
+    ``silhouette_target``: ``s*`` of :func:`silhouette_hinge_loss` (1 = ``1 − s̄``).
+    ``memory_size``: codes in the :class:`LatentMemory` bank of the silhouette (0 = in-batch).
+    ``trim_fraction``: the share of each batch's labelled members with the lowest silhouette
+    left out of the clustering loss (0 = none).
     """
 
     terms: tuple[str, ...] = ("recon",)
@@ -269,9 +432,21 @@ class LossConfig:
     temperature: float = 0.1
     soft_memberships: bool = False
     confidence_weights: bool = False
+    silhouette_target: float = 1.0
+    memory_size: int = 0
+    trim_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         self.terms = parse_terms(self.terms)
+        if not 0.0 <= self.trim_fraction < 1.0:
+            raise SenseError(f"trim_fraction must be in [0, 1), got {self.trim_fraction}")
+        if not -1.0 <= self.silhouette_target <= 1.0:
+            raise SenseError(
+                f"silhouette_target must be in [-1, 1] (1 = plain 1 - mean silhouette), got "
+                f"{self.silhouette_target}"
+            )
+        if self.memory_size < 0:
+            raise SenseError(f"memory_size must be >= 0 (0 = off), got {self.memory_size}")
         if self.contrastive not in CONTRASTIVE_KINDS:
             raise SenseError(
                 f"unknown contrastive loss {self.contrastive!r}; choose {CONTRASTIVE_KINDS}"
@@ -321,13 +496,16 @@ class JointLoss:
     """``L = w_rec·L_rec (+ β_norm·KL) + λ_clu·L_clu + λ_con·L_con`` over the chosen terms.
 
     The latent losses act on the deterministic code (the AE's z, the VAE's μ: what is exported
-    and projected). ``cluster_scale`` multiplies λ_clu and λ_con (a warm-up schedule sets it).
+    and projected). ``latent_scale`` multiplies λ_clu and λ_con (a warm-up schedule sets it).
+    With ``memory_size > 0`` the silhouette term uses (and, when ``index`` is given, feeds)
+    :attr:`memory`; call ``memory.clear()`` where the bank should start empty.
     """
 
     def __init__(self, config: LossConfig, num_classes: int, latent_dim: int, input_dim: int):
         self.config = config
         self.num_classes = int(num_classes)
         self.beta_norm = normalized_beta(config.beta, latent_dim, input_dim)
+        self.memory = LatentMemory(config.memory_size) if config.memory_size > 0 else None
 
     def __call__(
         self,
@@ -339,7 +517,12 @@ class JointLoss:
         logvar: torch.Tensor | None = None,
         mu: torch.Tensor | None = None,
         latent_scale: float = 1.0,
+        index: torch.Tensor | None = None,
+        trim_fraction: float | None = None,
     ) -> LossParts:
+        """The joint loss of a batch; ``index`` (member ids of the rows) feeds the memory bank
+        (without it the bank is neither used nor filled); ``trim_fraction`` overrides the
+        configured one (a schedule sets it)."""
         config = self.config
         total = code.sum() * 0.0
         parts: dict[str, float] = {}
@@ -361,7 +544,21 @@ class JointLoss:
                 memberships = confidence_memberships(labels, confidence, self.num_classes)
             else:
                 memberships = one_hot_memberships(labels, self.num_classes)
-            clu = soft_silhouette_loss(code, memberships.to(code.device), weights)
+            memberships = memberships.to(code.device)
+            memory = self.memory if index is not None else None
+            reference = None if memory is None or not len(memory) else memory
+            clu = silhouette_hinge_loss(
+                code,
+                memberships,
+                config.silhouette_target,
+                weights,
+                reference=None if reference is None else reference.codes,
+                reference_memberships=None if reference is None else reference.memberships,
+                exclude=None if reference is None else reference.exclusion(index),
+                trim=config.trim_fraction if trim_fraction is None else trim_fraction,
+            )
+            if memory is not None:
+                memory.push(code, memberships, index)
             total = total + latent_scale * config.cluster_weight * clu
             parts["cluster"] = float(clu.detach())
         if "contrastive" in config.terms:
