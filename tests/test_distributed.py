@@ -9,6 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch", reason="the training extra (torch) is not installed")
@@ -87,3 +88,29 @@ def test_ddp_gloo_two_ranks_average_gradients_like_one_full_batch(tmp_path):
         optimizer.step()
     expected = model.weight.detach().flatten()
     assert torch.allclose(torch.tensor(ranks[0]["weights"]), expected, atol=1e-6)
+
+
+def test_train_encoder_under_torchrun_two_ranks_writes_one_bundle(tmp_path):
+    """`torchrun --nproc_per_node 2 sense train-encoder` (gloo): both ranks train, rank 0 alone
+    writes the bundle and reports; the run records its world size; the bundle embeds."""
+    from conftest import make_ensemble
+
+    from sense_core.io import write_ensemble
+
+    data = write_ensemble(make_ensemble(count=96, height=16, width=16), tmp_path / "ens.npz")
+    sense = Path(sys.executable).with_name("sense")
+    completed = run_torchrun(
+        sense, "train-encoder", "--data", str(data), "--bundle", str(tmp_path / "bundle"),
+        "--epochs", "2", "--batch-size", "16", "--latent", "4", "--loss", "recon,cluster",
+        "--threads", "1", "--seed", "0",
+    )
+    assert completed.stdout.count("encoder written to") == 1, completed.stdout
+    metrics = json.loads((tmp_path / "bundle" / "encoder_run" / "metrics.json").read_text())
+    assert metrics["distributed"] == {"world_size": 2, "backend": "gloo"}
+    assert metrics["epochs_run"] == 2 and metrics["completed"]
+    from sense_core.bundle import Bundle
+    from sense_core.inference import Encoder
+
+    bundle = Bundle.load(tmp_path / "bundle")
+    latents = Encoder(bundle).encode(make_ensemble(count=5, height=16, width=16).fields)
+    assert latents.shape == (5, 4) and np.isfinite(latents).all()

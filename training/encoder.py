@@ -73,6 +73,16 @@ from sense_training.common import (
     training_versions,
 )
 from sense_training.data import Augmentation, EnsembleDataset, EpochShuffleSampler
+from sense_training.distributed import (
+    RankShare,
+    barrier,
+    broadcast_flag,
+    device_for,
+    init_distributed,
+    mean_over_ranks,
+    shutdown,
+    wrap_model,
+)
 from sense_training.export import export_onnx
 from sense_training.losses import (
     CONTRASTIVE_KINDS,
@@ -407,6 +417,7 @@ class EncoderResult:
     parts: TrainingParts
     normalization: NormalizationStats
     completed: bool  # False when stopped by ``stop_after`` (resume later)
+    is_main: bool = True  # False on the other ranks of a torchrun run (they write nothing)
 
 
 def _bundle_manifest(
@@ -449,6 +460,10 @@ def _latent_scale(epoch: int, config: EncoderConfig) -> float:
     return min(1.0, (epoch + 1) / (config.warmup_epochs + 1))
 
 
+def _quiet(*_args, **_kwargs) -> None:
+    """The log of the ranks other than 0: they print nothing."""
+
+
 def train_encoder(
     store: MemberStore,
     out: str | os.PathLike,
@@ -468,6 +483,10 @@ def train_encoder(
     metrics. ``resume`` continues from its checkpoint with the configuration saved there
     (``config`` is then ignored). ``stop_after`` ends this call after that many epochs in total
     (checkpoint written, no export). ``command`` is recorded in the bundle (default ``sys.argv``).
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) the ranks train replicas with DistributedDataParallel
+    on their shares of every epoch's batches (:mod:`sense_training.distributed`); rank 0 alone
+    writes the checkpoint, history, plots, metrics and the bundle.
     """
     started = time.perf_counter()
     out = Path(out)
@@ -486,6 +505,10 @@ def train_encoder(
     run_dir.mkdir(parents=True, exist_ok=True)
     configure_threads(config.threads)
     device = choose_device(config.device)
+    context = init_distributed(device)
+    device = device_for(device, context)
+    if not context.is_main:
+        log = _quiet
 
     parts = training_parts(store, config)
     fingerprint = _fingerprint(store, parts)
@@ -522,13 +545,15 @@ def train_encoder(
     if config.losses == ("recon",) or not (train_set.labels != UNLABELED).any():
         batch_sampler = None
         sampler = EpochShuffleSampler(len(train_set), seed=config.seed)
-        loader = torch.utils.data.DataLoader(
-            train_set, batch_size=config.batch_size, sampler=sampler, num_workers=0
-        )
+        batches = torch.utils.data.BatchSampler(sampler, config.batch_size, drop_last=False)
     else:
         batch_sampler = ClassBatchSampler(train_set.labels, config.batch_size, seed=config.seed)
         sampler = None
-        loader = torch.utils.data.DataLoader(train_set, batch_sampler=batch_sampler, num_workers=0)
+        batches = batch_sampler
+    # each rank loads only its share of the epoch's batches (all of them in one process)
+    loader = torch.utils.data.DataLoader(
+        train_set, batch_sampler=RankShare(batches, context), num_workers=0
+    )
     # a fixed sample of labelled training members, scored like the validation part every epoch
     labelled_positions = np.flatnonzero(train_set.labels != UNLABELED)
     pool = labelled_positions if len(labelled_positions) else np.arange(len(train_set))
@@ -538,6 +563,7 @@ def train_encoder(
     )
 
     model = build_autoencoder(config.model_config(store.member_shape)).to(device)
+    trained = wrap_model(model, context)  # DDP on several ranks; the model itself on one
     optimizer = torch.optim.Adam(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
@@ -577,14 +603,14 @@ def train_encoder(
         trim = trim_schedule(epoch, config)
         if objective.memory is not None:
             objective.memory.clear()  # each epoch starts with an empty bank (resumable)
-        model.train()
+        trained.train()
         sums: dict[str, float] = {}
         batches = 0
         for fields_, labels, index in loader:
             fields_ = fields_.to(device)
             labels = labels.to(device)
             confidence = torch.from_numpy(parts.confidence[index.numpy()]).to(device)
-            outputs = model(fields_)
+            outputs = trained(fields_)
             loss = objective(
                 fields_,
                 outputs["reconstruction"],
@@ -607,7 +633,9 @@ def train_encoder(
                 f"training diverged at epoch {epoch + 1} (loss {sums.get('total')}); "
                 "lower the learning rate or the loss weights"
             )
-        record: dict[str, float] = {f"batch_{k}": v / max(batches, 1) for k, v in sums.items()}
+        keys = sorted(sums)
+        averaged = mean_over_ranks([sums[k] / max(batches, 1) for k in keys], context)
+        record: dict[str, float] = {f"batch_{k}": v for k, v in zip(keys, averaged)}
         train_scores = _score(
             objective,
             encode_dataset(model, monitor_set, device, config.eval_batch_size, monitor_positions),
@@ -633,27 +661,35 @@ def train_encoder(
             best_epoch, best_value = epoch, selection
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         log(_epoch_line(epoch, config.epochs, record))
-        save_checkpoint(
-            checkpoint_path,
-            {
-                "config": config.to_dict(),
-                "input_shape": list(store.member_shape),
-                "fingerprint": fingerprint,
-                "epoch": epoch,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "history": history.to_dict(),
-                "best_epoch": best_epoch,
-                "best_value": best_value,
-                "best_model": best_state,
-            },
-        )
-        if config.patience and epoch - best_epoch >= config.patience:
+        if context.is_main:
+            save_checkpoint(
+                checkpoint_path,
+                {
+                    "config": config.to_dict(),
+                    "input_shape": list(store.member_shape),
+                    "fingerprint": fingerprint,
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "history": history.to_dict(),
+                    "best_epoch": best_epoch,
+                    "best_value": best_value,
+                    "best_model": best_state,
+                },
+            )
+        barrier(context)
+        patience_spent = bool(config.patience and epoch - best_epoch >= config.patience)
+        if broadcast_flag(patience_spent, context):
             log(f"early stop: no better validation objective for {config.patience} epochs")
             stopped_early = True
             break
     epoch = last_epoch
     completed = stopped_early or epoch >= config.epochs - 1
+    if not context.is_main:
+        shutdown(context)
+        return EncoderResult(
+            None, {}, run_dir, history, model.eval(), parts, normalization, completed, False
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "history.json", json.dumps(history.to_dict(), indent=1) + "\n")
     if len(history):
@@ -687,6 +723,7 @@ def train_encoder(
         "parameters": count_parameters(model),
         "beta_norm": objective.beta_norm,
         "device": describe_device(device),
+        "distributed": context.describe(),
         "seeding": seeding,
         "seconds": round(time.perf_counter() - started, 2),
     }
@@ -697,6 +734,7 @@ def train_encoder(
         )
         metrics["export"] = report
     atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    shutdown(context)
     return EncoderResult(bundle, metrics, run_dir, history, model, parts, normalization, completed)
 
 
