@@ -15,7 +15,10 @@ from sense_core.cli_options import add_reader_options, open_from_args
 from sense_core.errors import SenseError
 
 # Named settings of `sense fit`: `quick` fits ~2,000 members of 32-64 px in minutes on 2 cores;
-# `paper` follows the paper (latent 256, 100 epochs, dropout 0.3-0.4).
+# `paper` follows the paper (latent 256, 100 epochs, dropout 0.3-0.4). quick trains the encoder
+# with base_channels 16 (2.3-2.6x cheaper per step than 32) on one torch thread: on these shared
+# 2-core machines a 2-thread AE step took 2.7-3.5 s under load against 1.1-1.2 s with one thread
+# (benchmarks/bench_fit.py; docs/encoder.md).
 PROFILES: dict[str, dict[str, dict]] = {
     "quick": {
         "labeler": {"epochs": 8, "patience": 3},
@@ -24,11 +27,14 @@ PROFILES: dict[str, dict[str, dict]] = {
             "latent_dim": 32,
             "losses": ("recon", "cluster"),
             "dropout": 0.3,
+            "base_channels": 16,
             "epochs": 12,
             "warmup_epochs": 2,
             "min_confidence": 0.5,
             "confidence_weights": True,
+            "threads": 1,
         },
+        "projector": {"max_points": 5000},
     },
     "paper": {
         "labeler": {"epochs": 30, "patience": 6},
@@ -44,6 +50,7 @@ PROFILES: dict[str, dict[str, dict]] = {
             "min_confidence": 0.5,
             "confidence_weights": True,
         },
+        "projector": {"max_points": 20000},
     },
 }
 
@@ -69,8 +76,11 @@ evaluation.json/.csv/.md and maps.png into --out.
 
 FIT_DESCRIPTION = """\
 Everything in one go: train the labeler on the hand-labeled members, pseudo-label the others,
-train the encoder with the pseudo-labels, export both into the bundle folder --out, and evaluate
-(report in <out>/evaluation). Profiles: quick (minutes on 2 cores for ~2,000 members of 32-64 px)
+train the encoder with the pseudo-labels, export both into the bundle folder --out, map the
+encoder's training latents with UMAP and train the parametric projector that reproduces that map
+(projector.onnx, its fidelity in sense.json), and evaluate (report in <out>/evaluation). Stage
+times, the machine's load, labeler accuracy, 2D test silhouettes and the projector's fidelity go
+to <out>/fit_report.json. Profiles: quick (minutes on 2 cores for ~2,000 members of 32-64 px)
 and paper (the paper's settings: beta-VAE, latent 256, 100 epochs).
 """
 
@@ -121,6 +131,27 @@ def _add_encoder_options(parser: argparse.ArgumentParser, defaults_note: str = "
         action="store_true",
         help="weight members' latent losses by label confidence",
     )
+    group.add_argument(
+        "--trim-fraction",
+        type=float,
+        help="share of each batch's worst-placed labelled members left out of the "
+        "clustering loss (0; remedy against its overfitting)",
+    )
+    group.add_argument(
+        "--trim-warmup-epochs",
+        type=int,
+        help="the trimmed share ramps from 0 to --trim-fraction over these epochs (0)",
+    )
+    group.add_argument(
+        "--silhouette-target",
+        type=float,
+        help="members with silhouette >= this give no clustering loss (1 = plain 1 - s)",
+    )
+    group.add_argument(
+        "--memory-size",
+        type=int,
+        help="latent codes of earlier batches the silhouette also runs over (0 = in-batch)",
+    )
     group.add_argument("--min-confidence", type=float, help="ignore weaker pseudo-labels (0)")
     group.add_argument("--label-noise", type=float, help="flip this fraction of pseudo-labels")
     group.add_argument("--epochs", type=int, help="epochs (30)")
@@ -154,6 +185,10 @@ _OPTION_TO_FIELD = {
     "temperature": "temperature",
     "dropout": "dropout",
     "min_confidence": "min_confidence",
+    "trim_fraction": "trim_fraction",
+    "trim_warmup_epochs": "trim_warmup_epochs",
+    "silhouette_target": "silhouette_target",
+    "memory_size": "memory_size",
     "label_noise": "label_noise",
     "epochs": "epochs",
     "batch_size": "batch_size",
@@ -207,6 +242,8 @@ def _run_train_encoder(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         command=["sense", *sys.argv[1:]],
     )
+    if not result.is_main:
+        return 0  # another rank of a torchrun run: rank 0 reports
     metrics = result.metrics
     selected = metrics.get("selected", {})
     print(
@@ -291,6 +328,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _run_fit(args: argparse.Namespace) -> int:
+    import shlex
+
     from sense_training.encoder import train_encoder
     from sense_training.labeler import (
         LabelerConfig,
@@ -298,12 +337,17 @@ def _run_fit(args: argparse.Namespace) -> int:
         pseudo_labeled_store,
         train_labeler,
     )
+    from sense_training.projector import MIN_POINTS as PROJECTOR_MIN_POINTS
+    from sense_training.projector import fit_bundle_projector
 
     profile = PROFILES[args.profile]
     out = Path(args.out)
     started = time.perf_counter()
+    load_before = _load_average()
+    stages: dict[str, float] = {}
     store = _open(args)
-    command = ["sense", *sys.argv[1:]]
+    # the argv that main() parsed, when it keeps it; else the process's own
+    command = ["sense", *getattr(args, "argv", sys.argv[1:])]
     labeler_values = dict(profile["labeler"])
     if args.seed is not None:
         labeler_values["seed"] = args.seed
@@ -318,25 +362,251 @@ def _run_fit(args: argparse.Namespace) -> int:
     for name in ("fractions", "split_seed"):
         if getattr(args, name, None) is not None:
             labeler_values[name] = getattr(args, name)
-    print(f"[1/4] labeler ({args.profile} profile)")
+    steps = 4 if args.no_projector else 5
+    print(f"[1/{steps}] labeler ({args.profile} profile)")
+    tick = time.perf_counter()
     labeler = train_labeler(
         store, out, LabelerConfig(**labeler_values), overwrite=args.overwrite, command=command
     )
-    print(f"[2/4] pseudo-labels (confidence >= {args.threshold})")
-    result = pseudo_label(store, labeler.bundle, args.threshold)
+    compression = None
+    if args.compress_labeler:
+        compression = _compress_labeler(store, out, LabelerConfig(**labeler_values))
+    stages["labeler"] = time.perf_counter() - tick
+    print(f"[2/{steps}] pseudo-labels (confidence >= {args.threshold})")
+    tick = time.perf_counter()
+    result = pseudo_label(store, out, args.threshold)
     summary = result.summary(labeler.bundle.class_names)
     print(
         f"  {summary['pseudo']} pseudo-labelled, {summary['none']} left unlabelled, agreement "
         f"with hand labels {summary['agreement_with_manual_labels']}"
     )
     relabeled = pseudo_labeled_store(store, result, labeler.bundle)
-    print("[3/4] encoder")
+    stages["pseudo_labels"] = time.perf_counter() - tick
+    print(f"[3/{steps}] encoder")
+    tick = time.perf_counter()
     config = encoder_config_from_args(args, profile["encoder"])
-    train_encoder(relabeled, out, config, overwrite=True, command=command)
-    print("[4/4] evaluation")
+    encoder = train_encoder(relabeled, out, config, overwrite=True, command=command)
+    stages["encoder"] = time.perf_counter() - tick
+    projector = None
+    _drop_projector(out)  # an earlier run's projector imitates another encoder's map
+    if not args.no_projector and len(encoder.parts.train) < PROJECTOR_MIN_POINTS:
+        print(
+            f"[4/{steps}] projector skipped: {len(encoder.parts.train)} training members, "
+            f"at least {PROJECTOR_MIN_POINTS} are needed (sense embed will fit UMAP instead)"
+        )
+    elif not args.no_projector:
+        print(f"[4/{steps}] projector (UMAP of the training latents, reproduced by an MLP)")
+        tick = time.perf_counter()
+        settings = dict(profile["projector"])
+        if args.projector_points is not None:
+            settings["max_points"] = args.projector_points
+        projector = fit_bundle_projector(
+            relabeled,
+            out,
+            encoder.parts.train,
+            seed=config.seed,
+            command=shlex.join(command),
+            **settings,
+        )
+        stages["projector"] = time.perf_counter() - tick
+    print(f"[{steps}/{steps}] evaluation")
+    tick = time.perf_counter()
     _evaluate_and_report(relabeled, {"sense": out}, out / "evaluation", args)
-    print(f"bundle {out} ready in {time.perf_counter() - started:.0f} s")
+    stages["evaluation"] = time.perf_counter() - tick
+    report = _fit_report(
+        args,
+        out,
+        command,
+        stages,
+        time.perf_counter() - started,
+        load_before,
+        labeler.metrics,
+        compression,
+        summary,
+        encoder.metrics,
+        projector,
+        relabeled,
+        encoder.parts.split.test,
+    )
+    print(f"bundle {out} ready in {report['seconds']['total']:.0f} s; report {out / FIT_REPORT}")
     return 0
+
+
+FIT_REPORT = "fit_report.json"
+
+
+def _compress_labeler(store, out: Path, config) -> dict:
+    """Store the bundle's labeler weights as int8 (see sense_training.export.compress_weights_int8)
+    and measure the change on the hand-labeled validation and test members."""
+    import numpy as np
+
+    from sense_core.bundle import Bundle
+    from sense_core.ensemble import split_labeled
+    from sense_training.export import compress_bundle_model
+
+    split = split_labeled(store, config.fractions, config.split_seed)
+    indices = np.sort(np.concatenate([split.validation, split.test]))
+    if not len(indices):
+        indices = np.sort(split.train)
+    bundle = Bundle.load(out)
+    inputs = bundle.normalization.apply(store.read_members(indices))
+    record = compress_bundle_model(out, "labeler", inputs, np.asarray(store.labels)[indices])
+    print(
+        f"  labeler weights int8: {record['bytes_before'] / 1e6:.1f} -> "
+        f"{record['bytes_after'] / 1e6:.1f} MB; on {record['members']} validation+test members "
+        f"argmax agreement {record['argmax_agreement']:.4f}, accuracy "
+        f"{record['accuracy_float']:.4f} -> {record['accuracy_compressed']:.4f}, largest logit "
+        f"change {record['max_abs_diff']:.3g}"
+    )
+    return record
+
+
+def _drop_projector(out: Path) -> None:
+    """Remove the bundle's projector (entry in sense.json, then the file), if it has one."""
+    import json
+
+    from sense_core.bundle import MANIFEST, read_manifest
+    from sense_core.io.atomic import atomic_write_text
+
+    manifest = read_manifest(out)
+    if manifest is None or "projector" not in manifest.get("models", {}):
+        return
+    entry = manifest["models"].pop("projector")
+    manifest.get("training", {}).pop("projector", None)
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    (out / entry.get("file", "projector.onnx")).unlink(missing_ok=True)
+
+
+def _load_average() -> list[float] | None:
+    import os
+
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def _projector_test_silhouette(store, bundle_dir: Path, test_indices) -> float | None:
+    """2D silhouette of the hand-labeled test members placed by the bundle's projector (no UMAP
+    fit on them: the map of the training latents, as at use time)."""
+    import numpy as np
+
+    from sense_core.bundle import Bundle
+    from sense_core.inference import Encoder
+    from sense_core.metrics import silhouette
+    from sense_core.projection import ParametricProjector
+
+    test_indices = np.asarray(test_indices, dtype=np.int64)
+    labels = np.asarray(store.labels)[test_indices]
+    if len(test_indices) < 4 or np.unique(labels).size < 2:
+        return None
+    bundle = Bundle.load(bundle_dir)
+    latents = Encoder(bundle, device="cpu").encode_store(store, indices=test_indices)
+    xy = ParametricProjector.from_bundle(bundle).transform(latents)
+    value = silhouette(xy, labels, sample_size=None)
+    return round(value, 4) if value == value else None
+
+
+def _fit_report(
+    args: argparse.Namespace,
+    out: Path,
+    command: list[str],
+    stages: dict[str, float],
+    total: float,
+    load_before: list[float] | None,
+    labeler_metrics: dict,
+    compression: dict | None,
+    pseudo: dict,
+    encoder_metrics: dict,
+    projector,
+    store,
+    test_indices,
+) -> dict:
+    """Write ``<out>/fit_report.json`` (stage times, machine and load, quality figures) and print
+    a summary; return the report."""
+    import json
+    import os
+    import platform
+    import shlex
+
+    import torch
+
+    from sense_core.io.atomic import atomic_write_text
+
+    rows = {}
+    evaluation_path = out / "evaluation" / "evaluation.json"
+    if evaluation_path.is_file():
+        rows = {r["name"]: r for r in json.loads(evaluation_path.read_text())["rows"]}
+
+    def silhouette(name: str) -> dict | None:
+        row = rows.get(name)
+        if row is None:
+            return None
+        return {
+            "mean": row.get("silhouette_2d_test_mean"),
+            "sd": row.get("silhouette_2d_test_sd"),
+        }
+
+    labeler_train = labeler_metrics.get("train_seconds")
+    encoder_epochs = encoder_metrics.get("epochs_run")
+    report = {
+        "command": shlex.join(command),
+        "profile": args.profile,
+        "data": str(args.data),
+        "members": len(store),
+        "member_shape": list(store.member_shape),
+        "seconds": {
+            **{k: round(v, 1) for k, v in stages.items()},
+            "labeler_training": labeler_train,
+            "projector_parts": projector.seconds if projector is not None else None,
+            "total": round(total, 1),
+        },
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "torch_threads": torch.get_num_threads(),
+            "load_average_before": load_before,
+            "load_average_after": _load_average(),
+        },
+        "labeler": {
+            "architecture": labeler_metrics.get("architecture"),
+            "epochs_run": labeler_metrics.get("epochs_run"),
+            "best_epoch": labeler_metrics.get("best_epoch"),
+            "validation_accuracy": labeler_metrics.get("validation", {}).get("accuracy"),
+            "test_accuracy": labeler_metrics.get("test", {}).get("accuracy"),
+            "compression": compression,
+        },
+        "pseudo_labels": {
+            k: pseudo.get(k) for k in ("pseudo", "none", "agreement_with_manual_labels")
+        },
+        "encoder": {
+            "epochs_run": encoder_epochs,
+            "selected_epoch": encoder_metrics.get("selected_epoch", -1) + 1,
+            "cluster_gap_selected": encoder_metrics.get("selected", {}).get("cluster_gap"),
+        },
+        "silhouette_2d_test": {name: silhouette(name) for name in rows},
+        "projector": None,
+    }
+    if projector is not None:
+        report["projector"] = {
+            **projector.record(),
+            "silhouette_2d_test": _projector_test_silhouette(store, out, test_indices),
+        }
+    atomic_write_text(out / FIT_REPORT, json.dumps(report, indent=2) + "\n")
+    seconds = report["seconds"]
+    print(
+        "stage seconds: "
+        + ", ".join(f"{k} {seconds[k]:.1f}" for k in stages)
+        + f"; total {seconds['total']:.1f} (load {load_before} -> "
+        f"{report['machine']['load_average_after']})"
+    )
+    if projector is not None:
+        print(
+            f"projector: 2D test silhouette {report['projector']['silhouette_2d_test']} "
+            f"(UMAP of the latents: {(silhouette('sense') or {}).get('mean')})"
+        )
+    return report
 
 
 EXPERIMENT_DESCRIPTION = """\
@@ -440,18 +710,23 @@ def _run_experiment(args: argparse.Namespace) -> int:
     )
     paths = write_report(evaluation, out, title=spec.get("title", Path(spec["data"]).stem))
     rows = {row.name: row.scores["silhouette_2d_test_mean"] for row in evaluation.rows}
-    plain = [
+    reconstruction_only = [
+        r for r in evaluation.rows if r.kind == "encoder" and r.details.get("losses") == ["recon"]
+    ]
+    plain = [r.name for r in reconstruction_only if r.details.get("architecture") != "conv-vae"]
+    plain_vae = [r.name for r in reconstruction_only if r.name not in plain]
+    sense = [
         r.name
         for r in evaluation.rows
-        if r.kind == "encoder" and r.details.get("losses") == ["recon"]
+        if r.kind == "encoder" and r.name not in plain and r.name not in plain_vae
     ]
-    sense = [r.name for r in evaluation.rows if r.kind == "encoder" and r.name not in plain]
     summary = {
         "data": spec["data"],
         "silhouette_2d_test": rows,
         "best_sense": max((rows[n] for n in sense), default=None),
         "best_sense_name": max(sense, key=lambda n: rows[n]) if sense else None,
         "plain_ae": max((rows[n] for n in plain), default=None),
+        "plain_vae": max((rows[n] for n in plain_vae), default=None),
         "umap_raw": rows.get("umap_raw"),
         "pca_raw": rows.get("pca_raw"),
         "cluster_gap": {
@@ -526,6 +801,22 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     fit.add_argument("--overwrite", action="store_true", help="replace models in --out")
     fit.add_argument("--labeler-epochs", type=int, help="labeler epochs (profile's)")
     fit.add_argument("--labeler-arch", help="timm architecture of the labeler (profile's)")
+    fit.add_argument(
+        "--compress-labeler",
+        action="store_true",
+        help="store the labeler's weights as int8 (about 4x smaller file, float compute; "
+        "the change is measured and recorded in sense.json)",
+    )
+    fit.add_argument(
+        "--no-projector",
+        action="store_true",
+        help="do not train the parametric projector (projector.onnx)",
+    )
+    fit.add_argument(
+        "--projector-points",
+        type=int,
+        help="training members mapped with UMAP for the projector (profile's)",
+    )
     _add_encoder_options(fit, " (overrides the profile)")
     _add_evaluation_options(fit)
     fit.set_defaults(handler=_run_fit)

@@ -38,6 +38,7 @@ from sense_core.errors import SenseError
 
 DEFAULT_HIDDEN = (256, 256)
 TARGET_STEPS = 3000  # optimiser steps when epochs is not given
+MIN_POINTS = 10  # fewer points than this are not enough to learn a map from
 
 
 class ProjectorNet(nn.Module):
@@ -173,9 +174,9 @@ def train_projector(
     xy = np.ascontiguousarray(xy, dtype=np.float32)
     if latents.ndim != 2 or xy.shape != (len(latents), 2):
         raise SenseError(f"need latents (N, D) and xy (N, 2); got {latents.shape} and {xy.shape}")
-    if len(latents) < 10:
+    if len(latents) < MIN_POINTS:
         raise SenseError(
-            f"the projector needs at least 10 points to learn from, got {len(latents)}"
+            f"the projector needs at least {MIN_POINTS} points to learn from, got {len(latents)}"
         )
     if not (np.isfinite(latents).all() and np.isfinite(xy).all()):
         raise SenseError("latents and xy must be finite")
@@ -363,3 +364,88 @@ def add_projector_to_bundle(
                 "export": report.to_dict(),
             },
         )
+
+
+@dataclass
+class BundleProjector:
+    """What :func:`fit_bundle_projector` did: the fit, the UMAP parameters of the imitated map,
+    the store indices of the members it was fitted on, and the seconds of each step."""
+
+    fit: ProjectorFit
+    umap_params: dict[str, Any]
+    indices: np.ndarray
+    seconds: dict[str, float]
+
+    def record(self) -> dict[str, Any]:
+        """JSON-ready summary for reports (fidelity, points, UMAP parameters, seconds)."""
+        return {
+            "points": int(len(self.indices)),
+            "fidelity": self.fit.fidelity,
+            "umap": self.umap_params,
+            "epochs": self.fit.config["epochs"],
+            "seconds": self.seconds,
+        }
+
+
+def fit_bundle_projector(
+    store,
+    bundle_folder: str | os.PathLike,
+    indices: Sequence[int] | np.ndarray,
+    *,
+    max_points: int = 5000,
+    seed: int = 0,
+    hidden: Sequence[int] = DEFAULT_HIDDEN,
+    epochs: int | None = None,
+    n_neighbors: int = 15,
+    min_dist: float = 0.1,
+    command: str | None = None,
+    threads: int | None = 1,
+    log=print,
+) -> BundleProjector:
+    """Give the bundle's encoder a projector: encode the members ``indices`` of ``store`` (a
+    seeded sample of at most ``max_points``) with the bundle's ONNX encoder, map them with UMAP
+    (seeded, exact k-NN), train a :class:`ProjectorNet` on that map and add it to the bundle as
+    ``projector.onnx`` with its fidelity (:func:`add_projector_to_bundle`)."""
+    from sense_core.bundle import Bundle
+    from sense_core.inference import Encoder
+    from sense_core.projection import umap_project
+
+    indices = np.asarray(indices, dtype=np.int64)
+    if max_points < MIN_POINTS:
+        raise SenseError(f"max_points must be >= {MIN_POINTS}, got {max_points}")
+    if len(indices) > max_points:
+        chosen = np.random.default_rng(seed).choice(len(indices), size=max_points, replace=False)
+        indices = np.sort(indices[chosen])
+    if len(indices) < MIN_POINTS:
+        raise SenseError(
+            f"the projector needs at least {MIN_POINTS} training members to learn from, got "
+            f"{len(indices)}"
+        )
+    seconds: dict[str, float] = {}
+    tick = time.perf_counter()
+    bundle = Bundle.load(bundle_folder)
+    latents = Encoder(bundle, device="cpu").encode_store(store, indices=indices)
+    seconds["encode"] = round(time.perf_counter() - tick, 2)
+    tick = time.perf_counter()
+    projection = umap_project(
+        latents, n_neighbors=n_neighbors, min_dist=min_dist, seed=seed, knn="exact"
+    )
+    seconds["umap"] = round(time.perf_counter() - tick, 2)
+    log(f"  UMAP of {len(indices)} training latents in {seconds['umap']:.1f} s")
+    tick = time.perf_counter()
+    fit = train_projector(
+        latents, projection.xy, hidden=hidden, epochs=epochs, seed=seed, threads=threads
+    )
+    seconds["train"] = round(time.perf_counter() - tick, 2)
+    tick = time.perf_counter()
+    add_projector_to_bundle(
+        bundle_folder, fit, latents, umap_params=projection.params, command=command
+    )
+    seconds["export"] = round(time.perf_counter() - tick, 2)
+    held_out = fit.fidelity.get("validation", fit.fidelity["all"])
+    log(
+        f"  projector: {fit.config['epochs']} epochs in {seconds['train']:.1f} s; held-out "
+        f"k-NN overlap {held_out['knn_overlap']:.3f}, trustworthiness "
+        f"{held_out['trustworthiness_projector']:.3f} (UMAP {held_out['trustworthiness_umap']:.3f})"
+    )
+    return BundleProjector(fit, dict(projection.params), indices, seconds)
