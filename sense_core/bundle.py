@@ -24,7 +24,7 @@ import json
 import os
 import platform
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -282,19 +282,31 @@ def shipped_bundles_dir() -> Path:
     return installed if installed.is_dir() else Path(__file__).resolve().parents[1] / "models"
 
 
-def find_shipped_bundle(member_shape: tuple[int, int, int]) -> Path:
-    """The shipped bundle whose input shape is ``member_shape``; an error listing the shipped
-    bundles and their shapes when none matches."""
-    shipped = []
+def find_shipped_bundle(
+    member_shape: tuple[int, int, int], class_names: Sequence[str] | None = None
+) -> Path:
+    """The shipped bundle whose input shape is ``member_shape``; among several, the one whose
+    class names equal ``class_names`` (else the one sharing most of them, then by folder name).
+    An error listing the shipped bundles and their shapes when none takes that shape."""
+    matching, shipped = [], []
     folder = shipped_bundles_dir()
     for manifest_path in sorted(folder.glob(f"*/{MANIFEST}")) if folder.is_dir() else []:
         try:
-            shape = tuple(json.loads(manifest_path.read_text())["input"]["shape"])
+            manifest = json.loads(manifest_path.read_text())
+            shape = tuple(manifest["input"]["shape"])
+            names = [str(name) for name in manifest.get("class_names", [])]
         except (OSError, ValueError, KeyError, TypeError):
             continue
         if shape == tuple(member_shape):
-            return manifest_path.parent
+            matching.append((manifest_path.parent, names))
         shipped.append(f"{manifest_path.parent.name} {shape}")
+    if matching:
+        wanted = [str(name) for name in class_names or ()]
+
+        def fit(candidate: tuple[Path, list[str]]) -> tuple[bool, int]:
+            return candidate[1] == wanted, len(set(candidate[1]) & set(wanted))
+
+        return max(matching, key=fit)[0]  # max keeps the first (by name) among equals
     raise BundleError(
         f"no bundle given, and no shipped bundle takes members of shape (C, H, W) = "
         f"{tuple(member_shape)} (shipped: {', '.join(shipped) or 'none'}); choose a bundle "

@@ -256,6 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _launch(argv[0], argv[1:])
         parser = build_parser()
         args = parser.parse_args(argv)
+        args.argv = argv  # what was asked for, for commands that record it (sense fit)
         if args.command is None:
             parser.print_help()
             return 2

@@ -22,11 +22,11 @@ def _step(message: str) -> float:
     return time.perf_counter()
 
 
-def _shipped_bundle(member_shape):
+def _shipped_bundle(member_shape, class_names=None):
     from sense_core.bundle import BundleError, find_shipped_bundle
 
     try:
-        return find_shipped_bundle(member_shape)
+        return find_shipped_bundle(member_shape, class_names)
     except BundleError:
         return None
 
@@ -74,7 +74,7 @@ def run_demo(
         f"test {split['test']}"
     )
 
-    bundle = _shipped_bundle(ensemble.member_shape)
+    bundle = _shipped_bundle(ensemble.member_shape, ensemble.class_names)
     if bundle is not None:
         from sense_core.embedding import embed_ensemble, write_outputs
 

@@ -243,7 +243,7 @@ def embed_images(
     from sense_core.io.vti import images_to_ensemble
 
     ensemble = images_to_ensemble(images, array_name)
-    bundle = bundle or str(find_shipped_bundle(ensemble.member_shape))
+    bundle = bundle or str(find_shipped_bundle(ensemble.member_shape, ensemble.class_names))
     key = None
     if cache is not None and input_key is not None:
         inference = tuple(sorted((k, v) for k, v in options.items() if k in INFERENCE_OPTIONS))
@@ -330,7 +330,7 @@ def embed_images_distributed(
         try:
             local = images_to_ensemble(images, array_name)
             fields, ids, labels = local.fields, list(local.member_ids), list(local.labels)
-            bundle = bundle or str(find_shipped_bundle(local.member_shape))
+            bundle = bundle or str(find_shipped_bundle(local.member_shape, local.class_names))
         except Exception as exc:  # noqa: BLE001 - raised on every rank below, never a hang
             error = str(exc)
     errors = [e for e in comm.allgather(error) if e]

@@ -128,3 +128,23 @@ def test_a_model_file_linked_outside_the_bundle_is_refused(bundle_dir, tmp_path)
     (bundle_dir / "encoder.onnx").symlink_to(outside)
     with pytest.raises(BundleError, match="must stay inside the bundle folder"):
         Bundle.load(bundle_dir)
+
+
+def test_shipped_bundle_is_chosen_by_shape_then_by_class_names(tmp_path, monkeypatch):
+    """Two shipped bundles of one shape (as channels64 and drops64): the class names decide."""
+    from conftest import make_runtime_bundle
+
+    from sense_core.bundle import BundleError, find_shipped_bundle
+
+    make_runtime_bundle(tmp_path / "a_channels", class_names=("straight", "meander"))
+    make_runtime_bundle(tmp_path / "b_drops", class_names=("splash", "bounce", "crown"))
+    make_runtime_bundle(tmp_path / "c_small", shape=(1, 4, 4))
+    monkeypatch.setenv("SENSE_MODELS_DIR", str(tmp_path))
+    shape = (1, 12, 10)
+    assert find_shipped_bundle(shape, ["splash", "bounce", "crown"]).name == "b_drops"
+    assert find_shipped_bundle(shape, ["straight", "meander"]).name == "a_channels"
+    assert find_shipped_bundle(shape, ["crown", "other"]).name == "b_drops"  # most shared
+    assert find_shipped_bundle(shape).name == "a_channels"  # no names: the first by name
+    assert find_shipped_bundle((1, 4, 4), ["x"]).name == "c_small"
+    with pytest.raises(BundleError, match=r"shape \(C, H, W\) = \(2, 12, 10\)"):
+        find_shipped_bundle((2, 12, 10))
