@@ -217,3 +217,19 @@ def make_runtime_bundle(
             details={"latent_dim": latent_dim},
         )
     return weights
+
+
+def run_paraview_gui(*args: str, config_home: Path | None = None) -> subprocess.CompletedProcess:
+    """Start the ParaView GUI with ``sense paraview ARGS --exit`` (under a private Xvfb without a
+    DISPLAY); ``config_home`` isolates its settings (XDG_CONFIG_HOME)."""
+    env = {k: v for k, v in os.environ.items() if k != "DISPLAY"}
+    if config_home is not None:
+        env["XDG_CONFIG_HOME"] = str(config_home)
+    return subprocess.run(
+        [SENSE, "paraview", *args, "--exit"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        env=env,
+    )

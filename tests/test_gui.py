@@ -5,14 +5,12 @@ macros are played with ParaView's own event player (``--test-script`` XML), and 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, SENSE, make_ensemble
+from conftest import REPO, make_ensemble, run_paraview_gui
 from PIL import Image
 
 from sense_core.io import write_ensemble
@@ -75,15 +73,8 @@ def run_gui(tmp_path: Path, events, macros: dict[str, str], *args: str) -> dict:
     )
     test_script = tmp_path / "events.xml"
     test_script.write_text(f'<?xml version="1.0" ?>\n<pqevents>\n{xml}</pqevents>\n')
-    env = {k: v for k, v in os.environ.items() if k != "DISPLAY"}
-    env["XDG_CONFIG_HOME"] = str(tmp_path / "config")
-    completed = subprocess.run(
-        [SENSE, "paraview", *args, f"--test-script={test_script}", "--exit"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-        env=env,
+    completed = run_paraview_gui(
+        *args, f"--test-script={test_script}", config_home=tmp_path / "config"
     )
     output = f"{completed.stdout}\n{completed.stderr}"
     assert completed.returncode == 0 and report.exists(), output[-4000:]
@@ -130,15 +121,7 @@ json.dump({{
 }}, open({str(result)!r}, "w"))
 """
     )
-    env = {k: v for k, v in os.environ.items() if k != "DISPLAY"}
-    completed = subprocess.run(
-        [SENSE, "paraview", f"--script={script}", "--exit"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-        env=env,
-    )
+    completed = run_paraview_gui(f"--script={script}")
     assert completed.returncode == 0, completed.stderr
     assert json.loads(result.read_text()) == {
         "reader": True,

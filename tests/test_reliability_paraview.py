@@ -7,11 +7,9 @@ one run of the GUI itself."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 
 import pytest
-from conftest import REPO, SENSE, make_ensemble, make_runtime_bundle, run_paraview_script
+from conftest import REPO, make_ensemble, make_runtime_bundle, run_paraview_gui, run_paraview_script
 from test_reliability import INPUT_ROWS, MODEL_ROWS, _broken_bundle
 
 from sense_core.io import write_ensemble
@@ -145,16 +143,8 @@ def test_the_gui_keeps_running_after_failures(tmp_path):
             result=str(result),
         )
     )
-    env = {k: v for k, v in os.environ.items() if k != "DISPLAY"}
-    env["XDG_CONFIG_HOME"] = str(tmp_path / "config")  # no welcome dialog state shared
-    completed = subprocess.run(
-        [SENSE, "paraview", f"--script={script}", "--exit"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-        env=env,
-    )
+    # its own settings folder: no welcome dialog state shared
+    completed = run_paraview_gui(f"--script={script}", config_home=tmp_path / "config")
     assert completed.returncode == 0, completed.stderr[-3000:]
     report = json.loads(result.read_text())
     assert report["blocks"] == 0 and report["points"] == 0
