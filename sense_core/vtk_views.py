@@ -247,7 +247,10 @@ def embed_images(
     key = None
     if cache is not None and input_key is not None:
         inference = tuple(sorted((k, v) for k, v in options.items() if k in INFERENCE_OPTIONS))
-        key = (input_key, bundle, bundle_checksum(bundle), array_name, inference)
+        try:
+            key = (input_key, bundle, bundle_checksum(bundle), array_name, inference)
+        except OSError:
+            key = None  # no readable sense.json: embed_ensemble says what is wrong
     if key is not None and cache.get("key") == key:
         projection = {k: v for k, v in options.items() if k not in INFERENCE_OPTIONS}
         method = projection.pop("projection", "auto")
