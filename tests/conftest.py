@@ -233,3 +233,15 @@ def run_paraview_gui(*args: str, config_home: Path | None = None) -> subprocess.
         cwd=REPO,
         env=env,
     )
+
+
+def write_plain_npz(path: Path, ensemble, labels=None) -> Path:
+    """``ensemble`` as the minimal .npz that `sense fit` accepts from any tool: ``fields``,
+    ``labels`` (−1 = unlabeled; ``labels`` overrides the ensemble's) and ``class_names``."""
+    np.savez(
+        path,
+        fields=ensemble.fields,
+        labels=ensemble.labels if labels is None else labels,
+        class_names=np.array(ensemble.class_names),
+    )
+    return path

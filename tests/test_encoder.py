@@ -9,6 +9,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
+from conftest import write_plain_npz  # noqa: E402
+
 from sense_core.bundle import Bundle, add_model, new_manifest  # noqa: E402
 from sense_core.ensemble import Ensemble, NormalizationStats  # noqa: E402
 from sense_core.errors import SenseError  # noqa: E402
@@ -178,12 +180,7 @@ def test_train_encoder_and_evaluate_commands(tmp_path):
 
     data = tmp_path / "waves.npz"
     ensemble = wave_ensemble(count=90)
-    np.savez(
-        data,
-        fields=ensemble.fields,
-        labels=ensemble.labels,
-        class_names=np.array(ensemble.class_names),
-    )
+    write_plain_npz(data, ensemble)
     bundle = tmp_path / "bundle"
     run_sense(
         "train-encoder",
@@ -259,12 +256,7 @@ def test_fit_runs_labeler_pseudo_labels_encoder_and_evaluation(tmp_path, monkeyp
     monkeypatch.setattr(labeler, "train_labeler", fake_train_labeler)
     ensemble = wave_ensemble(count=72, labeled=0.5)
     data = tmp_path / "waves.npz"
-    np.savez(
-        data,
-        fields=ensemble.fields,
-        labels=ensemble.labels,
-        class_names=np.array(ensemble.class_names),
-    )
+    write_plain_npz(data, ensemble)
     out = tmp_path / "bundle"
     code = main(
         [

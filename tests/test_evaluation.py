@@ -9,6 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
+from conftest import write_plain_npz  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
 from sklearn.metrics import silhouette_score  # noqa: E402
 from test_encoder import QUIET, tiny, wave_ensemble  # noqa: E402
@@ -91,12 +92,7 @@ def test_experiment_grid_writes_tables_and_summary(tmp_path):
 
     ensemble = wave_ensemble(count=90)
     data = tmp_path / "waves.npz"
-    np.savez(
-        data,
-        fields=ensemble.fields,
-        labels=ensemble.labels,
-        class_names=np.array(ensemble.class_names),
-    )
+    write_plain_npz(data, ensemble)
     grid = tmp_path / "grid.toml"
     grid.write_text(
         f'data = "{data}"\nout = "{tmp_path / "exp"}"\nseeds = [0]\nprojection = "pca"\n'

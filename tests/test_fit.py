@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import make_runtime_bundle
+from conftest import make_runtime_bundle, write_plain_npz
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("timm")
@@ -91,12 +91,7 @@ def test_sense_fit_writes_a_bundle_with_projector_and_a_fit_report(tmp_path, mon
 
     ensemble = blob_ensemble(150, shape=(1, 16, 16))
     data = tmp_path / "blobs.npz"
-    np.savez(
-        data,
-        fields=ensemble.fields,
-        labels=ensemble.labels,
-        class_names=np.array(ensemble.class_names),
-    )
+    write_plain_npz(data, ensemble)
     out = tmp_path / "bundle"
     argv = [
         "fit", "--data", str(data), "--out", str(out), "--labeler-epochs", "1",
@@ -157,12 +152,7 @@ def test_sense_fit_skips_the_projector_when_too_few_members_train(tmp_path, monk
     monkeypatch.setattr(labeler, "train_labeler", fake_train_labeler)
     ensemble = blob_ensemble(16, shape=(1, 12, 12), classes=2)
     data = tmp_path / "few.npz"
-    np.savez(
-        data,
-        fields=ensemble.fields,
-        labels=np.arange(16) % 2,  # all hand-labelled
-        class_names=np.array(ensemble.class_names),
-    )
+    write_plain_npz(data, ensemble, labels=np.arange(16) % 2)  # all hand-labelled
     out = tmp_path / "bundle"
     make_runtime_bundle(out, (1, 12, 12), 3, ("c0", "c1"), labeler=False, projector=True)
     assert (out / "projector.onnx").exists()
