@@ -394,6 +394,37 @@ def split_labeled(
     )
 
 
+LABEL_SOURCE_KEY = "label_source"  # metadata: manual / pseudo / none per member
+
+
+def manual_mask(store: MemberStore) -> np.ndarray:
+    """Hand-labeled members: labels >= 0, except members that a pseudo-labelling marked
+    otherwise in the metadata ``label_source``."""
+    manual = np.asarray(store.labels) != UNLABELED
+    if LABEL_SOURCE_KEY in store.metadata:
+        manual &= np.asarray(store.metadata[LABEL_SOURCE_KEY]).astype(str) == "manual"
+    return manual
+
+
+class _HandLabels:
+    """Just enough of a store for :func:`split_labeled`: the hand labels only."""
+
+    def __init__(self, store: MemberStore, manual: np.ndarray) -> None:
+        self.labels = np.where(manual, store.labels, UNLABELED)
+        self.class_names = store.class_names
+        self.member_ids = store.member_ids
+        self.metadata = store.metadata
+
+
+def split_hand_labeled(
+    store: MemberStore, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15), seed: int = 0
+) -> tuple[np.ndarray, Split]:
+    """``(manual_mask, split)``: :func:`split_labeled` of the hand-labeled members only, so that
+    pseudo-labels of a pseudo-labelled ensemble never enter the validation or test parts."""
+    manual = manual_mask(store)
+    return manual, split_labeled(_HandLabels(store, manual), tuple(fractions), seed)  # type: ignore[arg-type]
+
+
 @dataclass(frozen=True)
 class NormalizationStats:
     """Per-channel mean and standard deviation, computed on training members and reused.

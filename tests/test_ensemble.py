@@ -148,3 +148,25 @@ def test_constant_channel_keeps_unit_std_and_bad_statistics_are_rejected():
         NormalizationStats.from_dict({"mean": [0.0], "std": [0.0]})
     with pytest.raises(EnsembleError, match="malformed"):
         NormalizationStats.from_dict({"mean": [0.0]})
+
+
+def test_split_hand_labeled_leaves_pseudo_labels_out_of_every_part():
+    """Members a pseudo-labelling marked (metadata label_source) are not hand labels: they join
+    no train/validation/test part, and the mask says which members are hand-labeled."""
+    from sense_core.ensemble import manual_mask, split_hand_labeled
+
+    labels = np.arange(40) % 2
+    source = np.where(np.arange(40) < 20, "manual", "pseudo")
+    store = Ensemble(
+        np.zeros((40, 1, 2, 2), np.float32),
+        labels=labels,
+        class_names=["a", "b"],
+        metadata={"label_source": source},
+    )
+    manual, split = split_hand_labeled(store, (0.5, 0.25, 0.25), seed=3)
+    np.testing.assert_array_equal(manual, np.arange(40) < 20)
+    np.testing.assert_array_equal(manual_mask(store), manual)
+    parts = np.concatenate([split.train, split.validation, split.test])
+    assert sorted(parts.tolist()) == list(range(20))
+    plain = Ensemble(store.fields, labels=labels, class_names=["a", "b"])
+    assert manual_mask(plain).all()

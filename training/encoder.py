@@ -56,7 +56,7 @@ from sense_core.ensemble import (
     MemberStore,
     NormalizationStats,
     Split,
-    split_labeled,
+    split_hand_labeled,
 )
 from sense_core.errors import SenseError
 from sense_core.io.atomic import atomic_write_text
@@ -105,7 +105,6 @@ INPUT_NAME = "fields"
 OUTPUT_NAME = "latent"
 RUN_FOLDER = "encoder_run"
 CHECKPOINT = "checkpoint.pt"
-LABEL_SOURCE_KEY = "label_source"
 CONFIDENCE_KEY = "confidence"
 SELECT_CHOICES = ("best", "last")
 
@@ -224,29 +223,10 @@ class TrainingParts:
     counts: dict[str, int] = field(default_factory=dict)
 
 
-class _ManualView:
-    """Just enough of a store for :func:`split_labeled`: the hand labels only."""
-
-    def __init__(self, store: MemberStore, manual: np.ndarray) -> None:
-        self.labels = np.where(manual, store.labels, UNLABELED)
-        self.class_names = store.class_names
-        self.member_ids = store.member_ids
-        self.metadata = store.metadata
-
-
-def manual_mask(store: MemberStore) -> np.ndarray:
-    """Hand-labeled members: labels >= 0 unless metadata ``label_source`` says otherwise."""
-    manual = np.asarray(store.labels) != UNLABELED
-    if LABEL_SOURCE_KEY in store.metadata:
-        manual &= np.asarray(store.metadata[LABEL_SOURCE_KEY]).astype(str) == "manual"
-    return manual
-
-
 def training_parts(store: MemberStore, config: EncoderConfig) -> TrainingParts:
     """Split the hand labels, add pseudo-labelled and unlabelled members to training (see the
     module docstring), apply ``min_confidence`` and the ``label_noise`` ablation."""
-    manual = manual_mask(store)
-    split = split_labeled(_ManualView(store, manual), config.fractions, config.split_seed)  # type: ignore[arg-type]
+    manual, split = split_hand_labeled(store, config.fractions, config.split_seed)
     count = len(store)
     if CONFIDENCE_KEY in store.metadata:
         confidence = np.asarray(store.metadata[CONFIDENCE_KEY], dtype=np.float32).copy()

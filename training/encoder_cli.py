@@ -784,7 +784,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
     fit = commands.add_parser(
         "fit",
-        help="labeler -> pseudo-labels -> encoder -> evaluation into one bundle",
+        help="labeler -> pseudo-labels -> encoder -> projector -> evaluation into one bundle",
         description=FIT_DESCRIPTION,
     )
     _add_data_options(fit)

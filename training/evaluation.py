@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from sense_core.ensemble import UNLABELED, MemberStore, split_labeled
+from sense_core.ensemble import UNLABELED, MemberStore, split_hand_labeled
 from sense_core.errors import SenseError
 from sense_core.io.atomic import atomic_path, atomic_write_text
 
@@ -108,21 +108,6 @@ def _clean(value: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- members
-class _ManualView:
-    def __init__(self, store: MemberStore, manual: np.ndarray) -> None:
-        self.labels = np.where(manual, store.labels, UNLABELED)
-        self.class_names = store.class_names
-        self.member_ids = store.member_ids
-        self.metadata = store.metadata
-
-
-def _manual(store: MemberStore) -> np.ndarray:
-    manual = np.asarray(store.labels) != UNLABELED
-    if "label_source" in store.metadata:
-        manual &= np.asarray(store.metadata["label_source"]).astype(str) == "manual"
-    return manual
-
-
 def evaluation_members(
     store: MemberStore,
     fractions: Sequence[float] = (0.7, 0.15, 0.15),
@@ -135,8 +120,7 @@ def evaluation_members(
     positions of the test and hand-labeled training members inside it, and its hand labels."""
     if fit not in FIT_CHOICES:
         raise SenseError(f"fit must be one of {FIT_CHOICES}, got {fit!r}")
-    manual = _manual(store)
-    split = split_labeled(_ManualView(store, manual), tuple(fractions), split_seed)  # type: ignore[arg-type]
+    manual, split = split_hand_labeled(store, tuple(fractions), split_seed)
     if len(split.test) < 4 or np.unique(store.labels[split.test]).size < 2:
         raise SenseError(
             f"only {len(split.test)} hand-labeled test member(s) in "

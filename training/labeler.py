@@ -42,11 +42,13 @@ import torch
 
 from sense_core.bundle import Bundle, add_model, new_manifest, read_manifest
 from sense_core.ensemble import (
+    LABEL_SOURCE_KEY,
     PRESET_SPLIT_KEY,
     UNLABELED,
     MemberStore,
     NormalizationStats,
     Split,
+    manual_mask,
     split_labeled,
 )
 from sense_core.errors import EnsembleError, SenseError
@@ -79,8 +81,7 @@ OUTPUT_NAME = "logits"
 RUN_FOLDER = "labeler_run"
 CHECKPOINT = "checkpoint.pt"
 BALANCE_CHOICES = ("loss", "sampler", "none")
-# Metadata written by pseudo-labelling (see pseudo_labeled_store).
-LABEL_SOURCE_KEY = "label_source"
+# Metadata written by pseudo-labelling (see pseudo_labeled_store), next to LABEL_SOURCE_KEY.
 CONFIDENCE_KEY = "confidence"
 PSEUDO_LABEL_KEY = "pseudo_label"
 PSEUDO_CONFIDENCE_KEY = "pseudo_confidence"
@@ -750,14 +751,6 @@ class PseudoLabels:
         }
 
 
-def _manual_mask(store: MemberStore) -> np.ndarray:
-    """Hand-labeled members: labels >= 0, except members an earlier pseudo-labelling marked."""
-    manual = np.asarray(store.labels) != UNLABELED
-    if LABEL_SOURCE_KEY in store.metadata:
-        manual &= np.asarray(store.metadata[LABEL_SOURCE_KEY]).astype(str) == "manual"
-    return manual
-
-
 def pseudo_label(
     store: MemberStore,
     bundle: Bundle | str | os.PathLike,
@@ -790,7 +783,7 @@ def pseudo_label(
         probabilities[indices] = softmax(logits)
     predicted = probabilities.argmax(axis=1)
     probability = probabilities.max(axis=1)
-    manual = _manual_mask(store)
+    manual = manual_mask(store)
     confident = probability >= threshold
     labels = np.where(manual, store.labels, np.where(confident, predicted, UNLABELED))
     source = np.where(manual, "manual", np.where(confident, "pseudo", "none"))
