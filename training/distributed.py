@@ -161,9 +161,12 @@ def broadcast_flag(flag: bool, context: DistributedContext) -> bool:
 
 
 def shutdown(context: DistributedContext) -> None:
-    """Leave the process group (call once, at the end of the run)."""
+    """Leave the process group (call once, at the end of the run). Every rank first waits at a
+    barrier: a rank that tears gloo down while another still uses the group made that one
+    abort ("terminate called without an active exception") in a test run here."""
     if context.enabled:
         import torch.distributed as dist
 
         if dist.is_initialized():
+            dist.barrier()
             dist.destroy_process_group()
