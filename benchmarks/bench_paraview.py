@@ -82,8 +82,21 @@ def ensure_ensemble(members: int, size: int) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         sense = Path(sys.executable).with_name("sense")
         subprocess.run(
-            [str(sense), "generate", "channels", "--n", str(members), "--size", str(size),
-             "--labeled-fraction", "0.2", "--seed", "0", "--out", str(path)],
+            [
+                str(sense),
+                "generate",
+                "channels",
+                "--n",
+                str(members),
+                "--size",
+                str(size),
+                "--labeled-fraction",
+                "0.2",
+                "--seed",
+                "0",
+                "--out",
+                str(path),
+            ],
             check=True,
         )
     return path
@@ -100,7 +113,10 @@ def run_scenario(ensemble: Path, bundle: Path, projection: str, cache: Path) -> 
         tick = time.perf_counter()
         completed = subprocess.run(
             [str(sense), "pvpython", str(script), str(ensemble), str(bundle), projection, str(out)],
-            capture_output=True, text=True, env=env, timeout=900,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=900,
         )
         wall = time.perf_counter() - tick
         if completed.returncode != 0 or not out.exists():
@@ -123,8 +139,10 @@ def main() -> int:
     has_projector = "projector" in json.loads((args.bundle / "sense.json").read_text())["models"]
     machine = describe_machine(None)
     print("machine:", json.dumps(machine))
-    print(f"ensemble: {ensemble} ({args.members} members, {args.size}x{args.size}); bundle "
-          f"{args.bundle} ({'with' if has_projector else 'without'} a parametric projector)")
+    print(
+        f"ensemble: {ensemble} ({args.members} members, {args.size}x{args.size}); bundle "
+        f"{args.bundle} ({'with' if has_projector else 'without'} a parametric projector)"
+    )
     cache = Path(tempfile.mkdtemp(prefix="sense_bench_numba_"))
     results = {}
     try:
@@ -138,18 +156,31 @@ def main() -> int:
     finally:
         shutil.rmtree(cache, ignore_errors=True)
 
-    print("\n| scenario | process start + plugin | read | Apply -> table | 2nd Apply (new seed) "
-          "| process wall | target |\n|---|---|---|---|---|---|---|")
+    print(
+        "\n| scenario | process start + plugin | read | Apply -> table | 2nd Apply (new seed) "
+        "| process wall | target |\n|---|---|---|---|---|---|---|"
+    )
     for name, row in results.items():
         limit = 10.0 if name.endswith("warm") else 30.0
         verdict = "met" if row["apply_s"] <= limit else "MISSED"
-        print(f"| {name} | {row['startup_s']} s | {row['read_s']} s | **{row['apply_s']} s** | "
-              f"{row['second_apply_s']} s | {row['process_wall_s']} s | <= {limit:.0f} s: "
-              f"{verdict} |")
+        print(
+            f"| {name} | {row['startup_s']} s | {row['read_s']} s | **{row['apply_s']} s** | "
+            f"{row['second_apply_s']} s | {row['process_wall_s']} s | <= {limit:.0f} s: "
+            f"{verdict} |"
+        )
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine, "members": args.members,
-                                         "bundle": str(args.bundle), "results": results},
-                                        indent=2) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {
+                    "machine": machine,
+                    "members": args.members,
+                    "bundle": str(args.bundle),
+                    "results": results,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     return 0
 
 

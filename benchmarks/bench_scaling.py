@@ -98,8 +98,11 @@ def plot_curves(rows: list[dict], path: Path, machine: dict) -> None:
 
     counts = np.array([row["members"] for row in rows], float)
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
-    for key, name in (("embed_s", "embed 64×64 (ONNX, CPU)"), ("umap_s", "UMAP (seeded)"),
-                      ("pca_s", "PCA")):
+    for key, name in (
+        ("embed_s", "embed 64×64 (ONNX, CPU)"),
+        ("umap_s", "UMAP (seeded)"),
+        ("pca_s", "PCA"),
+    ):
         ax.loglog(counts, [row[key] for row in rows], "o-", label=name)
     guide = rows[0]["embed_s"] * counts / counts[0]
     ax.loglog(counts, guide, ":", color="grey", label="linear growth")
@@ -134,17 +137,29 @@ def bench_folder(count: int, size: int, threads: int | None, keep: Path | None) 
         write_seconds = 0.0 if existing == count else write_member_folder(folder, count, size)
         # The bundle is exported in another process: a child's peak RSS (ru_maxrss) includes the
         # memory of the process it was forked from, so this one must stay small (no torch).
-        subprocess.run([sys.executable, __file__, "--make-bundle", str(scratch), str(size)],
-                       check=True)
+        subprocess.run(
+            [sys.executable, __file__, "--make-bundle", str(scratch), str(size)], check=True
+        )
         bundle = scratch / f"bundle{size}"
         sense = Path(sys.executable).with_name("sense")
-        command = [str(sense), "embed", str(folder), str(bundle), "--out", str(scratch / "out"),
-                   "--projection", "pca", "--no-labeler", "--no-plot"]
+        command = [
+            str(sense),
+            "embed",
+            str(folder),
+            str(bundle),
+            "--out",
+            str(scratch / "out"),
+            "--projection",
+            "pca",
+            "--no-labeler",
+            "--no-plot",
+        ]
         if threads:
             command += ["--threads", str(threads)]
         tick = time.perf_counter()
-        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                 text=True)
+        child = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         output = child.stdout.read()
         _, status, usage = os.wait4(child.pid, 0)
         seconds = time.perf_counter() - tick
@@ -173,8 +188,12 @@ def main() -> int:
     parser.add_argument("--plot", type=Path, default=None, help="write the log-log plot here")
     parser.add_argument("--folder", type=int, default=0, help="P4: embed N members from disk")
     parser.add_argument("--size", type=int, default=128, help="pixels of the --folder members")
-    parser.add_argument("--keep-folder", type=Path, default=None,
-                        help="write/reuse the member folder here instead of a temporary one")
+    parser.add_argument(
+        "--keep-folder",
+        type=Path,
+        default=None,
+        help="write/reuse the member folder here instead of a temporary one",
+    )
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--make-bundle", nargs=2, metavar=("DIR", "SIZE"), help=argparse.SUPPRESS)
@@ -200,14 +219,18 @@ def main() -> int:
         results["curves"] = rows
         print("\n| N | embed s | embed members/s | UMAP s (k-NN) | PCA s |\n|---|---|---|---|---|")
         for row in rows:
-            print(f"| {row['members']:,} | {row['embed_s']} | {row['embed_members_per_s']:,} | "
-                  f"{row['umap_s']} ({row['umap_knn']}) | {row['pca_s']} |")
+            print(
+                f"| {row['members']:,} | {row['embed_s']} | {row['embed_members_per_s']:,} | "
+                f"{row['umap_s']} ({row['umap_knn']}) | {row['pca_s']} |"
+            )
         if len(rows) > 1:
             first, last = rows[0], rows[-1]
             growth = last["members"] / first["members"]
-            print(f"\nN grows {growth:.0f}x: embed time x{last['embed_s'] / first['embed_s']:.1f}, "
-                  f"UMAP time x{last['umap_s'] / first['umap_s']:.1f}, "
-                  f"PCA time x{last['pca_s'] / max(first['pca_s'], 1e-3):.1f}")
+            print(
+                f"\nN grows {growth:.0f}x: embed time x{last['embed_s'] / first['embed_s']:.1f}, "
+                f"UMAP time x{last['umap_s'] / first['umap_s']:.1f}, "
+                f"PCA time x{last['pca_s'] / max(first['pca_s'], 1e-3):.1f}"
+            )
         if args.plot:
             plot_curves(rows, args.plot, machine)
             print(f"plot: {args.plot}")

@@ -25,7 +25,11 @@ def run_torchrun(script: Path, *args: str, processes: int = 2, cwd: Path | None 
     env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     completed = subprocess.run(
         [str(TORCHRUN), "--standalone", f"--nproc_per_node={processes}", str(script), *args],
-        capture_output=True, text=True, timeout=600, env=env, cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=cwd,
     )
     assert completed.returncode == 0, f"torchrun failed\n{completed.stdout}\n{completed.stderr}"
     return completed
@@ -41,8 +45,9 @@ def test_rank_share_splits_batches_evenly_and_disjointly():
 
 def test_ddp_gloo_two_ranks_average_gradients_like_one_full_batch(tmp_path):
     script = tmp_path / "ddp_check.py"
-    script.write_text(textwrap.dedent(
-        """
+    script.write_text(
+        textwrap.dedent(
+            """
         import json, sys
         import torch
         from sense_training.distributed import (
@@ -66,7 +71,8 @@ def test_ddp_gloo_two_ranks_average_gradients_like_one_full_batch(tmp_path):
                   open(sys.argv[1] + f".{context.rank}.json", "w"))
         shutdown(context)
         """
-    ))
+        )
+    )
     run_torchrun(script, str(tmp_path / "out"))
     ranks = [json.loads((tmp_path / f"out.{rank}.json").read_text()) for rank in range(2)]
     assert [r["world"] for r in ranks] == [2, 2]
@@ -81,8 +87,9 @@ def test_ddp_gloo_two_ranks_average_gradients_like_one_full_batch(tmp_path):
     target = torch.randn(8, 4, 2, generator=torch.Generator().manual_seed(2))
     for pair in range(4):
         rows = slice(2 * pair, 2 * pair + 2)
-        loss = torch.nn.functional.mse_loss(model(data[rows].reshape(-1, 6)),
-                                            target[rows].reshape(-1, 2))
+        loss = torch.nn.functional.mse_loss(
+            model(data[rows].reshape(-1, 6)), target[rows].reshape(-1, 2)
+        )
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -100,9 +107,24 @@ def test_train_encoder_under_torchrun_two_ranks_writes_one_bundle(tmp_path):
     data = write_ensemble(make_ensemble(count=96, height=16, width=16), tmp_path / "ens.npz")
     sense = Path(sys.executable).with_name("sense")
     completed = run_torchrun(
-        sense, "train-encoder", "--data", str(data), "--bundle", str(tmp_path / "bundle"),
-        "--epochs", "2", "--batch-size", "16", "--latent", "4", "--loss", "recon,cluster",
-        "--threads", "1", "--seed", "0",
+        sense,
+        "train-encoder",
+        "--data",
+        str(data),
+        "--bundle",
+        str(tmp_path / "bundle"),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--latent",
+        "4",
+        "--loss",
+        "recon,cluster",
+        "--threads",
+        "1",
+        "--seed",
+        "0",
     )
     assert completed.stdout.count("encoder written to") == 1, completed.stdout
     metrics = json.loads((tmp_path / "bundle" / "encoder_run" / "metrics.json").read_text())

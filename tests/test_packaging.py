@@ -42,9 +42,20 @@ def test_every_package_folder_is_listed_in_pyproject():
 
 def test_wheel_ships_the_default_bundles_and_a_plain_install_finds_them(tmp_path):
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(tmp_path / "dist"), str(REPO)],
-        check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(REPO),
+        ],
+        check=True,
+        capture_output=True,
     )
     (wheel,) = (tmp_path / "dist").glob("*.whl")
     names = zipfile.ZipFile(wheel).namelist()
@@ -67,7 +78,11 @@ def test_wheel_ships_the_default_bundles_and_a_plain_install_finds_them(tmp_path
     )
     out = subprocess.run(
         [sys.executable, "-c", code],
-        cwd=tmp_path, env=env, check=True, capture_output=True, text=True,
+        cwd=tmp_path,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.split()
     assert out[0] == str(target / "sense_core" / "shipped_models")
     assert out[1].startswith(str(target))
