@@ -131,6 +131,35 @@ def test_resume_gives_the_uninterrupted_weights(tmp_path):
     torch.testing.assert_close(reloaded.state_dict(), resumed.model.state_dict())
 
 
+def test_weight_average_is_scored_exported_and_resumed(tmp_path):
+    from sklearn.metrics import silhouette_samples
+
+    from sense_training.data import EnsembleDataset
+    from sense_training.encoder import encode_dataset
+
+    ensemble = wave_ensemble(count=60)
+    config = tiny(losses="recon,cluster", dropout=0.2, select="last", ema_decay=0.9)
+    whole = train_encoder(ensemble, tmp_path / "a", config, **QUIET)
+    train_encoder(ensemble, tmp_path / "b", config, export=False, stop_after=1, **QUIET)
+    resumed = train_encoder(ensemble, tmp_path / "b", None, export=False, resume=True, **QUIET)
+    for key, value in whole.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[key], value, rtol=0, atol=1e-6)
+    # the returned (and exported) model is the averaged one that the history scored
+    val = EnsembleDataset(ensemble, whole.parts.split.validation, whole.normalization)
+    encoded = encode_dataset(whole.model, val, torch.device("cpu"))
+    samples = silhouette_samples(encoded["code"].astype(np.float64), encoded["labels"])
+    assert whole.history.records[-1]["val_cluster"] == pytest.approx(1 - samples.mean(), abs=1e-6)
+    onnx_latent = Encoder(Bundle.load(tmp_path / "a"), device="cpu").encode(
+        ensemble.fields[whole.parts.split.validation]
+    )
+    np.testing.assert_allclose(onnx_latent, encoded["code"], atol=1e-4)
+    plain = train_encoder(ensemble, tmp_path / "c", tiny(losses="recon,cluster", dropout=0.2,
+                          select="last"), export=False, **QUIET)  # fmt: skip
+    assert not torch.allclose(plain.model.to_latent[1].weight, whole.model.to_latent[1].weight)
+    with pytest.raises(SenseError, match="ema_decay"):
+        tiny(ema_decay=1.0)
+
+
 def test_pseudo_labels_train_but_never_validate_or_test():
     ensemble = wave_ensemble(count=90)
     manual = ensemble.labels >= 0

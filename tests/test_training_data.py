@@ -29,6 +29,7 @@ from sense_training.data import (  # noqa: E402
     BalancedSampler,
     EnsembleDataset,
     EpochShuffleSampler,
+    _shifted,
     class_weights,
     make_loader,
     set_epoch,
@@ -191,6 +192,44 @@ def test_augmentation_parse_and_checks():
     field = np.arange(12, dtype=np.float32).reshape(1, 3, 4)
     outs = {only_flip.apply(field, np.random.default_rng(s)).tobytes() for s in range(20)}
     assert outs == {field.tobytes(), field[:, :, ::-1].copy().tobytes()}
+
+
+def test_shift_translates_by_whole_pixels_with_a_mirrored_border():
+    field = np.random.default_rng(1).normal(size=(2, 16, 24)).astype(np.float32)
+    shift = Augmentation.parse("shift")
+    assert shift.enabled and shift.describe() == "shift"
+    moves = set()
+    for draw in range(200):
+        out = shift.apply(field, np.random.default_rng(draw))
+        assert out.shape == field.shape
+        # find the move: the part of the field still inside the frame is unchanged
+        found = [
+            (down, right)
+            for down in range(-2, 3)
+            for right in range(-3, 4)
+            if np.array_equal(
+                out[:, max(down, 0) : 16 + min(down, 0), max(right, 0) : 24 + min(right, 0)],
+                field[:, max(-down, 0) : 16 - max(down, 0), max(-right, 0) : 24 - max(right, 0)],
+            )
+        ]
+        assert len(found) == 1  # at most 16/8 = 2 rows and 24/8 = 3 columns
+        down, right = found[0]
+        moves.add((down, right))
+        if down > 0 and right == 0:  # uncovered top rows mirror the field (row -k is row k)
+            np.testing.assert_array_equal(out[:, :down], field[:, down:0:-1])
+        if right < 0 and down == 0:  # uncovered right columns mirror the last ones
+            np.testing.assert_array_equal(out[:, :, right:], field[:, :, -2 : right - 2 : -1])
+    assert len(moves) == 5 * 7  # every move within reach is drawn
+    # enabling shift leaves the flips' draws as they were
+    both = Augmentation.parse("hflip,shift")
+    for draw in range(20):
+        flipped = Augmentation.parse("hflip").apply(field, np.random.default_rng(draw))
+        combined = both.apply(field, np.random.default_rng(draw))
+        assert any(
+            np.array_equal(combined, _shifted(flipped, d, r))
+            for d in range(-2, 3)
+            for r in range(-3, 4)
+        )
 
 
 def test_dataset_augmentation_depends_on_seed_epoch_and_member_only():

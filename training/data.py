@@ -9,8 +9,8 @@
 Augmentation is off unless asked for, because which symmetries are legal depends on the physics
 of the ensemble: a left/right flip of a flow that runs left to right reverses it, a vertical flip
 of a falling drop puts gravity upside down, and a 90° rotation of a non-square field changes its
-shape. :class:`Augmentation` applies the chosen flips/rotations and, for vector fields, also
-transforms the components (a flip negates one component, a rotation mixes them).
+shape. :class:`Augmentation` applies the chosen flips/rotations/shifts and, for vector fields,
+also transforms the components (a flip negates one component, a rotation mixes them).
 
 Randomness is derived from ``(seed, epoch, member index)`` (see :meth:`EnsembleDataset.set_epoch`
 and the samplers' ``set_epoch``), so an epoch sees the same augmentations and order whether the
@@ -30,7 +30,9 @@ from sense_core.ensemble import UNLABELED, MemberStore, NormalizationStats
 from sense_core.errors import SenseError
 from sense_training.common import epoch_seed, torch_generator
 
-AUGMENTATION_OPS = ("hflip", "vflip", "rot90")
+AUGMENTATION_OPS = ("hflip", "vflip", "rot90", "shift")
+# ``shift`` moves a field by up to this fraction of its height / width (rounded, at least 1 px).
+SHIFT_FRACTION = 1 / 8
 # Members whose raw fields fit under this many bytes are read once and kept in memory.
 DEFAULT_CACHE_BYTES = 1 << 30
 
@@ -43,6 +45,11 @@ class Augmentation:
     - ``hflip``: mirror left/right (columns reversed) with probability 1/2;
     - ``vflip``: mirror top/bottom (rows reversed) with probability 1/2;
     - ``rot90``: rotate by a random multiple of 90° (square fields only);
+    - ``shift``: translate by a random whole number of pixels, up to ``SHIFT_FRACTION`` of the
+      size along each axis, the uncovered border filled by mirroring (the "random crop of a
+      padded image" of image classification, with reflection instead of zeros so that no
+      artificial edge appears). Legal where *where* a structure lies is not part of its class
+      (channels: offsets are nuisance parameters);
     - ``vector_pairs``: channel pairs ``(x, y)`` holding the components of a vector along +x
       (to the right) and +y (up, as displayed: towards row 0). They are transformed as vectors:
       ``hflip`` negates x, ``vflip`` negates y, a counter-clockwise quarter turn maps
@@ -52,6 +59,7 @@ class Augmentation:
     hflip: bool = False
     vflip: bool = False
     rot90: bool = False
+    shift: bool = False
     vector_pairs: tuple[tuple[int, int], ...] = ()
 
     @classmethod
@@ -67,11 +75,11 @@ class Augmentation:
             )
         pairs = tuple((int(a), int(b)) for a, b in vector_pairs)
         return cls(hflip="hflip" in ops, vflip="vflip" in ops, rot90="rot90" in ops,
-                   vector_pairs=pairs)  # fmt: skip
+                   shift="shift" in ops, vector_pairs=pairs)  # fmt: skip
 
     @property
     def enabled(self) -> bool:
-        return self.hflip or self.vflip or self.rot90
+        return self.hflip or self.vflip or self.rot90 or self.shift
 
     def describe(self) -> str:
         """``"hflip,rot90"`` or ``"none"`` (the form :meth:`parse` reads)."""
@@ -106,6 +114,9 @@ class Augmentation:
         others' draws."""
         flip_h, flip_v = rng.random(2) < 0.5
         turns = int(rng.integers(4))
+        height, width = fields.shape[1:]
+        reach = [max(1, round(size * SHIFT_FRACTION)) for size in (height, width)]
+        moves = [int(rng.integers(-r, r + 1)) for r in reach]
         out = np.array(fields, dtype=np.float32, copy=True)
         if self.hflip and flip_h:
             out = out[:, :, ::-1]
@@ -122,7 +133,19 @@ class Augmentation:
                 for _ in range(turns):
                     vx, vy = -vy, vx
                 out[x], out[y] = vx, vy
+        if self.shift and any(moves):
+            out = _shifted(out, *moves)
         return np.ascontiguousarray(out)
+
+
+def _shifted(fields: np.ndarray, down: int, right: int) -> np.ndarray:
+    """``fields`` (C, H, W) moved ``down`` rows and ``right`` columns (negative: up / left), the
+    uncovered border mirrored from the field (``numpy.pad`` reflect mode)."""
+    pad_rows, pad_cols = abs(down), abs(right)
+    padded = np.pad(fields, ((0, 0), (pad_rows, pad_rows), (pad_cols, pad_cols)), mode="reflect")
+    height, width = fields.shape[1:]
+    top, left = pad_rows - down, pad_cols - right
+    return padded[:, top : top + height, left : left + width]
 
 
 # --------------------------------------------------------------------------- dataset

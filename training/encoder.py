@@ -22,7 +22,9 @@ term separately: ``train_cluster`` vs ``val_cluster`` is the overfitting gap the
 Remedies offered: the trimmed silhouette loss (``trim_fraction``, ramped over
 ``trim_warmup_epochs``), a silhouette target (``silhouette_target``), a memory bank of earlier
 batches' codes (``memory_size``), a linear warm-up of λ (``warmup_epochs``), confidence-weighted
-or soft memberships, stronger dropout, and keeping the epoch with the lowest validation
+or soft memberships, stronger dropout, augmentation (``augment``), an exponential moving average
+of the weights (``ema_decay``: scoring, selection and export use the averaged model), and
+keeping the epoch with the lowest validation
 objective (``select="best"``, early stopping with ``patience``); see docs/encoder.md for which
 of them helped. A checkpoint is written after each epoch;
 ``resume=True`` continues a run and ends with the same weights as an uninterrupted one (every
@@ -139,6 +141,7 @@ class EncoderConfig:
     batch_size: int = 64
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
+    ema_decay: float = 0.0  # weights averaged as w_ema ← d·w_ema + (1−d)·w per step; 0 = off
     patience: int = 0  # epochs without a better validation objective before stopping; 0 = never
     select: str = "best"  # export the best epoch (lowest validation objective) or the last
     augment: str = "none"
@@ -164,6 +167,8 @@ class EncoderConfig:
                 raise SenseError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.learning_rate <= 0 or self.weight_decay < 0:
             raise SenseError("learning rate must be > 0 and weight decay >= 0")
+        if not 0 <= self.ema_decay < 1:
+            raise SenseError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.trim_warmup_epochs < 0:
             raise SenseError(f"trim_warmup_epochs must be >= 0, got {self.trim_warmup_epochs}")
         if not 0 <= self.label_noise <= 1 or not 0 <= self.min_confidence <= 1:
@@ -550,6 +555,17 @@ def train_encoder(
     objective = JointLoss(
         config.loss_config(), len(store.class_names), config.latent_dim, model.input_dim
     )
+    # the model that is scored, selected and exported: ``model`` or the average of its weights
+    weight_average = (
+        torch.optim.swa_utils.AveragedModel(
+            model,
+            multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay),
+            use_buffers=True,
+        )
+        if config.ema_decay > 0
+        else None
+    )
+    scored = model if weight_average is None else weight_average.module
     history = History()
     start_epoch = 0
     best_epoch, best_value, best_state = -1, float("inf"), None
@@ -560,6 +576,8 @@ def train_encoder(
         start_epoch = int(state["epoch"]) + 1
         best_epoch, best_value = int(state["best_epoch"]), float(state["best_value"])
         best_state = state["best_model"]
+        if weight_average is not None:
+            weight_average.load_state_dict(state["averaged_model"])
 
     log(
         f"encoder {config.arch} latent {config.latent_dim}, losses {','.join(config.losses)}: "
@@ -605,6 +623,8 @@ def train_encoder(
             optimizer.zero_grad(set_to_none=True)
             loss.total.backward()
             optimizer.step()
+            if weight_average is not None:
+                weight_average.update_parameters(model)
             for key, value in loss.parts.items():
                 sums[key] = sums.get(key, 0.0) + value
             batches += 1
@@ -618,13 +638,13 @@ def train_encoder(
         record: dict[str, float] = {f"batch_{k}": v for k, v in zip(keys, averaged)}
         train_scores = _score(
             objective,
-            encode_dataset(model, monitor_set, device, config.eval_batch_size, monitor_positions),
+            encode_dataset(scored, monitor_set, device, config.eval_batch_size, monitor_positions),
             parts.confidence[parts.train[monitor_positions]],
         )
         record.update({f"train_{k}": v for k, v in train_scores.items()})
         if len(val_set):
             val_scores = _score(
-                objective, encode_dataset(model, val_set, device, config.eval_batch_size), None
+                objective, encode_dataset(scored, val_set, device, config.eval_batch_size), None
             )
             record.update({f"val_{k}": v for k, v in val_scores.items()})
             for key in ("cluster", "cluster_monitor"):
@@ -639,7 +659,7 @@ def train_encoder(
         selection = record.get("val_total", record["train_total"])
         if selection < best_value:
             best_epoch, best_value = epoch, selection
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().cpu().clone() for k, v in scored.state_dict().items()}
         log(_epoch_line(epoch, config.epochs, record))
         if context.is_main:
             save_checkpoint(
@@ -655,6 +675,11 @@ def train_encoder(
                     "best_epoch": best_epoch,
                     "best_value": best_value,
                     "best_model": best_state,
+                    **(
+                        {}
+                        if weight_average is None
+                        else {"averaged_model": weight_average.state_dict()}
+                    ),
                 },
             )
         barrier(context)
@@ -689,6 +714,8 @@ def train_encoder(
         )
     if config.select == "best" and best_state is not None:
         model.load_state_dict(best_state)
+    elif weight_average is not None:
+        model.load_state_dict(weight_average.module.state_dict())
     selected_epoch = best_epoch if config.select == "best" else epoch
     model.eval()
     selected = next((r for r in history if r["epoch"] == selected_epoch), {})

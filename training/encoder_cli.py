@@ -158,6 +158,12 @@ def _add_encoder_options(parser: argparse.ArgumentParser, defaults_note: str = "
     group.add_argument("--batch-size", type=int, help="batch size (64)")
     group.add_argument("--lr", type=float, help="Adam learning rate (1e-3)")
     group.add_argument("--weight-decay", type=float, help="Adam weight decay (0)")
+    group.add_argument(
+        "--ema-decay",
+        type=float,
+        help="score, select and export an exponential moving average of the weights with this "
+        "decay per step, e.g. 0.99 (0 = off)",
+    )
     group.add_argument("--warmup-epochs", type=int, help="epochs over which lambdas ramp up (0)")
     group.add_argument("--patience", type=int, help="early stopping patience, 0 = off (0)")
     group.add_argument(
@@ -165,7 +171,11 @@ def _add_encoder_options(parser: argparse.ArgumentParser, defaults_note: str = "
         choices=("best", "last"),
         help="export the best validation epoch or the last (best)",
     )
-    group.add_argument("--augment", help="hflip,vflip,rot90 or none (none)")
+    group.add_argument(
+        "--augment",
+        help="comma-separated hflip, vflip, rot90, shift (random translation, mirrored border) "
+        "or none (none); only symmetries that keep the class",
+    )
     group.add_argument("--fractions", type=_floats, help="train,val,test split (0.7,0.15,0.15)")
     group.add_argument("--split-seed", type=int, help="split seed (0)")
     group.add_argument("--seed", type=int, help="training seed (0)")
@@ -194,6 +204,7 @@ _OPTION_TO_FIELD = {
     "batch_size": "batch_size",
     "lr": "learning_rate",
     "weight_decay": "weight_decay",
+    "ema_decay": "ema_decay",
     "warmup_epochs": "warmup_epochs",
     "patience": "patience",
     "select": "select",
