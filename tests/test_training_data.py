@@ -220,6 +220,10 @@ def test_shift_translates_by_whole_pixels_with_a_mirrored_border():
         if right < 0 and down == 0:  # uncovered right columns mirror the last ones
             np.testing.assert_array_equal(out[:, :, right:], field[:, :, -2 : right - 2 : -1])
     assert len(moves) == 5 * 7  # every move within reach is drawn
+    rows_only = Augmentation.parse("hshift")
+    for draw in range(20):
+        out = rows_only.apply(field, np.random.default_rng(draw))
+        assert any(np.array_equal(out, _shifted(field, 0, r)) for r in range(-3, 4))
     # enabling shift leaves the flips' draws as they were
     both = Augmentation.parse("hflip,shift")
     for draw in range(20):

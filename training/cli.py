@@ -133,7 +133,7 @@ def _add_train_labeler(commands: argparse._SubParsersAction) -> None:
         default=d["augment"],
         help="random symmetries the physics allows, comma-separated: hflip (left/right), "
         "vflip (top/bottom), rot90 (square members), shift (translation by up to 1/8 of the "
-        "size, mirrored border); none (default). E.g. a flow from left "
+        "size, mirrored border), hshift (left/right only); none (default). E.g. a flow from left "
         "to right must not be flipped left/right; gravity pointing down forbids vflip",
     )
     parser.add_argument(

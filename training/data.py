@@ -30,7 +30,7 @@ from sense_core.ensemble import UNLABELED, MemberStore, NormalizationStats
 from sense_core.errors import SenseError
 from sense_training.common import epoch_seed, torch_generator
 
-AUGMENTATION_OPS = ("hflip", "vflip", "rot90", "shift")
+AUGMENTATION_OPS = ("hflip", "vflip", "rot90", "shift", "hshift")
 # ``shift`` moves a field by up to this fraction of its height / width (rounded, at least 1 px).
 SHIFT_FRACTION = 1 / 8
 # Members whose raw fields fit under this many bytes are read once and kept in memory.
@@ -50,6 +50,8 @@ class Augmentation:
       padded image" of image classification, with reflection instead of zeros so that no
       artificial edge appears). Legal where *where* a structure lies is not part of its class
       (channels: offsets are nuisance parameters);
+    - ``hshift``: the same along the rows only (left/right), for fields whose vertical position
+      means something (a wall at the bottom, gravity);
     - ``vector_pairs``: channel pairs ``(x, y)`` holding the components of a vector along +x
       (to the right) and +y (up, as displayed: towards row 0). They are transformed as vectors:
       ``hflip`` negates x, ``vflip`` negates y, a counter-clockwise quarter turn maps
@@ -60,6 +62,7 @@ class Augmentation:
     vflip: bool = False
     rot90: bool = False
     shift: bool = False
+    hshift: bool = False
     vector_pairs: tuple[tuple[int, int], ...] = ()
 
     @classmethod
@@ -75,11 +78,12 @@ class Augmentation:
             )
         pairs = tuple((int(a), int(b)) for a, b in vector_pairs)
         return cls(hflip="hflip" in ops, vflip="vflip" in ops, rot90="rot90" in ops,
-                   shift="shift" in ops, vector_pairs=pairs)  # fmt: skip
+                   shift="shift" in ops, hshift="hshift" in ops,
+                   vector_pairs=pairs)  # fmt: skip
 
     @property
     def enabled(self) -> bool:
-        return self.hflip or self.vflip or self.rot90 or self.shift
+        return self.hflip or self.vflip or self.rot90 or self.shift or self.hshift
 
     def describe(self) -> str:
         """``"hflip,rot90"`` or ``"none"`` (the form :meth:`parse` reads)."""
@@ -135,6 +139,8 @@ class Augmentation:
                 out[x], out[y] = vx, vy
         if self.shift and any(moves):
             out = _shifted(out, *moves)
+        elif self.hshift and moves[1]:
+            out = _shifted(out, 0, moves[1])
         return np.ascontiguousarray(out)
 
 

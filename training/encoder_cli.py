@@ -173,8 +173,8 @@ def _add_encoder_options(parser: argparse.ArgumentParser, defaults_note: str = "
     )
     group.add_argument(
         "--augment",
-        help="comma-separated hflip, vflip, rot90, shift (random translation, mirrored border) "
-        "or none (none); only symmetries that keep the class",
+        help="comma-separated hflip, vflip, rot90, shift (random translation, mirrored border), "
+        "hshift (left/right translation only) or none (none); only symmetries that keep the class",
     )
     group.add_argument("--fractions", type=_floats, help="train,val,test split (0.7,0.15,0.15)")
     group.add_argument("--split-seed", type=int, help="split seed (0)")
