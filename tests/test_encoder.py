@@ -185,6 +185,37 @@ def test_pseudo_labels_train_but_never_validate_or_test():
     assert parts.counts["train_pseudo"] == int(used_pseudo.sum())
 
 
+def test_gap_compares_hand_labeled_training_members_with_validation(tmp_path):
+    """train_cluster is scored on the hand-labeled training members, not the pseudo-labelled."""
+    from sklearn.metrics import silhouette_samples
+
+    from sense_training.data import EnsembleDataset
+    from sense_training.encoder import encode_dataset, monitor_pool
+
+    ensemble = wave_ensemble(count=90)
+    manual = ensemble.labels >= 0
+    pseudo = Ensemble(
+        fields=ensemble.fields,
+        labels=np.where(manual, ensemble.labels, ensemble.metadata["truth"]),
+        class_names=ensemble.class_names,
+        metadata={"label_source": np.where(manual, "manual", "pseudo")},
+    )
+    config = tiny(losses="recon,cluster", select="last")
+    result = train_encoder(pseudo, tmp_path / "b", config, export=False, **QUIET)
+    parts = result.parts
+    assert parts.counts["train_pseudo"] > 0
+    assert result.metrics["monitor"] == {"members": len(parts.split.train), "labels": "hand"}
+    hand = EnsembleDataset(pseudo, np.sort(parts.split.train), result.normalization)
+    encoded = encode_dataset(result.model, hand, torch.device("cpu"))
+    samples = silhouette_samples(encoded["code"].astype(np.float64), encoded["labels"])
+    assert result.history.records[-1]["train_cluster"] == pytest.approx(1 - samples.mean(), 1e-6)
+    # hand labels of one class only: every labelled training member is monitored
+    one_class = parts.labels.copy()
+    one_class[parts.split.train] = 0
+    kind, pool = monitor_pool(parts, one_class[parts.train])
+    assert kind == "all" and len(pool) == int(np.sum(one_class[parts.train] >= 0))
+
+
 def test_flip_labels_flips_the_asked_fraction_to_other_classes():
     labels = np.repeat(np.arange(4), 50)
     eligible = np.ones(200, bool)

@@ -17,8 +17,9 @@ Data and labels (:func:`training_parts`):
 Training (:func:`train_encoder`): Adam, the joint loss of :mod:`sense_training.losses`, batches
 from :class:`~sense_training.losses.ClassBatchSampler` when a latent term is used (every class in
 a batch has a positive). After every epoch the model is scored *in evaluation mode* on the whole
-validation part and on a fixed sample of the training part (``monitor_members``), each loss
-term separately: ``train_cluster`` vs ``val_cluster`` is the overfitting gap the paper ran into.
+validation part and on a fixed sample (``monitor_members``) of the *hand-labeled* training
+members (:func:`monitor_pool`), each loss term separately: ``train_cluster`` vs
+``val_cluster`` is the overfitting gap the paper ran into.
 Remedies offered: the trimmed silhouette loss (``trim_fraction``, ramped over
 ``trim_warmup_epochs``), a silhouette target (``silhouette_target``), a memory bank of earlier
 batches' codes (``memory_size``), a linear warm-up of λ (``warmup_epochs``), confidence-weighted
@@ -389,6 +390,24 @@ def _score(
     return parts
 
 
+def monitor_pool(parts: TrainingParts, train_labels: np.ndarray) -> tuple[str, np.ndarray]:
+    """Which training members ``train_cluster`` is scored on (positions in ``parts.train``).
+
+    The gap compares like with like: the validation part is hand-labeled, so the training side
+    is the hand-labeled training members (``"hand"``). Pseudo-labels come from a classifier of
+    the same fields and are easier to separate than hand labels even before any training, so
+    they would widen the gap with no overfitting at all. Only when the hand labels of the
+    training part cover fewer than two classes are all labelled members used (``"all"``), and
+    with no labels at all every member (``"none"``, for the monitored silhouette only)."""
+    labelled = np.flatnonzero(train_labels != UNLABELED)
+    hand = labelled[parts.manual[parts.train[labelled]]]
+    if len(np.unique(train_labels[hand])) >= 2:
+        return "hand", hand
+    if len(labelled):
+        return "all", labelled
+    return "none", np.arange(len(train_labels))
+
+
 # --------------------------------------------------------------------------- training
 @dataclass
 class EncoderResult:
@@ -539,9 +558,7 @@ def train_encoder(
     loader = torch.utils.data.DataLoader(
         train_set, batch_sampler=RankShare(batches, context), num_workers=0
     )
-    # a fixed sample of labelled training members, scored like the validation part every epoch
-    labelled_positions = np.flatnonzero(train_set.labels != UNLABELED)
-    pool = labelled_positions if len(labelled_positions) else np.arange(len(train_set))
+    monitor_kind, pool = monitor_pool(parts, train_set.labels)
     rng = np.random.default_rng(epoch_seed(config.seed, 0, "monitor"))
     monitor_positions = np.sort(
         rng.choice(pool, size=min(config.monitor_members, len(pool)), replace=False)
@@ -725,6 +742,7 @@ def train_encoder(
         "stopped_early": stopped_early,
         "selected_epoch": int(selected_epoch),
         "selected": selected,
+        "monitor": {"members": int(len(monitor_positions)), "labels": monitor_kind},
         "final": history.records[-1] if len(history) else {},
         "members": parts.counts,
         "parameters": count_parameters(model),
