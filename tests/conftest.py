@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -38,11 +39,70 @@ def ensemble() -> Ensemble:
     return make_ensemble()
 
 
+def _descendants(root: int) -> list[int]:
+    """Process ids below ``root`` (children, grandchildren, ...), read from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # the process has just exited
+        children.setdefault(parent, []).append(int(entry.name))
+    found, stack = [], [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+def kill_process_tree(process: subprocess.Popen) -> None:
+    """SIGKILL ``process``, everything below it, and its process group (if it leads one)."""
+    for pid in [process.pid, *_descendants(process.pid)]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    process.wait()
+
+
+def run_process_tree(command: list[str], timeout: float, **options) -> subprocess.CompletedProcess:
+    """``subprocess.run(command, capture_output=True, text=True, timeout=...)`` whose timeout
+    kills the whole process tree and fails with the output so far.
+
+    The launchers start ParaView, Xvfb and MPI ranks as grandchildren. ``subprocess.run``
+    kills only the direct child on a timeout and then waits for end-of-file on the pipes,
+    which the surviving grandchildren hold open: a slow ParaView test would hang the suite
+    instead of failing."""
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        **options,
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_process_tree(process)
+        stdout, stderr = process.communicate()
+        raise AssertionError(
+            f"{' '.join(map(str, command))} ran longer than {timeout} s and was killed with "
+            f"its child processes\nstdout:\n{stdout[-3000:]}\nstderr:\n{stderr[-3000:]}"
+        ) from None
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
 def run_sense(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run the installed ``sense`` command; return the completed process (text output)."""
-    result = subprocess.run(
-        [SENSE, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO
-    )
+    result = run_process_tree([SENSE, *args], timeout, cwd=REPO)
     if check and result.returncode != 0:
         raise AssertionError(
             f"sense {' '.join(args)} failed ({result.returncode}):\n"
@@ -65,14 +125,7 @@ def run_paraview_script(
         + f"\nwith open({str(result_path)!r}, 'w') as f:\n    json.dump(RESULT, f)\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "DISPLAY"}
-    completed = subprocess.run(
-        [SENSE, program, str(script_path)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=REPO,
-        env=env,
-    )
+    completed = run_process_tree([SENSE, program, str(script_path)], 600, cwd=REPO, env=env)
     output = f"stdout:\n{completed.stdout}\nstderr:\n{completed.stderr}"
     if check and (completed.returncode != 0 or not result_path.exists()):
         raise AssertionError(f"{program} failed ({completed.returncode})\n{output}")
@@ -225,14 +278,7 @@ def run_paraview_gui(*args: str, config_home: Path | None = None) -> subprocess.
     env = {k: v for k, v in os.environ.items() if k != "DISPLAY"}
     if config_home is not None:
         env["XDG_CONFIG_HOME"] = str(config_home)
-    return subprocess.run(
-        [SENSE, "paraview", *args, "--exit"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-        env=env,
-    )
+    return run_process_tree([SENSE, "paraview", *args, "--exit"], 300, cwd=REPO, env=env)
 
 
 def write_plain_npz(path: Path, ensemble, labels=None) -> Path:

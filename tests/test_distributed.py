@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -13,6 +12,8 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch", reason="the training extra (torch) is not installed")
+
+from conftest import run_process_tree  # noqa: E402
 
 from sense_training.distributed import DistributedContext, RankShare  # noqa: E402
 
@@ -23,11 +24,9 @@ def run_torchrun(script: Path, *args: str, processes: int = 2, cwd: Path | None 
     """Run ``script`` under torchrun with ``processes`` CPU ranks (gloo); fail with its output."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD_SIZE"))}
     env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    completed = subprocess.run(
+    completed = run_process_tree(
         [str(TORCHRUN), "--standalone", f"--nproc_per_node={processes}", str(script), *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
+        600,
         env=env,
         cwd=cwd,
     )
@@ -69,6 +68,7 @@ def test_ddp_gloo_two_ranks_average_gradients_like_one_full_batch(tmp_path):
         json.dump({"rank": context.rank, "world": context.world_size, "weights": weights,
                    "mean_loss": mean_over_ranks(losses, context)},
                   open(sys.argv[1] + f".{context.rank}.json", "w"))
+        del model, optimizer  # the DDP wrapper holds the process group
         shutdown(context)
         """
         )

@@ -17,7 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, SENSE, make_ensemble, make_runtime_bundle
+from conftest import (
+    REPO,
+    SENSE,
+    kill_process_tree,
+    make_ensemble,
+    make_runtime_bundle,
+    run_process_tree,
+)
 
 from sense_core.distributed import global_class_names, member_share
 from sense_core.io import write_ensemble
@@ -78,13 +85,7 @@ def run_pvbatch(tmp_path, ranks: int, *args: str) -> list[dict]:
     command = [SENSE, "pvbatch", "--no-xvfb"]
     if ranks > 1:
         command = [*mpirun(ranks), *command, "--symmetric"]
-    completed = subprocess.run(
-        [*command, str(script), *args, str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=REPO,
-    )
+    completed = run_process_tree([*command, str(script), *args, str(out)], 600, cwd=REPO)
     output = f"{completed.stdout}\n{completed.stderr}"
     assert completed.returncode == 0, output[-4000:]
     assert "SENSE:" not in output, output[-4000:]  # no error reported by the filters
@@ -179,6 +180,7 @@ def pvserver(tmp_path: Path, ranks: int, xvfb: bool) -> Iterator[tuple[int, Path
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=REPO,
+            start_new_session=True,
         )
     try:
         deadline = time.monotonic() + 120
@@ -189,8 +191,7 @@ def pvserver(tmp_path: Path, ranks: int, xvfb: bool) -> Iterator[tuple[int, Path
         assert server.wait(timeout=60) == 0, log_path.read_text()
     finally:
         if server.poll() is None:
-            server.kill()
-            server.wait()
+            kill_process_tree(server)
 
 
 def test_pvserver_on_two_ranks_embeds_for_a_client(tmp_path):
@@ -203,22 +204,12 @@ def test_pvserver_on_two_ranks_embeds_for_a_client(tmp_path):
     with pvserver(tmp_path, ranks=2, xvfb=False) as (port, server_log):
         script, out = tmp_path / "client.py", tmp_path / "client.json"
         script.write_text(CLIENT)
-        client = subprocess.run(
-            [
-                SENSE,
-                "pvpython",
-                "--no-xvfb",
-                str(script),
-                str(path),
-                str(bundle),
-                str(port),
-                str(out),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
+        client = run_process_tree(
+            [SENSE, "pvpython", "--no-xvfb", str(script), str(path), str(bundle), str(port),
+             str(out)],
+            300,
             cwd=REPO,
-        )
+        )  # fmt: skip
         assert client.returncode == 0 and out.exists(), client.stdout + client.stderr
     report = json.loads(out.read_text())
     assert report["member_id"] == list(ensemble.member_ids)
@@ -265,13 +256,7 @@ def test_an_error_on_one_rank_is_reported_by_rank_0_without_a_hang(tmp_path):
             tests=str(REPO / "tests"), bundle=str(bundle), bad=str(bad), out=str(out)
         )
     )
-    completed = subprocess.run(
-        [*mpirun(2), sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-    )
+    completed = run_process_tree([*mpirun(2), sys.executable, str(script)], 300, cwd=REPO)
     assert completed.returncode == 0, completed.stdout + completed.stderr
     root, other = (out.with_name(f"outcome.{r}").read_text() for r in (0, 1))
     assert root.startswith("distributed embedding failed on rank 1:") and str(bad) in root

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import REPO, run_paraview_script
+from conftest import REPO, run_paraview_script, run_process_tree
 
 from sense_core.io import write_ensemble
 
@@ -339,7 +339,6 @@ def test_embedding_filter_reports_bad_bundles_and_shapes(tmp_path, ensemble):
 
 def test_batch_script_writes_csv_selection_and_layout_screenshot(tmp_path, ensemble):
     import csv
-    import subprocess
 
     from conftest import SENSE, make_runtime_bundle
     from PIL import Image
@@ -348,23 +347,12 @@ def test_batch_script_writes_csv_selection_and_layout_screenshot(tmp_path, ensem
     npz = write_ensemble(ensemble, tmp_path / "ens.npz")
     script = REPO / "plugin" / "sense_paraview" / "scripts" / "embed_ensemble.py"
     out = tmp_path / "out"
-    completed = subprocess.run(
-        [
-            SENSE,
-            "pvbatch",
-            str(script),
-            str(npz),
-            str(out),
-            "--bundle",
-            str(tmp_path / "bundle"),
-            "--select",
-            "label == 1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    completed = run_process_tree(
+        [SENSE, "pvbatch", str(script), str(npz), str(out), "--bundle", str(tmp_path / "bundle"),
+         "--select", "label == 1"],
+        300,
         cwd=REPO,
-    )
+    )  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-2000:]
     rows = list(csv.DictReader((out / "embedding.csv").open()))
     assert [row["member_id"] for row in rows] == list(ensemble.member_ids)

@@ -161,12 +161,18 @@ def broadcast_flag(flag: bool, context: DistributedContext) -> bool:
 
 
 def shutdown(context: DistributedContext) -> None:
-    """Leave the process group (call once, at the end of the run). Every rank first waits at a
-    barrier: a rank that tears gloo down while another still uses the group made that one
-    abort ("terminate called without an active exception") in a test run here."""
+    """Leave the process group (call once, at the end of the run, after dropping every
+    DistributedDataParallel wrapper: a wrapper holds the group, which then outlives
+    ``destroy_process_group`` and is torn down during interpreter exit, where gloo's threads
+    abort the process with "terminate called without an active exception" — seen in test runs
+    here). Collects garbage first (the wrappers sit in reference cycles through their hooks),
+    and every rank waits at a barrier so that none leaves while another still uses the group."""
     if context.enabled:
+        import gc
+
         import torch.distributed as dist
 
+        gc.collect()
         if dist.is_initialized():
             dist.barrier()
             dist.destroy_process_group()

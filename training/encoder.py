@@ -707,6 +707,7 @@ def train_encoder(
             break
     epoch = last_epoch
     completed = stopped_early or epoch >= config.epochs - 1
+    del trained, loader  # the DDP wrapper holds the process group (see shutdown)
     if not context.is_main:
         shutdown(context)
         return EncoderResult(
