@@ -12,7 +12,10 @@ and adding ``plain_vae``, every row's mean and sd, the clustering-loss gaps and 
 ``--remedy NAME=DIR,DIR,...`` writes ``remedies.NAME``: per variant the mean and sd over the
 runs (one per training seed) of the 2D test silhouette and of the selected epoch's gap. Other
 entries are kept. ``--note NAME=TEXT`` (``remedies.NAME=TEXT``) records the machine load of a
-run. Written atomically.
+run. ``--choose KEY=REMEDY:VARIANT:BASELINE`` records under ``cluster_gap_target.KEY`` the
+remedy variant chosen for that ensemble and its baseline, both read from
+``remedies.REMEDY`` (mean 2D test silhouette and mean gap over the training seeds), with
+``met`` = every seed's gap ≤ 0.10. Written atomically.
 """
 
 from __future__ import annotations
@@ -87,6 +90,34 @@ def remedy_entry(folders: list[Path], note: str | None) -> dict:
     return entry
 
 
+GAP_TARGET = 0.10
+
+
+def chosen_remedy(results: dict, spec: str) -> tuple[str, dict]:
+    """``KEY=REMEDY:VARIANT:BASELINE`` → (KEY, the summary of VARIANT against BASELINE)."""
+    key, sep, rest = spec.partition("=")
+    parts = rest.split(":")
+    if not sep or len(parts) != 3:
+        raise SystemExit(f"--choose {spec!r}: expected KEY=REMEDY:VARIANT:BASELINE")
+    remedy, variant, baseline = parts
+    entry = results.get("remedies", {}).get(remedy)
+    if entry is None:
+        raise SystemExit(f"--choose {spec!r}: no remedies.{remedy} in {RESULTS}")
+
+    def figures(name: str) -> dict:
+        if name not in entry["cluster_gap_selected"]:
+            raise SystemExit(f"--choose {spec!r}: remedies.{remedy} has no variant {name!r}")
+        gap = entry["cluster_gap_selected"][name]
+        score = entry["silhouette_2d_test"][name]
+        return {"variant": name, "gap_mean": gap["mean"], "gap_per_seed": gap["per_seed"],
+                "silhouette_2d_mean": score["mean"], "silhouette_2d_sd": score["sd"]}  # fmt: skip
+
+    chosen = figures(variant)
+    chosen["met"] = all(g <= GAP_TARGET for g in chosen["gap_per_seed"])
+    return key, {"remedies": remedy, "target": GAP_TARGET, "chosen": chosen,
+                 "baseline": figures(baseline)}  # fmt: skip
+
+
 def remedy_table(entry: dict) -> str:
     """Markdown rows: variant, 2D test silhouette per seed and mean ± sd, gap likewise."""
     lines = [
@@ -109,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", action="append", default=[], help="exp_NAME to collect")
     parser.add_argument("--remedy", action="append", default=[], metavar="NAME=DIR,DIR")
     parser.add_argument("--note", action="append", default=[], metavar="NAME=TEXT")
+    parser.add_argument("--choose", action="append", default=[], metavar="KEY=REMEDY:VAR:BASE")
     args = parser.parse_args(argv)
     notes = dict(item.partition("=")[::2] for item in args.note)
     results = _read(RESULTS)
@@ -125,6 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     for name, entry in results.get("remedies", {}).items():
         if any(item.startswith(f"{name}=") for item in args.remedy):
             print(remedy_table(entry))
+    for spec in args.choose:
+        key, summary = chosen_remedy(results, spec)
+        results.setdefault("cluster_gap_target", {})[key] = summary
+        chosen = summary["chosen"]
+        print(f"{key}: {chosen['variant']} gap {chosen['gap_mean']:.3f} (met: {chosen['met']}), "
+              f"2D {chosen['silhouette_2d_mean']:.3f}")  # fmt: skip
     handle, temporary = tempfile.mkstemp(suffix=".json", dir=RESULTS.parent)
     with os.fdopen(handle, "w", encoding="utf-8") as out:
         out.write(json.dumps(results, indent=2) + "\n")
