@@ -80,7 +80,10 @@ def start_virtual_display(env: Mapping[str, str]) -> tuple[subprocess.Popen, str
     """Start a private Xvfb; return (server, DISPLAY). The server picks a free display number
     itself and reports it when it accepts connections (``-displayfd``), so parallel starts
     never share or race for a number (``xvfb-run -a`` does: a program could end up on another
-    run's display and lose it when that run ends)."""
+    run's display and lose it when that run ends). ``-noreset``: by default Xvfb resets when
+    its last client disconnects, and a client that connects during the reset has its
+    ``XOpenDisplay`` fail — VTK then aborts with "bad X server connection", which pvbatch
+    did now and then here (the cause as isolated in pyvista/pyvista#9188)."""
     xvfb = shutil.which("Xvfb", path=env.get("PATH"))
     if xvfb is None:
         raise SenseError(
@@ -89,7 +92,17 @@ def start_virtual_display(env: Mapping[str, str]) -> tuple[subprocess.Popen, str
         )
     read_end, write_end = os.pipe()
     server = subprocess.Popen(
-        [xvfb, "-displayfd", str(write_end), "-screen", "0", "1600x1000x24", "-nolisten", "tcp"],
+        [
+            xvfb,
+            "-displayfd",
+            str(write_end),
+            "-screen",
+            "0",
+            "1600x1000x24",
+            "-nolisten",
+            "tcp",
+            "-noreset",
+        ],
         pass_fds=(write_end,),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
