@@ -15,7 +15,8 @@ WHICH=${1:-all}
 mkdir -p "$WORK" models
 # Tried for channels: adding --augment shift --epochs 24 to the fit (the remedy that holds the
 # clustering gap at 0.07 at 32 px) gave gap 0.04 but a 2D test silhouette of 0.18 instead of 0.34
-# at 64 px with this profile, so the bundles are fitted without augmentation (docs/encoder.md).
+# at 64 px with this profile (over three seeds: 0.20 vs 0.29, gap 0.045 vs 0.080), so the bundles
+# are fitted without augmentation (docs/encoder.md).
 
 ship() {
     local generator=$1 name=$2
