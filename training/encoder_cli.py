@@ -64,6 +64,12 @@ SupCon). Labels: the hand labels of the training split, plus pseudo-labels when 
 was pseudo-labelled (metadata label_source/confidence). Train and validation losses are
 monitored every epoch (curves in <bundle>/encoder_run/loss_curves.png); a checkpoint after every
 epoch allows --resume. See docs/encoder.md for the formulas.
+
+If cluster_gap (validation minus training clustering loss, hand-labeled members on both sides)
+grows past ~0.10, the clustering loss memorises the training members. What helped in
+docs/encoder.md: pseudo-labels for the unlabelled members (sense fit), --augment shift where a
+structure's position is not part of its class (24-36 epochs), and with hand labels only
+--augment shift --trim-fraction 0.3 --epochs 36.
 """
 
 EVALUATE_DESCRIPTION = """\
