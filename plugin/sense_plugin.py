@@ -112,7 +112,8 @@ class SENSEEnsembleReader(VTKPythonAlgorithmBase):
 class SENSEMemberView(VTKPythonAlgorithmBase):
     """Shows the selected members of an ensemble: a tiled mosaic of their fields (block
     "mosaic", with "tile_labels" points carrying the member ids) and their pixel-wise mean and
-    standard deviation (blocks "mean" and "std", placed to the right of the mosaic)."""
+    standard deviation (blocks "mean" and "std", placed to the right of the mosaic); block
+    "titles" writes each member id, "mean" and "std" into its image's top-left corner."""
 
     def __init__(self):
         super().__init__(nInputPorts=1, nOutputPorts=1, outputType="vtkMultiBlockDataSet")

@@ -1,8 +1,9 @@
 """VTK outputs of SENSE's ParaView filters (``vtkmodules`` imported lazily, as in io.vti).
 
 - The member view: for a selection of member ids, a multiblock with the tiled mosaic of their
-  fields, points labelling each tile with its member id, and the pixel-wise mean and standard
-  deviation, laid out side by side in one render view.
+  fields, points labelling each tile with its member id, the pixel-wise mean and standard
+  deviation, laid out side by side in one render view, and their titles (member id, "mean",
+  "std") as text geometry in each tile's top-left corner.
 - The embedding: the 2D map as points (x, y, 0) and as a table, one row per member.
 """
 
@@ -36,7 +37,51 @@ def _tile_labels(origins, member_ids, mosaic_height: int):
     return labels
 
 
-MEMBER_VIEW_BLOCKS = ("mosaic", "tile_labels", "mean", "std")
+# Title letters: this fraction of a tile's height, inset by half that from the tile's corner.
+TITLE_HEIGHT = 0.14
+
+
+def _titles(boxes) -> object:
+    """Text geometry (``vtkVectorText`` polygons, z = 0.1 so it lies on the images in a 2D
+    view) for ``boxes`` of (text, left x, top y, box width, box height) in world units: each
+    text in its box's top-left corner, ``TITLE_HEIGHT`` of the box high and narrowed to fit its
+    width. Geometry rather than view annotations, so that the titles are part of the filter's
+    output and appear wherever it is shown (GUI, pvbatch screenshots) without extra setup. The
+    polygons carry the title as a ``title`` cell array."""
+    from vtkmodules.vtkCommonCore import vtkStringArray
+    from vtkmodules.vtkCommonTransforms import vtkTransform
+    from vtkmodules.vtkFiltersCore import vtkAppendPolyData
+    from vtkmodules.vtkFiltersGeneral import vtkTransformPolyDataFilter
+    from vtkmodules.vtkRenderingFreeType import vtkVectorText
+
+    append = vtkAppendPolyData()
+    for text, left, top, width, height in boxes:
+        letters = vtkVectorText()
+        letters.SetText(text)
+        letters.Update()
+        x0, x1, y0, y1, _, _ = letters.GetOutput().GetBounds()
+        size = TITLE_HEIGHT * height
+        scale = min(size / max(y1 - y0, 1e-6), 0.9 * width / max(x1 - x0, 1e-6))
+        place = vtkTransform()
+        place.Translate(left + size / 2, top - size / 2 - scale * (y1 - y0), 0.1)
+        place.Scale(scale, scale, 1.0)
+        place.Translate(-x0, -y0, 0.0)
+        moved = vtkTransformPolyDataFilter()
+        moved.SetInputConnection(letters.GetOutputPort())
+        moved.SetTransform(place)
+        moved.Update()
+        piece = moved.GetOutput()
+        names = vtkStringArray()
+        names.SetName("title")
+        for _ in range(piece.GetNumberOfCells()):
+            names.InsertNextValue(text)
+        piece.GetCellData().AddArray(names)
+        append.AddInputData(piece)
+    append.Update()
+    return append.GetOutput()
+
+
+MEMBER_VIEW_BLOCKS = ("mosaic", "tile_labels", "mean", "std", "titles")
 
 
 def _named_blocks(outputs):
@@ -61,8 +106,8 @@ def _selected_fields(ids: Sequence[str], fields: np.ndarray, member_ids: Sequenc
 
 
 def member_view_from_fields(selected: np.ndarray, member_ids: Sequence[str], columns=None):
-    """Blocks ``mosaic``, ``tile_labels``, ``mean`` and ``std`` of the (k, C, H, W) fields of
-    the selected members (in ``member_ids`` order)."""
+    """Blocks ``mosaic``, ``tile_labels``, ``mean``, ``std`` and ``titles`` of the (k, C, H, W)
+    fields of the selected members (in ``member_ids`` order)."""
     mosaic = tile_members(selected, columns)
     mean, std = selection_statistics(selected)
     _, height, width = mosaic.image.shape
@@ -76,16 +121,21 @@ def member_view_from_fields(selected: np.ndarray, member_ids: Sequence[str], col
     ]
     # Mean and std stand to the right of the mosaic, top-aligned, half a tile apart.
     mean_x = width + tile_width // 2
+    # titles at the top-left corner of each image (image points sit at whole units)
+    corners = [(m, left, height - 1 - top) for (top, left), m in zip(mosaic.origins, member_ids)]
     for name, x in (("mean", mean_x), ("std", mean_x + tile_width + tile_width // 2)):
         image = dict(outputs)[name]
         image.SetOrigin(x, height - tile_height, 0.0)
+        corners.append((name, x, height - 1))
+    boxes = [(text, x - 0.5, y + 0.5, tile_width, tile_height) for text, x, y in corners]
+    outputs.append(("titles", _titles(boxes)))
     return _named_blocks(outputs)
 
 
 def member_view_blocks(
     ensemble, member_ids: Sequence[str], array_name: str | None = None, columns: int | None = None
 ):
-    """Blocks ``mosaic``, ``tile_labels``, ``mean`` and ``std`` for the selected members."""
+    """Blocks of :data:`MEMBER_VIEW_BLOCKS` for the selected members."""
     if not member_ids:
         raise SenseError("no members selected")
     ids, fields = composite_members(ensemble, array_name)
@@ -100,7 +150,7 @@ def member_view_blocks_distributed(
     columns: int | None = None,
 ):
     """Collective: each rank sends the selected members it holds to rank 0, which builds the
-    member view; the other ranks return the same four blocks, empty (ParaView merges the ranks'
+    member view; the other ranks return the same blocks, empty (ParaView merges the ranks'
     outputs block by block, so every rank keeps the structure)."""
     from sense_core.io.vti import images_to_ensemble
 

@@ -173,7 +173,8 @@ def test_member_view_shows_the_selected_members_with_mean_and_std(tmp_path, ense
             }}
         labels = data.GetBlock(1).GetPointData().GetAbstractArray("member_id")
         RESULT = {{
-            "names": [data.GetMetaData(i).Get(data.NAME()) for i in range(4)],
+            "names": [data.GetMetaData(i).Get(data.NAME())
+                      for i in range(data.GetNumberOfBlocks())],
             "mosaic": values(0), "mean": values(2), "std": values(3),
             "labels": [labels.GetValue(i) for i in range(labels.GetNumberOfValues())],
         }}
@@ -184,7 +185,7 @@ def test_member_view_shows_the_selected_members_with_mean_and_std(tmp_path, ense
         tmp_path,
     )
     result = run["result"]
-    assert result["names"] == ["mosaic", "tile_labels", "mean", "std"]
+    assert result["names"] == ["mosaic", "tile_labels", "mean", "std", "titles"]
     assert result["labels"] == selected
     chosen = ensemble.fields[[3, 7, 1]].astype(np.float64)
     for name, expected in (("mean", chosen.mean(axis=0)), ("std", chosen.std(axis=0))):
@@ -238,7 +239,7 @@ def test_selecting_points_in_a_scatter_updates_the_member_view(tmp_path, ensembl
     )
     result = run["result"]
     assert sorted(result["selected"]) == ["run2", "run4", "run9"]
-    assert result["blocks"] == 4
+    assert result["blocks"] == 5  # mosaic, tile_labels, mean, std, titles
     assert result["cleared"] == []
 
 
