@@ -136,3 +136,52 @@ def test_train_encoder_under_torchrun_two_ranks_writes_one_bundle(tmp_path):
     bundle = Bundle.load(tmp_path / "bundle")
     latents = Encoder(bundle).encode(make_ensemble(count=5, height=16, width=16).fields)
     assert latents.shape == (5, 4) and np.isfinite(latents).all()
+
+
+def test_train_labeler_under_torchrun_two_ranks_writes_one_bundle(tmp_path):
+    """`torchrun --nproc_per_node 2 sense train-labeler` (gloo): each rank trains on half of
+    the batches, rank 0 alone writes the bundle and reports; the labeler labels."""
+    from conftest import make_ensemble
+
+    from sense_core.bundle import Bundle
+    from sense_core.inference import Labeler
+    from sense_core.io import write_ensemble
+
+    ensemble = make_ensemble(count=96, height=16, width=16)
+    data = write_ensemble(ensemble, tmp_path / "ens.npz")
+    sense = Path(sys.executable).with_name("sense")
+    completed = run_torchrun(
+        sense, "train-labeler", "--data", str(data), "--out", str(tmp_path / "bundle"),
+        "--epochs", "2", "--batch-size", "8", "--threads", "1", "--seed", "0", "--no-progress",
+    )  # fmt: skip
+    assert completed.stdout.count("labeler tf_efficientnetv2") == 1, completed.stdout
+    metrics = json.loads((tmp_path / "bundle" / "labeler_run" / "metrics.json").read_text())
+    assert metrics["distributed"] == {"world_size": 2, "backend": "gloo"}
+    assert metrics["epochs_run"] == 2
+    prediction = Labeler(Bundle.load(tmp_path / "bundle")).predict(ensemble.fields[:5])
+    assert prediction.labels.shape == (5,) and np.isfinite(prediction.confidence).all()
+
+
+def test_a_rank_loads_its_share_of_the_shuffled_batches_per_epoch():
+    """make_loader with a 2-rank context: each rank gets every other batch of the epoch's
+    shuffle (together: every batch of a complete round), and set_epoch reshuffles."""
+    from conftest import make_ensemble
+
+    from sense_training.data import EnsembleDataset, make_loader, set_epoch
+
+    dataset = EnsembleDataset(make_ensemble(count=40))
+    whole = make_loader(dataset, 4, shuffle=True, seed=1)
+    shares = [
+        make_loader(dataset, 4, shuffle=True, seed=1, context=DistributedContext(rank, 2))
+        for rank in range(2)
+    ]
+    for epoch in (0, 1):
+        for loader in (whole, *shares):
+            set_epoch(loader, epoch)
+        batches = [batch[2].tolist() for batch in whole]
+        assert len(shares[0]) == len(shares[1]) == 5
+        for rank, loader in enumerate(shares):
+            assert [batch[2].tolist() for batch in loader] == batches[rank::2]
+        if epoch == 0:
+            first = batches
+    assert batches != first  # another shuffle in epoch 1

@@ -209,6 +209,8 @@ def _run_train_labeler(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         log("interrupted: the last completed epoch is checkpointed; continue with --resume")
         raise
+    if not result.is_main:
+        return 0  # another rank of a torchrun run: rank 0 reports
     metrics = result.metrics
     parts = []
     for part in ("test", "validation"):

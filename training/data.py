@@ -29,6 +29,7 @@ from torch.utils.data import Dataset, Sampler
 from sense_core.ensemble import UNLABELED, MemberStore, NormalizationStats
 from sense_core.errors import SenseError
 from sense_training.common import epoch_seed, torch_generator
+from sense_training.distributed import DistributedContext, RankShare
 
 AUGMENTATION_OPS = ("hflip", "vflip", "rot90", "shift", "hshift")
 # ``shift`` moves a field by up to this fraction of its height / width (rounded, at least 1 px).
@@ -335,8 +336,13 @@ class BalancedSampler(Sampler[int]):
 
 
 def set_epoch(loader: torch.utils.data.DataLoader, epoch: int) -> None:
-    """Tell a loader's dataset and sampler which epoch starts (those that care)."""
-    for part in (loader.dataset, loader.sampler):
+    """Tell a loader's dataset and sampler which epoch starts (those that care), also a sampler
+    behind a batch sampler (a rank's share of the batches, see :func:`make_loader`)."""
+    parts = [loader.dataset, loader.sampler]
+    batches = getattr(loader.batch_sampler, "batches", None)  # sense_training.distributed.RankShare
+    if batches is not None:
+        parts.append(getattr(batches, "sampler", None))
+    for part in parts:
         if hasattr(part, "set_epoch"):
             part.set_epoch(epoch)
 
@@ -349,15 +355,23 @@ def make_loader(
     balanced: bool = False,
     seed: int = 0,
     drop_last: bool = False,
+    context: DistributedContext | None = None,
 ) -> torch.utils.data.DataLoader:
-    """A single-process ``DataLoader`` over ``dataset``: in order, shuffled per epoch, or
-    class-balanced (with replacement). Call :func:`set_epoch` before each epoch."""
+    """A ``DataLoader`` over ``dataset`` (no worker processes): in order, shuffled per epoch,
+    or class-balanced (with replacement). Call :func:`set_epoch` before each epoch. With a
+    distributed ``context`` (torchrun), this rank loads only its share of the batches
+    (:class:`~sense_training.distributed.RankShare`)."""
     if balanced:
         sampler: Sampler[int] = BalancedSampler(dataset.labels, seed=seed)
     elif shuffle:
         sampler = EpochShuffleSampler(len(dataset), seed=seed)
     else:
         sampler = torch.utils.data.SequentialSampler(dataset)
+    if context is not None and context.enabled:
+        batches = torch.utils.data.BatchSampler(sampler, batch_size, drop_last=drop_last)
+        return torch.utils.data.DataLoader(
+            dataset, batch_sampler=RankShare(batches, context), num_workers=0
+        )
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, num_workers=0
     )

@@ -15,6 +15,10 @@ Training (:func:`train_labeler`):
   evaluated once, at the end;
 - a checkpoint after every epoch (``<work dir>/checkpoint.pt``): ``resume=True`` continues a run
   and ends with the same weights as an uninterrupted run with the same seed (on the same device);
+- under ``torchrun --nproc_per_node K`` (:mod:`sense_training.distributed`) each process trains
+  a DistributedDataParallel replica on its share of every epoch's batches; every rank scores the
+  validation part (the same weights give the same decisions), rank 0 alone checkpoints, exports
+  and writes;
 - outputs: ``metrics.json`` (accuracy, balanced accuracy, per-class precision/recall,
   confusion matrices), ``confusion_matrix.png``, ``training_curves.png``, and the model exported
   to ONNX into the bundle (``labeler.onnx`` + ``sense.json`` with the architecture, exporter,
@@ -71,6 +75,15 @@ from sense_training.data import (
     class_weights,
     make_loader,
     set_epoch,
+)
+from sense_training.distributed import (
+    barrier,
+    broadcast_flag,
+    device_for,
+    init_distributed,
+    mean_over_ranks,
+    shutdown,
+    wrap_model,
 )
 from sense_training.export import export_onnx
 
@@ -335,6 +348,7 @@ class LabelerResult:
     run_dir: Path
     history: History
     completed: bool  # False when stopped by ``stop_after`` (resume later)
+    is_main: bool = True  # False on the other ranks of a torchrun run (they write nothing)
 
 
 def _bundle_inputs(
@@ -423,6 +437,10 @@ def train_labeler(
     seeding = seed_everything(config.seed)
     threads = configure_threads(config.threads)
     device = choose_device(config.device)
+    context = init_distributed(device)
+    device = device_for(device, context)
+    if not context.is_main:
+        log, progress = (lambda *_: None), False
     if manifest is not None:
         normalization = NormalizationStats.from_dict(manifest["normalization"])
     else:
@@ -441,6 +459,7 @@ def train_labeler(
         shuffle=True,
         balanced=config.balance == "sampler",
         seed=config.seed,
+        context=context,
     )
     eval_loaders = {
         name: make_loader(dataset, config.eval_batch_size) for name, dataset in eval_sets.items()
@@ -449,6 +468,7 @@ def train_labeler(
     num_classes = len(class_names)
     model = build_labeler(config.architecture, store.member_shape[0], num_classes, config.drop_rate)
     model.to(device)
+    trained = wrap_model(model, context)  # DDP on several ranks; the model itself on one
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
@@ -485,7 +505,7 @@ def train_labeler(
         started = time.perf_counter()
         set_epoch(train_loader, epoch)
         torch.manual_seed(epoch_seed(config.seed, epoch, "torch"))  # dropout draws
-        model.train()
+        trained.train()
         total_loss, correct, seen = 0.0, 0, 0
         bar = None
         if progress:
@@ -498,7 +518,7 @@ def train_labeler(
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate_at(step, total_steps, warmup_steps, config)
             batch, labels = batch.to(device), labels.to(device)
-            logits = model(batch)
+            logits = trained(batch)
             loss = loss_fn(logits, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -511,6 +531,7 @@ def train_labeler(
                 bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
         if bar is not None:
             bar.close()
+        total_loss, correct, seen = mean_over_ranks([total_loss, correct, seen], context)
 
         recalibrate_batch_norm(
             model, eval_loaders["train"], device, config.bn_recalibration_members
@@ -541,37 +562,36 @@ def train_labeler(
             f"{' *' if improved else ''} | {seconds:.1f} s"
         )
         finished = epoch + 1 >= config.epochs or (config.patience > 0 and stale >= config.patience)
+        finished = broadcast_flag(finished, context)  # rank 0 decides for all
         if finished and epoch + 1 < config.epochs:
             log(f"early stop: no better validation loss for {stale} epochs")
-        save_checkpoint(
-            checkpoint_path,
-            {
-                "role": ROLE,
-                "config_json": json.dumps(config.to_dict()),
-                "data_json": json.dumps(fingerprint),
-                "history_json": json.dumps(history.to_dict()),
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "best_model": best_state,
-                "epoch": epoch,
-                "best_loss": best_loss,
-                "best_epoch": best_epoch,
-                "stale": stale,
-                "train_seconds": train_seconds,
-                "finished": finished,
-            },
-        )
+        if context.is_main:
+            save_checkpoint(
+                checkpoint_path,
+                {
+                    "role": ROLE,
+                    "config_json": json.dumps(config.to_dict()),
+                    "data_json": json.dumps(fingerprint),
+                    "history_json": json.dumps(history.to_dict()),
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "best_model": best_state,
+                    "epoch": epoch,
+                    "best_loss": best_loss,
+                    "best_epoch": best_epoch,
+                    "stale": stale,
+                    "train_seconds": train_seconds,
+                    "finished": finished,
+                },
+            )
+        barrier(context)
         epoch += 1
         epochs_now += 1
 
-    if not finished:
-        return LabelerResult(
-            bundle=None,
-            metrics={},
-            run_dir=run_dir,
-            history=history,
-            completed=False,
-        )
+    del trained, train_loader  # the DDP wrapper holds the process group (see shutdown)
+    if not (finished and context.is_main):
+        shutdown(context)
+        return LabelerResult(None, {}, run_dir, history, finished, is_main=context.is_main)
 
     # ------------------------------------------------------------- evaluation, once
     model.load_state_dict(best_state)
@@ -604,6 +624,7 @@ def train_labeler(
         "augmentation": augmentation.to_dict(),
         "seeding": seeding,
         "device": {**describe_device(device), "torch_threads": threads},
+        "distributed": context.describe(),
         "versions": training_versions(),
     }
 
@@ -673,6 +694,7 @@ def train_labeler(
         title=f"{config.architecture} labeler (best epoch {best_epoch + 1})",
         marker_epoch=best_epoch,
     )
+    shutdown(context)
     return LabelerResult(bundle, metrics, run_dir, history, completed=True)
 
 
