@@ -637,6 +637,33 @@ def test_signal_gate_holds_sigterm_until_the_block_ends():
     assert signal.getsignal(signal.SIGTERM) is before  # the previous handler is back
 
 
+@pytest.mark.parametrize("kind", ["file", "folder"])
+def test_sigterm_right_after_the_temporary_is_created_leaves_nothing(tmp_path, monkeypatch, kind):
+    """The narrowest window: SIGTERM the instant mkstemp/mkdtemp has made the temporary. It
+    is handled once the writer knows the temporary's name, which is then removed (a CI run
+    once left a .part file behind when the signal fell into that window)."""
+    import tempfile
+
+    from sense_core.errors import Interrupted, stop_on_signals
+    from sense_core.io import atomic
+
+    maker = "mkstemp" if kind == "file" else "mkdtemp"
+    real = getattr(tempfile, maker)
+
+    def make_then_signal(*args, **kwargs):
+        made = real(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return made
+
+    monkeypatch.setattr(atomic.tempfile, maker, make_then_signal)
+    target = tmp_path / ("out.txt" if kind == "file" else "out")
+    writer = atomic.atomic_path(target) if kind == "file" else atomic.atomic_directory(target)
+    with pytest.raises(Interrupted), stop_on_signals():
+        with writer:
+            pass
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_every_test_named_in_the_reliability_table_exists():
     """docs/reliability.md points each row at its tests: they must exist (renames break it)."""
     table = (REPO / "docs" / "reliability.md").read_text()

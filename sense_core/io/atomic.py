@@ -99,23 +99,27 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
         raise SenseError(f"{path} already exists (pass overwrite to replace it)")
     existed = path.exists()
     remove_stale_temporaries(path)
+    tmp_path: Path | None = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=_prefix(path), suffix=".part", dir=path.parent)
-    except OSError as exc:
-        raise _write_error(path, exc, existed) from exc
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
+        # a SIGTERM that arrives while the temporary is created waits until tmp_path names it,
+        # so that the handlers below remove it (it was left behind in a CI run)
+        with SignalGate() as gate:
+            gate.close()
+            fd, tmp = tempfile.mkstemp(prefix=_prefix(path), suffix=".part", dir=path.parent)
+            tmp_path = Path(tmp)
+            os.close(fd)
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
         yield tmp_path
         os.replace(tmp_path, path)
     except OSError as exc:
-        tmp_path.unlink(missing_ok=True)
+        if tmp_path is not None:
+            tmp_path.unlink(missing_ok=True)
         if isinstance(exc, SenseError):
             raise
         raise _write_error(path, exc, existed) from exc
     except BaseException:
-        tmp_path.unlink(missing_ok=True)
+        if tmp_path is not None:
+            tmp_path.unlink(missing_ok=True)
         raise
 
 
@@ -140,11 +144,11 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
         raise SenseError(f"{path} exists and is not a folder")
     existed = path.exists()
     remove_stale_temporaries(path)
+    tmp_path: Path | None = None
     try:
-        tmp_path = Path(tempfile.mkdtemp(prefix=_prefix(path), suffix=".part", dir=path.parent))
-    except OSError as exc:
-        raise _write_error(path, exc, existed) from exc
-    try:
+        with SignalGate() as gate:  # as in atomic_path: the temporary is known before a SIGTERM
+            gate.close()
+            tmp_path = Path(tempfile.mkdtemp(prefix=_prefix(path), suffix=".part", dir=path.parent))
         os.chmod(tmp_path, 0o777 & ~_umask())  # mkdtemp makes 0700
         yield tmp_path
         if path.exists():
@@ -157,10 +161,12 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
         else:
             os.replace(tmp_path, path)
     except OSError as exc:
-        shutil.rmtree(tmp_path, ignore_errors=True)
+        if tmp_path is not None:
+            shutil.rmtree(tmp_path, ignore_errors=True)
         if isinstance(exc, SenseError):
             raise
         raise _write_error(path, exc, existed) from exc
     except BaseException:
-        shutil.rmtree(tmp_path, ignore_errors=True)
+        if tmp_path is not None:
+            shutil.rmtree(tmp_path, ignore_errors=True)
         raise
