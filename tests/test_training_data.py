@@ -220,6 +220,9 @@ def test_shift_translates_by_whole_pixels_with_a_mirrored_border():
         if right < 0 and down == 0:  # uncovered right columns mirror the last ones
             np.testing.assert_array_equal(out[:, :, right:], field[:, :, -2 : right - 2 : -1])
     assert len(moves) == 5 * 7  # every move within reach is drawn
+    with pytest.raises(SenseError, match="2 pixels across"):
+        shift.check((1, 1, 8))
+    Augmentation.parse("hshift").check((1, 1, 8))  # one row: moving left/right still works
     rows_only = Augmentation.parse("hshift")
     for draw in range(20):
         out = rows_only.apply(field, np.random.default_rng(draw))

@@ -97,6 +97,11 @@ class Augmentation:
     def check(self, member_shape: Sequence[int]) -> None:
         """Refuse rotations of non-square fields and vector pairs naming missing channels."""
         channels, height, width = (int(s) for s in member_shape)
+        if (self.shift and min(height, width) < 2) or (self.hshift and width < 2):
+            raise SenseError(
+                f"shift augmentation needs members at least 2 pixels across, these are "
+                f"{height}x{width}"
+            )
         if self.rot90 and height != width:
             raise SenseError(
                 f"rot90 augmentation needs square members, these are {height}x{width} "
