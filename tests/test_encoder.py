@@ -160,6 +160,16 @@ def test_weight_average_is_scored_exported_and_resumed(tmp_path):
         tiny(ema_decay=1.0)
 
 
+def test_a_wide_clustering_gap_is_reported_with_the_remedies():
+    from sense_training.encoder import GAP_LIMIT, gap_advice
+
+    wide = {"cluster_gap": 0.23, "val_cluster": 0.46, "train_cluster": 0.23}
+    advice = gap_advice(wide)
+    assert "0.230" in advice and "--augment shift" in advice and "--trim-fraction" in advice
+    assert gap_advice({**wide, "cluster_gap": GAP_LIMIT}) is None
+    assert gap_advice({"train_recon": 0.2}) is None  # no clustering loss monitored
+
+
 def test_pseudo_labels_train_but_never_validate_or_test():
     ensemble = wave_ensemble(count=90)
     manual = ensemble.labels >= 0

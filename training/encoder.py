@@ -390,6 +390,24 @@ def _score(
     return parts
 
 
+GAP_LIMIT = 0.10  # the clustering-loss gap above which training warns (docs/encoder.md)
+
+
+def gap_advice(record: Mapping[str, float]) -> str | None:
+    """A warning with the remedies when the epoch ``record``'s clustering gap exceeds
+    ``GAP_LIMIT`` (the clustering loss fits the training members better than unseen ones)."""
+    gap = record.get("cluster_gap")
+    if gap is None or not gap > GAP_LIMIT:
+        return None
+    return (
+        f"note: clustering-loss gap {gap:.3f} (validation {record['val_cluster']:.3f} vs "
+        f"training {record['train_cluster']:.3f}) is above {GAP_LIMIT:.2f}: the latent classes "
+        "fit the training members better than unseen ones. Remedies that worked in "
+        "docs/encoder.md: pseudo-labels for the unlabelled members (sense fit), --augment shift "
+        "where position is not part of the class, --trim-fraction 0.3 with more epochs."
+    )
+
+
 def monitor_pool(parts: TrainingParts, train_labels: np.ndarray) -> tuple[str, np.ndarray]:
     """Which training members ``train_cluster`` is scored on (positions in ``parts.train``).
 
@@ -737,6 +755,9 @@ def train_encoder(
     selected_epoch = best_epoch if config.select == "best" else epoch
     model.eval()
     selected = next((r for r in history if r["epoch"] == selected_epoch), {})
+    advice = gap_advice(selected)
+    if advice:
+        log(advice)
     metrics: dict[str, Any] = {
         "completed": bool(completed),
         "epochs_run": len(history),
