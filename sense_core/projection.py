@@ -101,11 +101,19 @@ def exact_knn(
     points: np.ndarray, k: int, metric: str = "euclidean"
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact k nearest neighbours of every point among ``points``, itself first (distance 0), as
-    UMAP expects: (indices int64 (N, k), distances float32 (N, k))."""
+    UMAP expects: (indices int64 (N, k), distances float32 (N, k)).
+
+    The search runs on one OpenMP thread: ensembles have exact duplicates (an MCMC chain that
+    stays in a state), and scikit-learn breaks ties between equal distances differently for
+    different thread counts, which changed the seeded UMAP map with the process's thread
+    settings (e.g. after torch set its threads: 2,536 of 30,000 neighbour indices on a channels
+    ensemble). One thread keeps a seeded map the same in every process."""
     from sklearn.neighbors import NearestNeighbors
+    from threadpoolctl import threadpool_limits
 
     search = NearestNeighbors(n_neighbors=k, metric=metric, algorithm="brute").fit(points)
-    distances, indices = search.kneighbors(points)
+    with threadpool_limits(limits=1, user_api="openmp"):
+        distances, indices = search.kneighbors(points)
     return indices.astype(np.int64), distances.astype(np.float32)
 
 

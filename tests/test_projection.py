@@ -72,6 +72,24 @@ def test_exact_knn_lists_each_point_first():
     assert np.all(np.diff(distances, axis=1) >= 0)
 
 
+def test_exact_knn_breaks_ties_the_same_way_whatever_the_thread_settings():
+    """Ensembles hold exact duplicates (an MCMC chain that stays in a state). The neighbours,
+    hence the seeded UMAP map, must not depend on how many OpenMP threads the process runs
+    (torch sets its count when a trainer starts)."""
+    from threadpoolctl import threadpool_limits
+
+    base = np.random.default_rng(3).normal(size=(200, 32)).astype(np.float32)
+    points = np.repeat(base, 10, axis=0)  # groups of 10 identical members
+    exact_knn(points[:50], 5)  # loads scikit-learn's OpenMP runtime, so that the limits apply
+    results = []
+    for threads in (1, 2, 4):
+        with threadpool_limits(limits=threads, user_api="openmp"):
+            results.append(exact_knn(points, 15))
+    for indices, distances in results[1:]:
+        np.testing.assert_array_equal(indices, results[0][0])
+        np.testing.assert_array_equal(distances, results[0][1])
+
+
 def test_pca_is_deterministic_and_degenerate_cases_work():
     points, _ = blobs()
     first, second = pca_project(points), pca_project(points[::-1].copy())
