@@ -36,7 +36,6 @@ def test_statistics_match_numpy_and_bad_selections_are_errors():
 def test_member_view_titles_each_image_in_its_top_left_corner():
     """The titles block: every selected member's id inside its own tile's top-left corner,
     "mean" and "std" on theirs, as text polygons in front of the images (z > 0)."""
-    pytest.importorskip("vtkmodules.vtkRenderingFreeType")
     from vtkmodules.util.numpy_support import vtk_to_numpy
     from vtkmodules.vtkCommonCore import vtkIdList
 

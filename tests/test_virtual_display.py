@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import ctypes
 import os
-import shutil
 from multiprocessing import get_context
-
-import pytest
 
 from sense_core.paraview_env import paraview_environment, start_virtual_display
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("Xvfb") is None, reason="Xvfb is installed by scripts/setup.sh"
-)
+# No skip without Xvfb: scripts/setup.sh installs it, and the ParaView tests need it too.
 
 
 def open_and_close(display: str, times: int = 300) -> int:
