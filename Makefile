@@ -1,12 +1,13 @@
-# SENSE: `make demo` runs the main job, `make test` the whole test suite. Both set up what they
-# need first (Debian packages, .venv, the project) and are quick the second time.
+# SENSE: `make demo` runs the main job, `make test` the whole test suite (what CI runs),
+# `make test-fast` the tests that are not marked slow (under a minute, for the edit loop). All set
+# up what they need first (Debian packages, .venv, the project) and are quick the second time.
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 SENSE := $(VENV)/bin/sense
 DEMO_OUT ?= out/demo
 LINT_PATHS := $(wildcard sense_core training plugin tests benchmarks)
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test test-fast lint clean
 
 setup:
 	VENV=$(VENV) bash scripts/setup.sh
@@ -17,6 +18,9 @@ demo: setup
 test: setup
 	$(PYTHON) -m ruff check $(LINT_PATHS)
 	$(PYTHON) -m pytest -ra
+
+test-fast: setup
+	$(PYTHON) -m pytest -ra -m "not slow"
 
 lint: setup
 	$(PYTHON) -m ruff check $(LINT_PATHS)

@@ -42,7 +42,7 @@ SCRIPT = textwrap.dedent(
     started = time.perf_counter()
     import paraview.simple as simple
     from paraview import servermanager
-    from sense_core.paraview_env import plugin_file
+    from sense_paraview import plugin_file
     if not hasattr(simple, "SENSEEmbedding"):
         simple.LoadPlugin(str(plugin_file()), ns=globals())
     ensemble, bundle, projection, out = sys.argv[1:5]

@@ -24,11 +24,12 @@ import json
 import os
 import platform
 import shutil
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, TextIO
 
 from sense_core.ensemble import MemberStore, NormalizationStats
 from sense_core.errors import SenseError, SignalGate
@@ -312,3 +313,107 @@ def find_shipped_bundle(
         f"{tuple(member_shape)} (shipped: {', '.join(shipped) or 'none'}); choose a bundle "
         "trained for this ensemble (sense fit) or resample the members"
     )
+
+
+def bundle_checksum(bundle_folder: str | os.PathLike) -> str:
+    """SHA-256 of the bundle's ``sense.json``, which holds every model's SHA-256: one checksum
+    that identifies the models and their settings."""
+    return file_sha256(Path(bundle_folder) / MANIFEST)
+
+
+def describe_bundle(path: str | Path) -> dict[str, Any]:
+    """JSON-ready description of a bundle folder: input, normalisation, classes, each model
+    (file, size, checksum, opset, input/output names and shapes, details), training commands and
+    metrics, software versions, and the bundle checksum. Validates the bundle (checksums too)."""
+    bundle = Bundle.load(path)
+    manifest = bundle.manifest
+    models: dict[str, Any] = {}
+    for role, entry in bundle.models.items():
+        models[role] = {
+            "file": entry.path.name,
+            "bytes": entry.path.stat().st_size,
+            "sha256": entry.sha256,
+            "opset": entry.opset,
+            "input": entry.input_name,
+            "output": entry.output_name,
+            **_onnx_shapes(entry.path),
+            "details": dict(entry.details),
+        }
+    training = manifest.get("training", {}) or {}
+    return {
+        "path": str(Path(path)),
+        "checksum": bundle_checksum(path),
+        "created": manifest.get("created"),
+        "input_shape": list(bundle.input_shape),
+        "normalization": bundle.normalization.to_dict(),
+        "class_names": list(bundle.class_names),
+        "models": models,
+        "training": {
+            role: {k: v for k, v in info.items() if k in ("command", "metrics", "seconds")}
+            for role, info in training.items()
+            if isinstance(info, dict)
+        },
+        "software": manifest.get("software", {}),
+    }
+
+
+def _onnx_shapes(path: Path) -> dict[str, Any]:
+    """Declared input/output shapes read by onnxruntime (empty when it is not installed)."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return {}
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return {
+        "input_shape": [s if isinstance(s, int) else str(s) for s in session.get_inputs()[0].shape],
+        "output_shape": [
+            s if isinstance(s, int) else str(s) for s in session.get_outputs()[0].shape
+        ],
+    }
+
+
+def print_bundle_summary(summary: dict[str, Any], stream: TextIO | None = None) -> None:
+    """Print :func:`describe_bundle`'s result for people."""
+    out = stream or sys.stdout
+    c, h, w = summary["input_shape"]
+    print(f"{summary['path']}: SENSE model bundle, members {c} channel(s) of {h}x{w}", file=out)
+    print(f"  checksum (sense.json SHA-256) {summary['checksum']}", file=out)
+    if summary.get("created"):
+        print(f"  created {summary['created']}", file=out)
+    norm = summary["normalization"]
+    print(f"  normalisation mean {norm['mean']}, std {norm['std']}", file=out)
+    names = summary["class_names"]
+    print(f"  classes ({len(names)}): {', '.join(names)}", file=out)
+    for role, model in summary["models"].items():
+        shapes = ""
+        if "input_shape" in model:
+            shapes = f" {model['input_shape']} -> {model['output_shape']}"
+        print(
+            f"  {role}: {model['file']} ({model['bytes'] / 1e6:.2f} MB, opset {model['opset']}, "
+            f"{model['input']} -> {model['output']}{shapes})",
+            file=out,
+        )
+        if model["details"]:
+            details = ", ".join(f"{k}={v}" for k, v in model["details"].items())
+            print(f"    {details}", file=out)
+        training = summary["training"].get(role, {})
+        if training.get("command"):
+            print(f"    trained by: {training['command']}", file=out)
+        if training.get("metrics"):
+            metrics = training["metrics"]
+            text = (
+                json.dumps(metrics)
+                if not isinstance(metrics, dict)
+                else ", ".join(
+                    f"{k}={v}" for k, v in metrics.items() if not isinstance(v, dict | list)
+                )
+            )
+            print(f"    metrics: {text}", file=out)
+    missing = [r for r in ("labeler", "encoder", "projector") if r not in summary["models"]]
+    if missing:
+        print(f"  no {', '.join(missing)} model", file=out)
+    if summary.get("software"):
+        versions = ", ".join(f"{k} {v}" for k, v in summary["software"].items())
+        print(f"  software: {versions}", file=out)

@@ -9,10 +9,10 @@ SIGHUP stop a command like Ctrl-C does: partial outputs are removed, and the exi
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 
 import numpy as np
 
@@ -20,56 +20,28 @@ from sense_core import __version__
 from sense_core.cli_options import add_reader_options, open_from_args
 from sense_core.errors import Interrupted, SenseError, stop_on_signals
 
-# Modules that add subcommands: each has ``add_parser(commands)`` and imports nothing heavy at
-# module level (torch, umap, onnxruntime load inside the handlers). A module that is not installed
-# (e.g. the training package in a runtime-only environment) is skipped.
-SUBCOMMAND_MODULES = (
-    "sense_core.generators.cli",
-    "sense_core.runtime_cli",
-    "sense_training.cli",
-    "sense_training.encoder_cli",
-)
-
-LAUNCHER_HELP = {
-    "paraview": "the ParaView GUI",
-    "pvpython": "ParaView's Python shell / script runner",
-    "pvbatch": "ParaView's batch script runner (MPI-capable)",
-    "pvserver": "ParaView's server (MPI-capable)",
-}
+# Packages add their subcommands through this entry-point group (see pyproject.toml): each entry
+# names an ``add_parser(commands)`` function whose module imports nothing heavy at module level
+# (torch, umap, onnxruntime load inside the handlers). The core never names them; an entry whose
+# module is not installed (e.g. the training package in a runtime-only environment) is skipped.
+COMMANDS_GROUP = "sense.commands"
 
 
-def describe_ensemble(store, fractions=(0.7, 0.15, 0.15), seed: int = 0, stats: bool = False):
-    """A JSON-ready summary: members, shape, classes, labeled counts, split and statistics."""
-    from sense_core.ensemble import NormalizationStats, split_labeled
-
-    summary = {
-        "path": str(getattr(store, "path", "")),
-        "members": len(store),
-        "member_shape": list(store.member_shape),
-        "labeled": int(store.labeled_mask.sum()),
-        "unlabeled": int((~store.labeled_mask).sum()),
-        "class_counts": store.class_counts(),
-        "metadata": sorted(store.metadata),
-    }
+def _fractions(text: str) -> tuple[float, ...]:
     try:
-        split = split_labeled(store, fractions=fractions, seed=seed)
-    except SenseError as exc:
-        summary["split"] = {"error": str(exc)}
-        return summary
-    summary["split"] = {
-        "seed": seed,
-        **{part: int(len(getattr(split, part))) for part in ("train", "validation", "test")},
-    }
-    if stats:
-        summary["normalization"] = NormalizationStats.from_store(store, split.train).to_dict()
-    return summary
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"expected three comma-separated numbers, got {text!r}")
+    return values
 
 
 def _run_info(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     if Path(args.path, "sense.json").is_file():
-        from sense_core.runtime_cli import describe_bundle, print_bundle_summary
+        from sense_core.bundle import describe_bundle, print_bundle_summary
 
         summary = describe_bundle(args.path)
         if args.json:
@@ -77,6 +49,8 @@ def _run_info(args: argparse.Namespace) -> int:
         else:
             print_bundle_summary(summary)
         return 0
+    from sense_core.ensemble import describe_ensemble
+
     summary = describe_ensemble(
         open_from_args(args.path, args), tuple(args.fractions), args.seed, args.stats
     )
@@ -119,15 +93,6 @@ def _run_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_demo(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from sense_core.demo import run_demo
-
-    run_demo(Path(args.out), args.members, args.size, args.seed, paraview=not args.no_paraview)
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sense",
@@ -150,11 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_reader_options(info)
     info.add_argument(
         "--fractions",
-        type=float,
-        nargs=3,
+        type=_fractions,
         default=(0.7, 0.15, 0.15),
-        metavar=("TRAIN", "VAL", "TEST"),
-        help="split fractions of the labeled members (default 0.7 0.15 0.15)",
+        metavar="TRAIN,VAL,TEST",
+        help="split fractions of the labeled members, comma-separated like every list option "
+        "of sense (default 0.7,0.15,0.15)",
     )
     info.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
     info.add_argument("--stats", action="store_true", help="compute normalisation statistics")
@@ -181,57 +146,28 @@ def build_parser() -> argparse.ArgumentParser:
     add_reader_options(convert)
     convert.set_defaults(handler=_run_convert)
 
-    demo = commands.add_parser(
-        "demo",
-        help="run SENSE on the built-in default ensemble (what `make demo` runs)",
-        description="Generate the default ensemble (MCMC channel structures, 5 regimes), write "
-        "it as .npz and as a ParaView-ready member folder, describe it (classes, labels, split, "
-        "normalisation), draw a gallery, and render members through SENSE's ParaView plugin "
-        "(pvbatch, under Xvfb when no display is set). Prints where everything is.",
-    )
-    demo.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
-    demo.add_argument("--members", type=int, default=600, help="ensemble size (default 600)")
-    demo.add_argument("--size", type=int, default=64, help="field size in pixels (default 64)")
-    demo.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    demo.add_argument("--no-paraview", action="store_true", help="skip the ParaView rendering")
-    demo.set_defaults(handler=_run_demo)
-
-    for module_name in SUBCOMMAND_MODULES:
+    for entry in entry_points(group=COMMANDS_GROUP):
         try:
-            module = importlib.import_module(module_name)
+            add_parser = entry.load()
         except ModuleNotFoundError as exc:
-            if exc.name is not None and module_name.startswith(exc.name):
+            if exc.name is not None and entry.module.startswith(exc.name):
                 continue  # that part of SENSE is not installed
             raise
-        module.add_parser(commands)
-
-    for program, what in LAUNCHER_HELP.items():
-        launcher = commands.add_parser(
-            program,
-            help=f"start {what} with SENSE's plugin and environment",
-            description=f"Start {what} with the SENSE plugin on PV_PLUGIN_PATH, this "
-            "environment's packages importable, and ParaView 5.11's Python-plugin fix "
-            "(inspect.getargspec). Without a DISPLAY it runs on a private Xvfb. Every argument "
-            f"after `sense {program}` goes to {program} (`sense {program} -- --help` for its own "
-            "help).",
-        )
-        launcher.add_argument(
-            "--no-xvfb", action="store_true", help="never start a private Xvfb for the program"
-        )
-        launcher.add_argument("args", nargs="*", help=f"arguments for {program}")
+        add_parser(commands)
     return parser
 
 
-def _launch(program: str, argv: Sequence[str]) -> int:
-    from sense_core.paraview_env import launch
-
-    args = list(argv)
-    use_xvfb = True
-    if args[:1] == ["--no-xvfb"]:
-        use_xvfb, args = False, args[1:]
-    if args[:1] == ["--"]:
-        args = args[1:]
-    return launch(program, args, use_xvfb=use_xvfb)
+def _raw_command(parser: argparse.ArgumentParser, argv: Sequence[str]):
+    """The handler of a subcommand that takes its arguments untouched (``raw_arguments``, e.g.
+    the ParaView launchers: argparse would eat pvpython's ``-c``), or None. Its own ``--help``
+    still goes through argparse."""
+    if not argv or argv[1:2] in (["-h"], ["--help"]):
+        return None
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and argv[0] in action.choices:
+            command = action.choices[argv[0]]
+            return command.get_default("handler") if command.get_default("raw_arguments") else None
+    return None
 
 
 INTERRUPTED_NOTE = (
@@ -251,10 +187,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     and Ctrl-C stop cleanly (exit status 128 + the signal number)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        # Launchers pass their arguments through untouched (argparse would eat pvpython's -c).
-        if argv[:1] and argv[0] in LAUNCHER_HELP and argv[1:2] not in (["-h"], ["--help"]):
-            return _launch(argv[0], argv[1:])
         parser = build_parser()
+        raw = _raw_command(parser, argv)
+        if raw is not None:
+            return int(raw(argv[1:]) or 0)
         args = parser.parse_args(argv)
         args.argv = argv  # what was asked for, for commands that record it (sense fit)
         if args.command is None:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from sense_core.errors import SenseError
+from sense_core.projection import ProjectionOptions
 
 ROOT = 0
 
@@ -49,7 +50,8 @@ def _local_embedding(ids, labels, fields, class_names, bundle, options) -> dict[
     local = embed_ensemble(
         store,
         bundle,
-        projection="pca",  # replaced on rank 0 by the projection of all members
+        # replaced on rank 0 by the projection of all members
+        projection=ProjectionOptions(method="pca"),
         metrics=False,
         **{k: v for k, v in options.items() if k in keep},
     )
@@ -114,17 +116,15 @@ def embed_distributed(
     fields: np.ndarray | None,
     bundle: str | os.PathLike,
     *,
-    projection: str = "auto",
-    seed: int | None = 0,
-    n_neighbors: int = 15,
-    min_dist: float = 0.1,
+    projection: ProjectionOptions | None = None,
     **options: Any,
 ):
     """Collective: every rank calls it with the members it holds (``indices``: their positions
     in the whole ensemble; ``fields``: (n, C, H, W) or None when it holds none). Rank 0 returns
     the embedding of all members in ensemble order; the other ranks return None. An error on
     any rank is raised on rank 0 (naming the rank) after the collectives, so none is left
-    waiting; the other ranks then return None."""
+    waiting; the other ranks then return None. ``options``: ``device``, ``threads``, ``batch_size``,
+    ``use_labeler`` as for ``embed_ensemble``."""
     from sense_core.embedding import reproject
 
     started = time.perf_counter()
@@ -152,11 +152,8 @@ def embed_distributed(
     merged = _merge(parts, order)
     result = reproject(
         merged,
-        projection,
+        projection or ProjectionOptions(),
         bundle_folder=bundle,
-        seed=seed,
-        n_neighbors=n_neighbors,
-        min_dist=min_dist,
         device=options.get("device", "auto"),
     )
     result.provenance["seconds"]["total"] = round(time.perf_counter() - started, 3)

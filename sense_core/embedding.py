@@ -28,9 +28,11 @@ from typing import Any
 
 import numpy as np
 
+from sense_core.bundle import bundle_checksum
 from sense_core.ensemble import UNLABELED, MemberStore
 from sense_core.errors import SenseError, SignalGate, WriteError
 from sense_core.io.atomic import atomic_path
+from sense_core.projection import ProjectionOptions, project
 
 EMBEDDING_FORMAT = "sense-embedding"
 EMBEDDING_FORMAT_VERSION = 1
@@ -40,7 +42,6 @@ OUTPUT_FILES = {
     "png": "scatter.png",
     "report": "report.md",
 }
-PROJECTIONS = ("auto", "projector", "umap", "pca")
 
 
 @dataclass
@@ -76,14 +77,6 @@ class Embedding:
             counts[source] = {n: int(c) for n, c in zip(self.class_names, per_class)}
         counts["none"] = {"unlabeled": int(np.count_nonzero(self.label_source == "none"))}
         return counts
-
-
-def bundle_checksum(bundle_folder: str | os.PathLike) -> str:
-    """SHA-256 of the bundle's ``sense.json``, which holds every model's SHA-256: one checksum
-    that identifies the models and their settings."""
-    from sense_core.bundle import MANIFEST, file_sha256
-
-    return file_sha256(Path(bundle_folder) / MANIFEST)
 
 
 def _merge_classes(
@@ -150,25 +143,6 @@ def _scored_metrics(embedding: Embedding) -> dict[str, Any]:
     return metrics
 
 
-def _projection(
-    latents: np.ndarray, method: str, bundle, *, seed, n_neighbors, min_dist, knn, device
-):
-    from sense_core.projection import project
-
-    if method == "auto":
-        method = "projector" if bundle is not None and "projector" in bundle.models else "umap"
-    return project(
-        latents,
-        method,
-        bundle=bundle,
-        seed=seed,
-        n_neighbors=n_neighbors,
-        min_dist=min_dist,
-        knn=knn,
-        device=device,
-    )
-
-
 def embed_ensemble(
     store: MemberStore,
     bundle_folder: str | os.PathLike,
@@ -176,19 +150,15 @@ def embed_ensemble(
     device: str = "auto",
     threads: int | None = None,
     batch_size: int = 64,
-    projection: str = "auto",
-    seed: int | None = 0,
-    n_neighbors: int = 15,
-    min_dist: float = 0.1,
-    knn: str = "auto",
+    projection: ProjectionOptions | None = None,
     use_labeler: bool = True,
     metrics: bool = True,
     progress: bool = False,
 ) -> Embedding:
     """Encode every member of ``store`` with the bundle, label and project them.
 
-    ``projection``: ``auto`` (the bundle's projector if it has one, else UMAP), ``projector``,
-    ``umap`` or ``pca``; ``seed`` (None = unseeded, faster multi-threaded UMAP) is recorded.
+    ``projection``: how latents are mapped to 2D (default :class:`ProjectionOptions`: the
+    bundle's projector if it has one, else UMAP with seed 0); its parameters are recorded.
     Members are streamed in batches of ``batch_size``; ``device`` is ``auto``/``cpu``/``cuda``
     and the provider really used is recorded in the provenance.
     """
@@ -196,13 +166,12 @@ def embed_ensemble(
     from sense_core.bundle import Bundle
     from sense_core.inference import Encoder, Labeler, run_over_store
 
-    if projection not in PROJECTIONS:
-        raise SenseError(f"projection must be one of {PROJECTIONS}, got {projection!r}")
+    projection = projection or ProjectionOptions()
     started = time.perf_counter()
     bundle = Bundle.load(bundle_folder)
     where = str(getattr(store, "path", "") or "the ensemble")
     bundle.check_compatible(store, where)
-    if projection == "projector":
+    if projection.method == "projector":
         bundle.model("projector")  # fail before the long part when it is missing
     encoder = Encoder(bundle, device=device, threads=threads, batch_size=batch_size)
     labeler = None
@@ -227,16 +196,7 @@ def embed_ensemble(
         source[~manual] = "predicted"
         confidence[~manual] = predicted_confidence[~manual]
 
-    projected = _projection(
-        run.latents,
-        projection,
-        bundle,
-        seed=seed,
-        n_neighbors=n_neighbors,
-        min_dist=min_dist,
-        knn=knn,
-        device=device,
-    )
+    projected = project(run.latents, projection, bundle=bundle, device=device)
     split, split_info = _split_column(store)
     models = {"encoder": encoder.model.describe()}
     if labeler is not None:
@@ -301,38 +261,26 @@ def embed_ensemble(
 
 def reproject(
     embedding: Embedding,
-    method: str,
+    projection: ProjectionOptions,
     *,
     bundle_folder: str | os.PathLike | None = None,
-    seed: int | None = 0,
-    n_neighbors: int = 15,
-    min_dist: float = 0.1,
-    knn: str = "auto",
     device: str = "cpu",
     metrics: bool = True,
 ) -> Embedding:
-    """The same members and latents mapped again with another projection (no encoder run)."""
+    """The same members and latents mapped again with another projection (no encoder run);
+    ``auto`` and ``projector`` use the projector of ``bundle_folder``."""
     bundle = None
     if bundle_folder is not None:
         from sense_core.bundle import Bundle
 
         bundle = Bundle.load(bundle_folder)
-    elif method == "projector":
+    elif projection.method == "projector":
         raise SenseError("the projector projection needs --bundle (the bundle with a projector)")
     started = time.perf_counter()
-    projected = _projection(
-        embedding.latents,
-        method,
-        bundle,
-        seed=seed,
-        n_neighbors=n_neighbors,
-        min_dist=min_dist,
-        knn=knn,
-        device=device,
-    )
+    projected = project(embedding.latents, projection, bundle=bundle, device=device)
     provenance = json.loads(json.dumps(embedding.provenance))
     provenance["projection"] = projected.describe()
-    if bundle_folder is not None and method == "projector":
+    if bundle_folder is not None and projected.method == "projector":
         provenance["projection"]["bundle_checksum"] = bundle_checksum(bundle_folder)
     result = replace(embedding, xy=projected.xy, provenance=provenance)
     tick = time.perf_counter()

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sense_core.errors import EnsembleError
+from sense_core.errors import EnsembleError, SenseError
 
 UNLABELED = -1
 # Metadata key of a split decided by whoever made the ensemble (see split_labeled).
@@ -505,3 +505,34 @@ class NormalizationStats:
         if not all(np.isfinite(mean)) or not all(s > 0 and np.isfinite(s) for s in std):
             raise EnsembleError("normalisation statistics must be finite with positive std")
         return cls(mean=mean, std=std, count=count)
+
+
+def describe_ensemble(
+    store: MemberStore,
+    fractions: Sequence[float] = (0.7, 0.15, 0.15),
+    seed: int = 0,
+    stats: bool = False,
+) -> dict:
+    """A JSON-ready summary: members, shape, classes, labeled counts, the split of the labeled
+    members (or why there is none) and, with ``stats``, the training normalisation statistics."""
+    summary = {
+        "path": str(getattr(store, "path", "")),
+        "members": len(store),
+        "member_shape": list(store.member_shape),
+        "labeled": int(store.labeled_mask.sum()),
+        "unlabeled": int((~store.labeled_mask).sum()),
+        "class_counts": store.class_counts(),
+        "metadata": sorted(store.metadata),
+    }
+    try:
+        split = split_labeled(store, fractions=fractions, seed=seed)
+    except SenseError as exc:
+        summary["split"] = {"error": str(exc)}
+        return summary
+    summary["split"] = {
+        "seed": seed,
+        **{part: int(len(getattr(split, part))) for part in ("train", "validation", "test")},
+    }
+    if stats:
+        summary["normalization"] = NormalizationStats.from_store(store, split.train).to_dict()
+    return summary

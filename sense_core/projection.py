@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +34,71 @@ import numpy as np
 from sense_core.errors import SenseError
 
 METHODS = ("umap", "pca", "projector")
+# ``auto``: the bundle's projector when it has one, else UMAP.
+PROJECTIONS = ("auto", "projector", "umap", "pca")
 KNN_MODES = ("auto", "exact", "approximate")
 # Up to this many points, exact k-NN (scikit-learn, O(N^2) but vectorised) beats compiling
 # pynndescent in a fresh process; measured in benchmarks/bench_projection.py.
 EXACT_KNN_MAX = 60_000
 UMAP_MIN_POINTS = 5
+
+
+@dataclass(frozen=True)
+class ProjectionOptions:
+    """How latents are mapped to 2D: the one place where the projection defaults are written.
+
+    Shared by the library (:func:`project`, :func:`umap_project`, ``embed_ensemble``,
+    ``reproject``, ``embed_distributed``), the ``sense embed``/``sense project`` options (generated
+    from these fields) and the ParaView filter's property defaults. ``seed`` None (or negative,
+    as given on a command line) = unseeded: faster multi-threaded UMAP, not reproducible.
+    """
+
+    method: str = field(
+        default="auto",
+        metadata={
+            "flag": "--projection",
+            "choices": PROJECTIONS,
+            "help": "how to map latents to 2D: auto (the bundle's projector when it has one, "
+            "else UMAP), projector, umap or pca",
+        },
+    )
+    n_neighbors: int = field(
+        default=15, metadata={"help": "UMAP neighbourhood size: larger favours global structure"}
+    )
+    min_dist: float = field(
+        default=0.1, metadata={"help": "UMAP minimum distance: how tightly points may pack"}
+    )
+    metric: str = field(default="euclidean", metadata={"help": "UMAP distance between latents"})
+    seed: int | None = field(
+        default=0,
+        metadata={"help": "UMAP seed (reproducible, one thread); none or -1: unseeded, faster"},
+    )
+    knn: str = field(
+        default="auto",
+        metadata={
+            "choices": KNN_MODES,
+            "help": "UMAP nearest neighbours: exact (scikit-learn; no per-process compile), "
+            f"approximate (umap-learn's nn-descent), auto = exact up to {EXACT_KNN_MAX:,} members",
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if self.method not in PROJECTIONS:
+            raise SenseError(f"projection method must be one of {PROJECTIONS}, got {self.method!r}")
+        if self.knn not in KNN_MODES:
+            raise SenseError(f"knn must be one of {KNN_MODES}, got {self.knn!r}")
+        if int(self.n_neighbors) < 2:
+            raise SenseError(f"n_neighbors must be at least 2, got {self.n_neighbors}")
+        if not 0.0 <= float(self.min_dist):
+            raise SenseError(f"min_dist must be >= 0, got {self.min_dist}")
+        if self.seed is not None and int(self.seed) < 0:
+            object.__setattr__(self, "seed", None)
+
+    def resolved_method(self, bundle=None) -> str:
+        """The method really used: ``auto`` becomes ``projector`` when ``bundle`` has one."""
+        if self.method != "auto":
+            return self.method
+        return "projector" if bundle is not None and "projector" in bundle.models else "umap"
 
 
 def numba_cache_dir() -> Path:
@@ -119,25 +179,23 @@ def exact_knn(
 
 def umap_project(
     latents: np.ndarray,
+    options: ProjectionOptions | None = None,
     *,
-    n_neighbors: int = 15,
-    min_dist: float = 0.1,
-    metric: str = "euclidean",
-    seed: int | None = None,
-    knn: str = "auto",
     n_epochs: int | None = None,
     exact_knn_max: int = EXACT_KNN_MAX,
+    **changes: Any,
 ) -> Projection:
-    """UMAP map of ``latents`` (N, D).
+    """UMAP map of ``latents`` (N, D) with ``options`` (default :class:`ProjectionOptions`;
+    ``changes`` replace some of its fields for this call, e.g. ``seed=3``).
 
     ``knn``: ``exact`` (scikit-learn, passed as ``precomputed_knn``), ``approximate``
     (umap-learn's own search: nn-descent from 4096 points; needed if the returned model must
-    ``transform`` new points),
-    ``auto`` (exact up to ``exact_knn_max`` points). ``seed`` (None = not reproducible, uses all
-    cores) is recorded in the parameters.
+    ``transform`` new points), ``auto`` (exact up to ``exact_knn_max`` points). ``seed`` (None =
+    not reproducible, uses all cores) is recorded in the parameters.
     """
-    if knn not in KNN_MODES:
-        raise SenseError(f"knn must be one of {KNN_MODES}, got {knn!r}")
+    options = replace(options or ProjectionOptions(), **changes)
+    n_neighbors, min_dist, metric = options.n_neighbors, options.min_dist, options.metric
+    seed, knn = options.seed, options.knn
     points = _as_points(latents)
     count = len(points)
     if count < UMAP_MIN_POINTS:
@@ -284,29 +342,22 @@ class ParametricProjector:
 
 def project(
     latents: np.ndarray,
-    method: str = "umap",
+    options: ProjectionOptions | None = None,
     *,
     bundle=None,
-    seed: int | None = None,
-    n_neighbors: int = 15,
-    min_dist: float = 0.1,
-    metric: str = "euclidean",
-    knn: str = "auto",
     device: str = "cpu",
 ) -> Projection:
-    """Map ``latents`` to 2D with ``method`` (``umap``, ``pca``, or ``projector``, which needs a
-    ``bundle`` with one)."""
+    """Map ``latents`` to 2D with ``options.method``: ``umap``, ``pca``, ``projector`` (needs a
+    ``bundle`` with one) or ``auto`` (the bundle's projector when it has one, else UMAP)."""
+    options = options or ProjectionOptions()
+    method = options.resolved_method(bundle)
     if method == "umap":
-        return umap_project(
-            latents, n_neighbors=n_neighbors, min_dist=min_dist, metric=metric, seed=seed, knn=knn
-        )
+        return umap_project(latents, options)
     if method == "pca":
         return pca_project(latents)
-    if method == "projector":
-        if bundle is None:
-            raise SenseError("the projector projection needs a bundle with a projector model")
-        return ParametricProjector.from_bundle(bundle, device=device).project(latents)
-    raise SenseError(f"projection method must be one of {METHODS}, got {method!r}")
+    if bundle is None:
+        raise SenseError("the projector projection needs a bundle with a projector model")
+    return ParametricProjector.from_bundle(bundle, device=device).project(latents)
 
 
 def warmup(points: int = 300, dim: int = 16, seeded: bool = True, parallel: bool = True) -> dict:

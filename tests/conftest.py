@@ -1,293 +1,156 @@
-"""Shared fixtures: small generated ensembles and a runner for ParaView scripts."""
+"""Fixtures and hooks of the test suite; the plain helpers are in helpers.py.
+
+Markers (assigned here by module or test name, so test bodies stay free of them):
+
+- ``paraview``: runs ParaView (pvpython, pvbatch, the GUI under Xvfb, mpiexec pvbatch, or the
+  CMake plugin build). Every ``paraview`` test is also ``slow``.
+- ``training``: needs torch (the ``train`` extra): every test of a module that holds ``torch`` at
+  module level, and the tests named in ``TRAINING_TESTS``. ``pytest -m "not training"`` is the
+  suite of a runtime-only install.
+- ``slow``: took more than about 2 s on the 2-core reference machine (measured with
+  ``--durations=0``; listed in ``SLOW_TESTS``), or starts ParaView. A new test is fast until
+  measured otherwise: add it to ``SLOW_TESTS`` when ``make test-fast`` shows it over ~2 s.
+
+``make test-fast`` runs ``pytest -m "not slow"``: every fast test, torch ones included (data
+model, I/O, options, metrics, projection math, bundle checks, losses), in well under a minute.
+``make test`` runs everything, as CI does.
+
+Two markers skip tests by what the machine has, checked only when a marked test runs:
+
+- ``without_cuda(runtime, cases=None)``: the test asserts that ``--device cuda`` FAILS, so it is
+  skipped where ``runtime`` ("onnxruntime" or "torch") has a working CUDA device; ``cases``
+  limits the skip to those parametrized ids.
+- ``with_cuda(runtime)``: the test needs a working CUDA device in ``runtime``; skipped without.
+"""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
+import types
 
-import numpy as np
 import pytest
+from helpers import CUDA_PROBES, make_ensemble
 
 from sense_core.ensemble import Ensemble
 
-REPO = Path(__file__).resolve().parents[1]
-SENSE = str(Path(sys.executable).with_name("sense"))
+ALL = "*"
+
+# Modules that start ParaView (they are also `slow`).
+PARAVIEW_MODULES = {
+    "test_cmake",
+    "test_demo",
+    "test_gui",
+    "test_mpi",
+    "test_paraview",
+    "test_reliability_paraview",
+}
+
+# Tests that need torch besides those of modules with a module-level ``torch`` (all of which
+# are `training`): whole modules (ALL) or the named tests of a module.
+TRAINING_TESTS: dict[str, set[str] | str] = {
+    "test_cuda": {"test_training_device_cuda_is_chosen_when_a_gpu_works"},
+    "test_inference": {"test_onnx_matches_torch_through_the_runtime"},
+    "test_paraview": {"test_shim_restores_getargspec_and_environment_is_visible"},
+    "test_projector": ALL,
+    "test_reliability": {"test_training_killed_mid_epoch_resumes_to_the_uninterrupted_result"},
+}
+
+# Tests measured over ~2 s (2 cores, pytest --durations=0): whole modules (ALL) or named tests.
+SLOW_TESTS: dict[str, set[str] | str] = {
+    "test_autoencoder": {"test_onnx_export_of_the_encoder_matches_torch"},
+    "test_distributed": ALL,
+    "test_encoder": ALL,
+    "test_evaluation": ALL,
+    "test_export": {
+        "test_export_of_efficientnet_v2_is_within_tolerance",
+        "test_export_matches_torch_with_dynamic_batch",
+        "test_export_refuses_a_mismatch_and_writes_nothing",
+    },
+    "test_fit": ALL,
+    "test_fuzz": {
+        "test_any_labels_csv_is_read_or_rejected_clearly",
+        "test_damaged_member_files_are_read_or_rejected_clearly",
+    },
+    "test_generators": {
+        "test_channels_shapes_classes_labels_and_parameters",
+        "test_channels_posterior_matches_the_borehole_logs_better_than_the_prior",
+    },
+    "test_inference": {
+        "test_onnx_matches_torch_through_the_runtime",
+        "test_streaming_memory_is_bounded_by_the_batch",
+    },
+    "test_labeler": {
+        "test_cli_help_and_round_trip",
+        "test_training_beats_chance_and_writes_everything",
+        "test_bundle_round_trip_and_onnx_matches_torch",
+        "test_resume_gives_the_uninterrupted_result",
+    },
+    "test_packaging": {"test_wheel_ships_the_default_bundles_and_a_plain_install_finds_them"},
+    "test_process_tree": {"test_timeout_kills_children_and_grandchildren_and_reports_output"},
+    "test_projection": {  # the umap_maps fixture and umap's own k-NN compile for seconds
+        "test_umap_is_reproducible_with_a_seed_and_uses_exact_knn",
+        "test_umap_without_exact_knn_and_small_inputs",
+        "test_warmup_compiles_in_this_process",
+    },
+    "test_projector": ALL,
+    "test_reliability": {
+        "test_training_killed_mid_epoch_resumes_to_the_uninterrupted_result",
+        "test_interrupted_embed_leaves_the_previous_outputs_and_no_partial_file",
+        "test_no_user_file_is_ever_unpickled",
+        "test_disk_full_and_read_only_output_folders",
+    },
+    "test_runtime_cli": {
+        "test_warmup_command",
+        "test_project_again_from_a_saved_embedding",
+        "test_outputs_are_not_replaced_without_overwrite",
+        "test_runtime_works_without_torch",
+        "test_embed_in_process_with_umap_and_reproject_with_the_projector",
+    },
+}
 
 
-def make_ensemble(count: int = 24, channels: int = 1, height: int = 12, width: int = 10, seed=0):
-    """A small ensemble with 3 classes, some unlabeled members and per-member metadata."""
-    rng = np.random.default_rng(seed)
-    labels = np.arange(count) % 4 - 1  # -1, 0, 1, 2, -1, ...
-    fields = rng.normal(size=(count, channels, height, width)).astype(np.float32)
-    fields += labels[:, None, None, None]
-    return Ensemble(
-        fields=fields,
-        labels=labels,
-        class_names=("straight", "meander", "braided"),
-        member_ids=[f"run{i}" for i in range(count)],
-        metadata={"amplitude": rng.uniform(size=count), "chain": np.arange(count) % 3},
-    )
+def _listed(table: dict[str, set[str] | str], module: str, name: str) -> bool:
+    entry = table.get(module)
+    return entry == ALL or (entry is not None and name in entry)
+
+
+def _imports_torch(item: pytest.Item) -> bool:
+    """Whether the test's module holds ``torch`` at module level (import or importorskip)."""
+    module = getattr(item, "module", None)
+    return isinstance(getattr(module, "torch", None), types.ModuleType)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test ``paraview``/``training``/``slow`` from the tables above."""
+    for item in items:
+        module = item.path.stem
+        name = getattr(item, "originalname", item.name)
+        if module in PARAVIEW_MODULES:
+            item.add_marker(pytest.mark.paraview)
+        if _imports_torch(item) or _listed(TRAINING_TESTS, module, name):
+            item.add_marker(pytest.mark.training)
+        if item.get_closest_marker("paraview") or _listed(SLOW_TESTS, module, name):
+            item.add_marker(pytest.mark.slow)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip ``without_cuda`` tests where CUDA works and ``with_cuda`` tests where it does not."""
+    for mark in item.iter_markers("without_cuda"):
+        runtime = mark.args[0]
+        cases = mark.kwargs.get("cases")
+        callspec = getattr(item, "callspec", None)
+        if cases is not None and (callspec is None or callspec.id not in cases):
+            continue
+        if CUDA_PROBES[runtime]():
+            pytest.skip(
+                f"{runtime} has a working CUDA device here, and this test asserts that "
+                "--device cuda fails"
+            )
+    for mark in item.iter_markers("with_cuda"):
+        runtime = mark.args[0]
+        if not CUDA_PROBES[runtime]():
+            pytest.skip(f"needs a working CUDA device in {runtime}; this machine has none")
 
 
 @pytest.fixture
 def ensemble() -> Ensemble:
     return make_ensemble()
-
-
-def _descendants(root: int) -> list[int]:
-    """Process ids below ``root`` (children, grandchildren, ...), read from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            parent = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue  # the process has just exited
-        children.setdefault(parent, []).append(int(entry.name))
-    found, stack = [], [root]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found.append(child)
-            stack.append(child)
-    return found
-
-
-def kill_process_tree(process: subprocess.Popen) -> None:
-    """SIGKILL ``process``, everything below it, and its process group (if it leads one)."""
-    for pid in [process.pid, *_descendants(process.pid)]:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    process.wait()
-
-
-def run_process_tree(command: list[str], timeout: float, **options) -> subprocess.CompletedProcess:
-    """``subprocess.run(command, capture_output=True, text=True, timeout=...)`` whose timeout
-    kills the whole process tree and fails with the output so far.
-
-    The launchers start ParaView, Xvfb and MPI ranks as grandchildren. ``subprocess.run``
-    kills only the direct child on a timeout and then waits for end-of-file on the pipes,
-    which the surviving grandchildren hold open: a slow ParaView test would hang the suite
-    instead of failing."""
-    process = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        **options,
-    )
-    try:
-        stdout, stderr = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        kill_process_tree(process)
-        stdout, stderr = process.communicate()
-        raise AssertionError(
-            f"{' '.join(map(str, command))} ran longer than {timeout} s and was killed with "
-            f"its child processes\nstdout:\n{stdout[-3000:]}\nstderr:\n{stderr[-3000:]}"
-        ) from None
-    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
-
-
-def run_sense(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run the installed ``sense`` command; return the completed process (text output)."""
-    result = run_process_tree([SENSE, *args], timeout, cwd=REPO)
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"sense {' '.join(args)} failed ({result.returncode}):\n"
-            f"{result.stdout}\n{result.stderr}"
-        )
-    return result
-
-
-def run_paraview_script(
-    script: str, tmp_path: Path, program: str = "pvpython", check: bool = True
-) -> dict:
-    """Run ``script`` with ``sense pvpython``/``pvbatch``; it reports by assigning ``RESULT``
-    (JSON-serialisable), which is returned. Failures show the program's output."""
-    script_path = tmp_path / "pv_script.py"
-    result_path = tmp_path / "pv_result.json"
-    body = textwrap.dedent(script)
-    script_path.write_text(
-        "import json\nRESULT = None\n"
-        + body
-        + f"\nwith open({str(result_path)!r}, 'w') as f:\n    json.dump(RESULT, f)\n"
-    )
-    env = {k: v for k, v in os.environ.items() if k != "DISPLAY"}
-    completed = run_process_tree([SENSE, program, str(script_path)], 600, cwd=REPO, env=env)
-    output = f"stdout:\n{completed.stdout}\nstderr:\n{completed.stderr}"
-    if check and (completed.returncode != 0 or not result_path.exists()):
-        raise AssertionError(f"{program} failed ({completed.returncode})\n{output}")
-    result = json.loads(result_path.read_text()) if result_path.exists() else None
-    return {"result": result, "output": output, "returncode": completed.returncode}
-
-
-def make_linear_onnx(
-    path: Path,
-    input_shape: tuple[int, int, int],
-    outputs: int,
-    seed: int = 0,
-    input_name: str = "fields",
-    output_name: str = "output",
-) -> np.ndarray:
-    """Write a tiny ONNX model, fields (B, C, H, W) -> flatten -> matmul -> (B, outputs), with
-    a dynamic batch axis; return its weight matrix so tests can compute the expected output."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    weights = np.random.default_rng(seed).normal(size=(int(np.prod(input_shape)), outputs))
-    weights = weights.astype(np.float32)
-    graph = helper.make_graph(
-        [
-            helper.make_node("Flatten", [input_name], ["flat"], axis=1),
-            helper.make_node("MatMul", ["flat", "weights"], [output_name]),
-        ],
-        "linear",
-        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["batch", *input_shape])],
-        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", outputs])],
-        initializer=[numpy_helper.from_array(weights, "weights")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model, full_check=True)
-    onnx.save(model, str(path))
-    return weights
-
-
-def make_mlp_onnx(
-    path: Path,
-    latent_dim: int,
-    hidden: int = 32,
-    seed: int = 0,
-    input_name: str = "latent",
-    output_name: str = "xy",
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Write a tiny projector-like ONNX MLP, latent (B, D) -> Gemm-Relu-Gemm -> (B, 2), with a
-    dynamic batch axis; return its [(weight, bias), ...] so tests can compute the output."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(seed)
-    layers = []
-    for fan_in, fan_out in ((latent_dim, hidden), (hidden, 2)):
-        weight = (rng.normal(size=(fan_in, fan_out)) / np.sqrt(fan_in)).astype(np.float32)
-        layers.append((weight, rng.normal(size=fan_out).astype(np.float32)))
-    initializers = []
-    for i, (weight, bias) in enumerate(layers):
-        initializers += [
-            numpy_helper.from_array(weight, f"w{i}"),
-            numpy_helper.from_array(bias, f"b{i}"),
-        ]
-    graph = helper.make_graph(
-        [
-            helper.make_node("Gemm", [input_name, "w0", "b0"], ["h0"]),
-            helper.make_node("Relu", ["h0"], ["a0"]),
-            helper.make_node("Gemm", ["a0", "w1", "b1"], [output_name]),
-        ],
-        "mlp",
-        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["batch", latent_dim])],
-        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", 2])],
-        initializer=initializers,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model, full_check=True)
-    onnx.save(model, str(path))
-    return layers
-
-
-def mlp_reference(latents: np.ndarray, layers: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-    """What :func:`make_mlp_onnx`'s model computes, in numpy (float64)."""
-    hidden = np.maximum(latents.astype(np.float64) @ layers[0][0] + layers[0][1], 0.0)
-    return hidden @ layers[1][0] + layers[1][1]
-
-
-def make_runtime_bundle(
-    folder: Path,
-    shape: tuple[int, int, int] = (1, 12, 10),
-    latent_dim: int = 6,
-    class_names: tuple[str, ...] = ("straight", "meander", "braided"),
-    labeler: bool = True,
-    projector: bool = False,
-    mean: float = 0.5,
-    std: float = 2.0,
-) -> dict:
-    """A bundle of linear ONNX models (encoder, optional labeler and MLP projector) in ``folder``;
-    returns the weights: {"encoder": W, "labeler": W, "projector": layers}."""
-    from sense_core.bundle import add_model, new_manifest, read_manifest
-    from sense_core.ensemble import NormalizationStats
-
-    folder = Path(folder)
-    scratch = folder.parent / f".{folder.name}-models"
-    scratch.mkdir(parents=True, exist_ok=True)
-    stats = NormalizationStats(mean=(mean,) * shape[0], std=(std,) * shape[0], count=100)
-    manifest = new_manifest(shape, stats, class_names)
-    weights = {"encoder": make_linear_onnx(scratch / "e.onnx", shape, latent_dim, 0, "fields", "z")}
-    add_model(
-        folder,
-        "encoder",
-        scratch / "e.onnx",
-        manifest,
-        input_name="fields",
-        output_name="z",
-        opset=17,
-        details={"latent_dim": latent_dim},
-    )
-    if labeler:
-        weights["labeler"] = make_linear_onnx(
-            scratch / "l.onnx", shape, len(class_names), 1, "fields", "logits"
-        )
-        add_model(
-            folder,
-            "labeler",
-            scratch / "l.onnx",
-            read_manifest(folder),
-            input_name="fields",
-            output_name="logits",
-            opset=17,
-        )
-    if projector:
-        weights["projector"] = make_mlp_onnx(scratch / "p.onnx", latent_dim, seed=2)
-        add_model(
-            folder,
-            "projector",
-            scratch / "p.onnx",
-            read_manifest(folder),
-            input_name="latent",
-            output_name="xy",
-            opset=17,
-            details={"latent_dim": latent_dim},
-        )
-    return weights
-
-
-def run_paraview_gui(*args: str, config_home: Path | None = None) -> subprocess.CompletedProcess:
-    """Start the ParaView GUI with ``sense paraview ARGS --exit`` (under a private Xvfb without a
-    DISPLAY); ``config_home`` isolates its settings (XDG_CONFIG_HOME)."""
-    env = {k: v for k, v in os.environ.items() if k != "DISPLAY"}
-    if config_home is not None:
-        env["XDG_CONFIG_HOME"] = str(config_home)
-    return run_process_tree([SENSE, "paraview", *args, "--exit"], 300, cwd=REPO, env=env)
-
-
-def write_plain_npz(path: Path, ensemble, labels=None) -> Path:
-    """``ensemble`` as the minimal .npz that `sense fit` accepts from any tool: ``fields``,
-    ``labels`` (−1 = unlabeled; ``labels`` overrides the ensemble's) and ``class_names``."""
-    np.savez(
-        path,
-        fields=ensemble.fields,
-        labels=ensemble.labels if labels is None else labels,
-        class_names=np.array(ensemble.class_names),
-    )
-    return path

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import make_ensemble, make_linear_onnx
+from helpers import make_ensemble, make_linear_onnx
 
 from sense_core.bundle import (
     Bundle,
@@ -132,7 +132,7 @@ def test_a_model_file_linked_outside_the_bundle_is_refused(bundle_dir, tmp_path)
 
 def test_shipped_bundle_is_chosen_by_shape_then_by_class_names(tmp_path, monkeypatch):
     """Two shipped bundles of one shape (as channels64 and drops64): the class names decide."""
-    from conftest import make_runtime_bundle
+    from helpers import make_runtime_bundle
 
     from sense_core.bundle import BundleError, find_shipped_bundle
 

@@ -6,10 +6,11 @@ import json
 
 import numpy as np
 import pytest
-from conftest import run_sense
+from helpers import run_sense
 
-from sense_core.cli import LAUNCHER_HELP, build_parser, main
+from sense_core.cli import build_parser, main
 from sense_core.io import read_ensemble, write_ensemble
+from sense_paraview.cli import LAUNCHER_HELP
 
 SUBCOMMANDS = sorted(build_parser()._subparsers._group_actions[0].choices)
 
@@ -80,7 +81,7 @@ def test_errors_are_one_line_without_traceback(tmp_path):
 
 
 def test_info_describes_a_bundle(tmp_path):
-    from conftest import make_runtime_bundle
+    from helpers import make_runtime_bundle
 
     make_runtime_bundle(tmp_path / "bundle", projector=True)
     summary = json.loads(run_sense("info", str(tmp_path / "bundle"), "--json").stdout)

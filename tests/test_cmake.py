@@ -8,9 +8,10 @@ import os
 import subprocess
 
 import pytest
-from conftest import REPO, SENSE, make_ensemble, make_runtime_bundle
+from helpers import REPO, SENSE, make_ensemble, make_runtime_bundle
 
 from sense_core.io import write_ensemble
+from sense_paraview import plugin_file
 
 pytestmark = pytest.mark.paraview
 
@@ -33,7 +34,7 @@ def test_cmake_builds_installs_and_loads_the_plugin_library(tmp_path):
     ).stdout
     assert "sense_paraview_plugin" in listed
 
-    # The installed library (not plugin/sense_plugin.py) provides a working reader + embedding.
+    # The installed library (not the plugin file) provides a working reader + embedding.
     path = write_ensemble(make_ensemble(count=8), tmp_path / "ens.npz")
     make_runtime_bundle(tmp_path / "bundle")
     script = tmp_path / "use_library.py"
@@ -58,8 +59,9 @@ def test_cmake_builds_installs_and_loads_the_plugin_library(tmp_path):
 
 
 def test_without_paraview_cmake_the_python_plugin_file_is_installed(tmp_path):
-    """The fallback (no paraview-dev, or -DSENSE_USE_PARAVIEW_CMAKE=OFF): plugin/sense_plugin.py
-    goes under ParaView's plugin folder, and ctest still lists the tests."""
+    """The fallback (no paraview-dev, or -DSENSE_USE_PARAVIEW_CMAKE=OFF): the plugin file
+    (plugin/sense_paraview/plugins/sense_plugin.py) goes under ParaView's plugin folder, and
+    ctest still lists the tests."""
     build, prefix = tmp_path / "build", tmp_path / "prefix"
     configured = subprocess.run(
         ["cmake", "-S", str(REPO), "-B", str(build), "-DSENSE_USE_PARAVIEW_CMAKE=OFF"],
@@ -74,7 +76,7 @@ def test_without_paraview_cmake_the_python_plugin_file_is_installed(tmp_path):
     )
     installed = list(prefix.rglob("sense_plugin.py"))
     assert len(installed) == 1 and "paraview-5.11/plugins/SENSE" in str(installed[0])
-    assert installed[0].read_text() == (REPO / "plugin" / "sense_plugin.py").read_text()
+    assert installed[0].read_text() == plugin_file().read_text()
     listed = subprocess.run(
         ["ctest", "--test-dir", str(build), "-N"], check=True, capture_output=True, text=True
     ).stdout

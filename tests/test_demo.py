@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from conftest import run_sense
+from helpers import run_sense
 from PIL import Image
 
 from sense_core.io import read_ensemble

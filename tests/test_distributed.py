@@ -13,7 +13,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the training extra (torch) is not installed")
 
-from conftest import run_process_tree  # noqa: E402
+from helpers import run_process_tree  # noqa: E402
 
 from sense_training.distributed import DistributedContext, RankShare  # noqa: E402
 
@@ -100,7 +100,7 @@ def test_ddp_gloo_two_ranks_average_gradients_like_one_full_batch(tmp_path):
 def test_train_encoder_under_torchrun_two_ranks_writes_one_bundle(tmp_path):
     """`torchrun --nproc_per_node 2 sense train-encoder` (gloo): both ranks train, rank 0 alone
     writes the bundle and reports; the run records its world size; the bundle embeds."""
-    from conftest import make_ensemble
+    from helpers import make_ensemble
 
     from sense_core.io import write_ensemble
 
@@ -141,7 +141,7 @@ def test_train_encoder_under_torchrun_two_ranks_writes_one_bundle(tmp_path):
 def test_train_labeler_under_torchrun_two_ranks_writes_one_bundle(tmp_path):
     """`torchrun --nproc_per_node 2 sense train-labeler` (gloo): each rank trains on half of
     the batches, rank 0 alone writes the bundle and reports; the labeler labels."""
-    from conftest import make_ensemble
+    from helpers import make_ensemble
 
     from sense_core.bundle import Bundle
     from sense_core.inference import Labeler
@@ -165,7 +165,7 @@ def test_train_labeler_under_torchrun_two_ranks_writes_one_bundle(tmp_path):
 def test_a_rank_loads_its_share_of_the_shuffled_batches_per_epoch():
     """make_loader with a 2-rank context: each rank gets every other batch of the epoch's
     shuffle (together: every batch of a complete round), and set_epoch reshuffles."""
-    from conftest import make_ensemble
+    from helpers import make_ensemble
 
     from sense_training.data import EnsembleDataset, make_loader, set_epoch
 

@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
-from conftest import write_plain_npz  # noqa: E402
+from helpers import write_plain_npz  # noqa: E402
 
 from sense_core.bundle import Bundle, add_model, new_manifest  # noqa: E402
 from sense_core.ensemble import Ensemble, NormalizationStats  # noqa: E402
@@ -46,7 +46,7 @@ def wave_ensemble(count=96, size=16, classes=3, labeled=0.6, seed=0) -> Ensemble
 
 def tiny(**overrides) -> EncoderConfig:
     options = dict(latent_dim=6, base_channels=8, epochs=2, batch_size=24, seed=3)
-    return EncoderConfig(**{**options, **overrides})
+    return EncoderConfig.from_dict({**options, **overrides})
 
 
 def test_train_all_three_losses_and_export_into_a_new_bundle(tmp_path):
@@ -59,7 +59,7 @@ def test_train_all_three_losses_and_export_into_a_new_bundle(tmp_path):
     assert entry.details["latent_dim"] == 6 and entry.details["exports"] == "mu"
     assert entry.output_name == "latent"
     training = bundle.manifest["training"]["encoder"]
-    assert training["config"]["losses"] == ["recon", "cluster", "contrastive"]
+    assert training["config"]["loss"]["terms"] == ["recon", "cluster", "contrastive"]
     assert training["command"] == "pytest"
     assert result.metrics["export"]["max_abs_diff_real"] <= 1e-4
     # every epoch is monitored on train and validation, each term separately
@@ -86,7 +86,7 @@ def test_train_all_three_losses_and_export_into_a_new_bundle(tmp_path):
 
 
 def test_encoder_joins_a_bundle_that_holds_a_labeler(tmp_path):
-    from conftest import make_linear_onnx
+    from helpers import make_linear_onnx
 
     ensemble = wave_ensemble()
     folder = tmp_path / "bundle"
@@ -238,15 +238,15 @@ def test_flip_labels_flips_the_asked_fraction_to_other_classes():
 
 def test_configuration_errors():
     with pytest.raises(SenseError, match="not understood"):
-        EncoderConfig(losses="recon,magic")
+        EncoderConfig.from_dict({"losses": "recon,magic"})
     with pytest.raises(SenseError, match="architecture"):
-        EncoderConfig(arch="unet")
+        EncoderConfig.from_dict({"arch": "unet"})
     with pytest.raises(SenseError, match="select"):
-        EncoderConfig(select="median")
+        EncoderConfig.from_dict({"select": "median"})
 
 
 def test_train_encoder_and_evaluate_commands(tmp_path):
-    from conftest import run_sense
+    from helpers import run_sense
 
     data = tmp_path / "waves.npz"
     ensemble = wave_ensemble(count=90)
@@ -273,7 +273,7 @@ def test_train_encoder_and_evaluate_commands(tmp_path):
     )
     manifest = Bundle.load(bundle).manifest
     assert manifest["training"]["encoder"]["command"].startswith("sense train-encoder")
-    assert manifest["training"]["encoder"]["config"]["contrastive"] == "supcon"
+    assert manifest["training"]["encoder"]["config"]["loss"]["contrastive"] == "supcon"
     report = tmp_path / "report"
     run_sense(
         "evaluate",
@@ -308,7 +308,7 @@ def test_train_encoder_and_evaluate_commands(tmp_path):
 def test_fit_runs_labeler_pseudo_labels_encoder_and_evaluation(tmp_path, monkeypatch):
     """The orchestration of `sense fit`; the labeler's training is replaced by a linear ONNX
     labeler (the real one is tested in test_labeler.py and takes minutes here)."""
-    from conftest import make_linear_onnx
+    from helpers import make_linear_onnx
 
     from sense_core.cli import main
     from sense_training import labeler
@@ -392,7 +392,9 @@ def test_memory_bank_and_silhouette_target_train_resume_and_monitor_the_plain_lo
 def test_remedy_options_reach_the_encoder_configuration():
     import argparse
 
-    from sense_training.encoder_cli import add_parser, encoder_config_from_args
+    from sense_core.options import config_from_args
+    from sense_training.cli import add_parser
+    from sense_training.config import EncoderConfig as Config
 
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers())
@@ -400,13 +402,12 @@ def test_remedy_options_reach_the_encoder_configuration():
         "train-encoder --data d.npz --bundle b --loss recon,cluster --trim-fraction 0.5 "
         "--silhouette-target 0.8 --memory-size 256 --trim-warmup-epochs 3".split()
     )
-    config = encoder_config_from_args(args)
-    assert (config.trim_fraction, config.silhouette_target, config.memory_size) == (0.5, 0.8, 256)
+    config = config_from_args(Config(), args)
     assert config.trim_warmup_epochs == 3
-    loss = config.loss_config()
+    loss = config.loss
     assert (loss.trim_fraction, loss.silhouette_target, loss.memory_size) == (0.5, 0.8, 256)
     with pytest.raises(SenseError, match="trim_fraction"):
-        EncoderConfig(losses="recon,cluster", trim_fraction=1.0)
+        EncoderConfig.from_dict({"losses": "recon,cluster", "trim_fraction": 1.0})
 
 
 def test_trim_schedule_ramps_like_co_teaching_and_is_recorded(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import make_ensemble
+from helpers import make_ensemble
 
 from sense_core.ensemble import (
     UNLABELED,

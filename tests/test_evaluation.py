@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
-from conftest import write_plain_npz  # noqa: E402
+from helpers import write_plain_npz  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
 from sklearn.metrics import silhouette_score  # noqa: E402
 from test_encoder import QUIET, tiny, wave_ensemble  # noqa: E402

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import make_runtime_bundle, write_plain_npz
+from helpers import make_runtime_bundle, write_plain_npz
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("timm")
@@ -130,7 +130,7 @@ def test_sense_fit_skips_the_projector_when_too_few_members_train(tmp_path, monk
     """With fewer than MIN_POINTS training members the bundle gets no projector (and says so),
     and an earlier run's projector is removed; the labeler is replaced by a linear ONNX model
     to keep this fast."""
-    from conftest import make_linear_onnx
+    from helpers import make_linear_onnx
 
     from sense_core.bundle import add_model, new_manifest, read_manifest
     from sense_core.cli import main
@@ -145,7 +145,7 @@ def test_sense_fit_skips_the_projector_when_too_few_members_train(tmp_path, monk
         )
         bundle = add_model(
             out, "labeler", onnx_file, manifest, input_name="fields", output_name="output",
-            opset=17, training={"config": {"fractions": list(config.fractions), "split_seed": 0}},
+            opset=17, training={"config": {"split": config.split.to_dict()}},
         )  # fmt: skip
         return labeler.LabelerResult(bundle, {}, tmp_path, None, True)
 
@@ -168,3 +168,126 @@ def test_sense_fit_skips_the_projector_when_too_few_members_train(tmp_path, monk
     assert "projector" not in read_manifest(out).get("training", {})
     report = json.loads((out / "fit_report.json").read_text())
     assert report["projector"] is None and "projector" not in report["seconds"]
+
+
+def test_fit_library_returns_the_report_it_writes(tmp_path):
+    """pipeline.fit called directly (no CLI): stages logged, report returned and written."""
+    from sense_training.config import EncoderConfig, LabelerConfig
+    from sense_training.evaluation import EvaluationConfig
+    from sense_training.pipeline import FIT_REPORT, fit
+
+    ensemble = blob_ensemble(120, shape=(1, 16, 16))  # 42 training members: no batch of 1
+    logged: list[str] = []
+    labeler = LabelerConfig().updated(epochs=1, threads=1)
+    encoder = EncoderConfig().updated(
+        epochs=1, latent_dim=4, base_channels=8, batch_size=24, threads=1, losses="recon,cluster"
+    )
+    report = fit(
+        ensemble,
+        tmp_path / "bundle",
+        labeler=labeler,
+        encoder=encoder,
+        evaluation=EvaluationConfig(seeds=(0,), projection="pca", baselines=()),
+        threshold=0.4,
+        projector=False,
+        command=["sense", "fit", "--test"],
+        log=logged.append,
+    )
+    assert logged[0] == "[1/4] labeler (quick profile)"
+    assert "[2/4] pseudo-labels (confidence >= 0.4)" in logged
+    assert any(line.startswith("bundle ") and "ready in" in line for line in logged)
+    written = json.loads((tmp_path / "bundle" / FIT_REPORT).read_text())
+    assert written == report.to_dict()
+    assert list(written) == [
+        "command", "profile", "data", "members", "member_shape", "seconds", "machine",
+        "labeler", "pseudo_labels", "encoder", "silhouette_2d_test", "projector",
+    ]  # fmt: skip
+    assert report.command == "sense fit --test" and report.members == 120
+    assert report.projector is None and "projector" not in report.seconds
+    assert report.labeler["epochs_run"] == 1 and report.encoder["epochs_run"] == 1
+    assert set(report.silhouette_2d_test) == {"sense"}
+    manual = int((ensemble.labels >= 0).sum())
+    assert report.pseudo_labels["pseudo"] + report.pseudo_labels["none"] == 120 - manual
+    assert Bundle.load(tmp_path / "bundle").manifest["training"]["encoder"]["config"]
+
+
+def test_profiles_are_overrides_of_the_configurations():
+    from sense_training.pipeline import PROFILES, profile_configs
+
+    quick = profile_configs("quick")
+    assert quick.labeler.run.epochs == PROFILES["quick"]["labeler"]["epochs"]
+    assert quick.encoder.loss.terms == ("recon", "cluster")
+    assert quick.encoder.model.base_channels == 16 and quick.encoder.run.threads == 1
+    assert quick.projector.max_points == 5000
+    paper = profile_configs("paper")
+    assert paper.encoder.model.arch == "vae" and paper.encoder.model.latent_dim == 256
+    with pytest.raises(SenseError, match="profile"):
+        profile_configs("slow")
+
+
+def test_fit_options_follow_the_profile_and_share_run_options():
+    from sense_core.cli import build_parser
+    from sense_training.cli import fit_configs
+
+    parse = build_parser().parse_args
+    base = ["fit", "--data", "d.npz", "--out", "b"]
+    labeler, encoder = fit_configs(parse(base))
+    assert (labeler.run.epochs, encoder.run.epochs, encoder.model.latent_dim) == (8, 12, 32)
+    args = parse([
+        *base, "--profile", "paper", "--seed", "3", "--labeler-threads", "2", "--threads", "1",
+        "--labeler-epochs", "2", "--labeler-arch", "tf_efficientnetv2_b1",
+        "--fractions", "0.6,0.2,0.2",
+    ])  # fmt: skip
+    labeler, encoder = fit_configs(args)
+    assert (encoder.model.arch, encoder.run.epochs) == ("vae", 100)
+    assert (labeler.run.epochs, labeler.architecture) == (2, "tf_efficientnetv2_b1")
+    assert labeler.run.seed == encoder.run.seed == 3
+    assert (labeler.run.threads, encoder.run.threads) == (2, 1)
+    assert labeler.split == encoder.split and encoder.split.fractions == (0.6, 0.2, 0.2)
+
+
+def test_experiment_with_a_training_seed_axis(tmp_path):
+    """train_seeds: every variant once per seed into <out>/<variant>/seed<k>/, one report per
+    seed (baselines with the first), mean +- sd per variant over the seeds."""
+    import statistics
+
+    from sense_core.bundle import read_manifest
+    from sense_training.pipeline import run_experiment
+
+    data = tmp_path / "blobs.npz"
+    write_plain_npz(data, blob_ensemble(90, shape=(1, 16, 16)))
+    out = tmp_path / "exp"
+    spec = {
+        "data": str(data), "out": str(out), "seeds": [0], "projection": "pca",
+        "baselines": ["pca_raw"], "train_seeds": [0, 1],
+        "base": {"epochs": 1, "latent_dim": 4, "base_channels": 8, "batch_size": 24,
+                 "threads": 1, "losses": "recon,cluster"},
+        "variant": [
+            {"name": "plain_ae", "losses": "recon", "train_seeds": [0]},
+            {"name": "sense"},
+        ],
+    }  # fmt: skip
+    logged: list[str] = []
+    summary = run_experiment(spec, log=logged.append)
+    for variant, seeds in (("plain_ae", [0]), ("sense", [0, 1])):
+        for seed in seeds:
+            manifest = read_manifest(out / variant / f"seed{seed}")
+            assert manifest["training"]["encoder"]["config"]["run"]["seed"] == seed
+    assert not (out / "plain_ae" / "seed1").exists()
+    first = json.loads((out / "seed0" / "summary.json").read_text())
+    second = json.loads((out / "seed1" / "summary.json").read_text())
+    assert set(first["silhouette_2d_test"]) == {"plain_ae", "sense", "pca_raw"}
+    assert set(second["silhouette_2d_test"]) == {"sense"}  # baselines: first seed only
+    assert (out / "seed1" / "evaluation.json").exists()
+    runs = [first["silhouette_2d_test"]["sense"], second["silhouette_2d_test"]["sense"]]
+    sense = summary["silhouette_2d_test"]["sense"]
+    assert sense["runs"] == 2 and sense["per_seed"] == {"0": runs[0], "1": runs[1]}
+    assert sense["mean"] == pytest.approx(statistics.fmean(runs), abs=1e-4)
+    assert sense["sd"] == pytest.approx(statistics.stdev(runs), abs=1e-4)
+    assert summary["silhouette_2d_test"]["plain_ae"]["runs"] == 1
+    assert summary["pca_raw"] == first["pca_raw"] and summary["best_sense_name"] == "sense"
+    assert json.loads((out / "summary.json").read_text())["train_seeds"] == [0, 1]
+    # a second run keeps the trained bundles
+    logged.clear()
+    run_experiment(spec, log=logged.append)
+    assert sum("kept" in line for line in logged) == 3

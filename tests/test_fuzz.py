@@ -8,7 +8,7 @@ import os
 import shutil
 
 import numpy as np
-from conftest import make_ensemble, make_linear_onnx
+from helpers import make_ensemble, make_linear_onnx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

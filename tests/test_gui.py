@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, make_ensemble, run_paraview_gui
+from helpers import REPO, make_ensemble, run_paraview_gui
 from PIL import Image
 
 from sense_core.io import write_ensemble

@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import make_ensemble, make_runtime_bundle
+from helpers import make_ensemble, make_runtime_bundle
 
 from sense_core.bundle import Bundle, BundleError
 from sense_core.errors import SenseError

@@ -9,7 +9,7 @@ import zipfile
 import numpy as np
 import pytest
 import tifffile
-from conftest import make_ensemble
+from helpers import make_ensemble
 from PIL import Image
 
 import sense_core.io.npz as npz_module

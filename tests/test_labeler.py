@@ -1,5 +1,6 @@
 """The labeler: training beats chance, resume equals an uninterrupted run, ONNX export and
-bundle round trip, pseudo-labels, and the ``sense train-labeler`` / ``pseudo-label`` commands.
+bundle round trip, and the ``sense train-labeler`` / ``pseudo-label`` commands (pseudo-labelling
+itself: test_pseudo_labels.py).
 
 Tiny data: three classes of 32x32 patterns (horizontal stripes, vertical stripes, a blob),
 4 epochs of the real default architecture on 1 thread.
@@ -13,7 +14,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import run_sense
+from helpers import run_sense
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("timm")
@@ -24,14 +25,12 @@ from sense_core.cli import build_parser  # noqa: E402
 from sense_core.ensemble import Ensemble, split_labeled  # noqa: E402
 from sense_core.errors import SenseError  # noqa: E402
 from sense_core.io import read_ensemble, write_ensemble  # noqa: E402
-from sense_training.cli import labeler_config_options  # noqa: E402
+from sense_core.options import config_from_args  # noqa: E402
 from sense_training.common import load_checkpoint  # noqa: E402
 from sense_training.labeler import (  # noqa: E402
     LabelerConfig,
     classification_metrics,
     learning_rate_at,
-    pseudo_label,
-    pseudo_labeled_store,
     train_labeler,
 )
 
@@ -72,7 +71,11 @@ def ensemble() -> Ensemble:
 def trained(ensemble, tmp_path_factory):
     out = tmp_path_factory.mktemp("labeler") / "bundle"
     result = train_labeler(
-        ensemble, out, LabelerConfig(**CONFIG), command=["sense", "test"], log=lambda line: None
+        ensemble,
+        out,
+        LabelerConfig.from_dict(CONFIG),
+        command=["sense", "test"],
+        log=lambda line: None,
     )
     return out, result
 
@@ -109,7 +112,7 @@ def test_bundle_round_trip_and_onnx_matches_torch(trained, ensemble):
     assert entry.details["exporter"] == "dynamo"
     assert entry.details["parity"]["max_abs_diff_real"] <= 1e-4
     training = bundle.manifest["training"]["labeler"]
-    assert training["command"] == "sense test" and training["config"]["epochs"] == 4
+    assert training["command"] == "sense test" and training["config"]["run"]["epochs"] == 4
     assert training["metrics"]["test"]["accuracy"] == result.metrics["test"]["accuracy"]
     assert {"torch", "timm", "onnx", "onnxruntime"} <= set(bundle.manifest["software"])
     split = split_labeled(ensemble)
@@ -121,7 +124,7 @@ def test_bundle_round_trip_and_onnx_matches_torch(trained, ensemble):
     from sense_training.labeler import build_labeler
 
     model = build_labeler("tf_efficientnetv2_b0", 1, 3)
-    model.load_state_dict(load_checkpoint(result.run_dir / "checkpoint.pt")["best_model"])
+    model.load_state_dict(load_checkpoint(result.run_dir / "checkpoint.pt")["best"]["weights"])
     model.eval()
     inputs = bundle.normalization.apply(ensemble.fields[:20])
     with torch.no_grad():
@@ -139,20 +142,20 @@ def test_resume_gives_the_uninterrupted_result(trained, ensemble, tmp_path):
     _, full = trained
     out = tmp_path / "bundle"
     partial = train_labeler(
-        ensemble, out, LabelerConfig(**CONFIG), stop_after=2, log=lambda line: None
+        ensemble, out, LabelerConfig.from_dict(CONFIG), stop_after=2, log=lambda line: None
     )
     assert not partial.completed and len(partial.history) == 2
     assert not (out / "labeler.onnx").exists()
     with pytest.raises(SenseError, match="resume it or pass overwrite"):
-        train_labeler(ensemble, out, LabelerConfig(**CONFIG), log=lambda line: None)
+        train_labeler(ensemble, out, LabelerConfig.from_dict(CONFIG), log=lambda line: None)
     lines = []
     resumed = train_labeler(ensemble, out, None, resume=True, log=lines.append)
     assert "resuming" in lines[0] and resumed.completed
     for name in ("train_loss", "val_loss", "val_accuracy", "lr"):
         assert resumed.history.series(name) == pytest.approx(full.history.series(name), rel=1e-5)
     assert resumed.metrics["test"]["confusion_matrix"] == full.metrics["test"]["confusion_matrix"]
-    a = load_checkpoint(resumed.run_dir / "checkpoint.pt")["best_model"]
-    b = load_checkpoint(full.run_dir / "checkpoint.pt")["best_model"]
+    a = load_checkpoint(resumed.run_dir / "checkpoint.pt")["best"]["weights"]
+    b = load_checkpoint(full.run_dir / "checkpoint.pt")["best"]["weights"]
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
 
     # resuming with other labels is refused
@@ -163,61 +166,6 @@ def test_resume_gives_the_uninterrupted_result(trained, ensemble, tmp_path):
         train_labeler(changed, out, None, resume=True, log=lambda line: None)
 
 
-def test_pseudo_labels_counts_ranges_sources_and_split(trained, ensemble, tmp_path):
-    out, _ = trained
-    result = pseudo_label(ensemble, out)
-    manual = ensemble.labels >= 0
-    assert result.provider == "CPUExecutionProvider"
-    assert (result.source[manual] == "manual").all() and (result.source[~manual] == "pseudo").all()
-    assert np.array_equal(result.labels[manual], ensemble.labels[manual])
-    assert np.array_equal(result.labels[~manual], result.predicted[~manual])
-    assert ((result.probability >= 1 / 3 - 1e-6) & (result.probability <= 1)).all()
-    assert (result.confidence[manual] == 1).all()
-    truth = ensemble.metadata["truth"]
-    assert np.mean(result.predicted[~manual] == truth[~manual]) > 0.5  # chance is 1/3
-
-    threshold = float(np.median(result.probability[~manual]))
-    strict = pseudo_label(ensemble, out, threshold=threshold)
-    kept = strict.source == "pseudo"
-    assert (strict.probability[kept] >= threshold).all()
-    assert (strict.labels[strict.source == "none"] == -1).all()
-    assert 0 < kept.sum() < (~manual).sum()
-    summary = strict.summary(CLASSES)
-    assert summary["manual"] + summary["pseudo"] + summary["none"] == len(ensemble)
-
-    store = pseudo_labeled_store(ensemble, strict, out)
-    path = write_ensemble(store, tmp_path / "pseudo.npz")
-    back = read_ensemble(path)
-    assert np.array_equal(back.labels, strict.labels)
-    assert np.array_equal(back.fields, ensemble.fields)
-    assert list(back.metadata["label_source"]) == list(strict.source)
-    assert np.allclose(back.metadata["confidence"], strict.confidence)
-    assert np.array_equal(back.metadata["pseudo_label"], strict.predicted)
-    assert np.array_equal(back.metadata["truth"], truth)  # earlier metadata kept
-    # the split keeps validation and test hand-labeled, exactly the labeler's
-    labeler_split, later = split_labeled(ensemble), split_labeled(back)
-    assert np.array_equal(later.test, labeler_split.test)
-    assert np.array_equal(later.validation, labeler_split.validation)
-    assert set(later.train) == set(labeler_split.train) | set(np.flatnonzero(kept))
-
-    # pseudo-labelling a pseudo-labeled ensemble keeps manual = hand labels only
-    again = pseudo_label(back, out)
-    assert np.array_equal(again.manual, manual)
-
-    # members without any hand label (and no class names) are all pseudo-labeled
-    unlabeled = Ensemble(ensemble.fields[:10])
-    fresh = pseudo_label(unlabeled, out)
-    assert (fresh.source == "pseudo").all() and not fresh.manual.any()
-    fresh_store = pseudo_labeled_store(unlabeled, fresh, out)
-    assert fresh_store.class_names == CLASSES
-    assert set(fresh_store.metadata["split"]) == {"train"}
-
-    with pytest.raises(BundleError, match="expects"):
-        pseudo_label(patterns(count=6, size=24), out)
-    with pytest.raises(SenseError, match="threshold"):
-        pseudo_label(ensemble, out, threshold=1.5)
-
-
 def test_metrics_and_schedule_helpers():
     metrics = classification_metrics(np.array([0, 0, 1, 2]), np.array([0, 1, 1, 1]), CLASSES)
     assert metrics["accuracy"] == 0.5 and metrics["errors"] == 2
@@ -225,19 +173,19 @@ def test_metrics_and_schedule_helpers():
     assert metrics["per_class"]["vertical"] == {"precision": 1 / 3, "recall": 1.0, "support": 1}
     assert metrics["per_class"]["blob"]["precision"] is None
     assert metrics["balanced_accuracy"] == pytest.approx((0.5 + 1 + 0) / 3)
-    config = LabelerConfig(learning_rate=1.0, min_lr_ratio=0.1)
+    config = LabelerConfig.from_dict({"learning_rate": 1.0, "min_lr_ratio": 0.1})
     rates = [learning_rate_at(s, 100, 10, config) for s in range(100)]
     assert rates[0] == pytest.approx(0.1) and rates[9] == pytest.approx(1.0)
     assert rates[-1] == pytest.approx(0.1, abs=1e-3) and all(np.diff(rates[10:]) <= 0)
     with pytest.raises(SenseError):
-        LabelerConfig(balance="magic")
+        LabelerConfig.from_dict({"balance": "magic"})
     with pytest.raises(SenseError):
-        LabelerConfig(augment="shear")
+        LabelerConfig.from_dict({"augment": "shear"})
 
 
 def test_cli_defaults_match_the_config_and_parser_stays_light():
     args = build_parser().parse_args(["train-labeler", "--data", "d.npz", "--out", "b"])
-    assert LabelerConfig(**labeler_config_options(args)) == LabelerConfig()
+    assert config_from_args(LabelerConfig(), args) == LabelerConfig()
     code = (
         "import sys; from sense_core.cli import build_parser; build_parser(); "
         "print(sorted(m for m in ('torch', 'timm', 'onnx', 'onnxruntime') if m in sys.modules))"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import (
+from helpers import (
     REPO,
     SENSE,
     kill_process_tree,
@@ -173,7 +173,7 @@ def pvserver(tmp_path: Path, ranks: int, xvfb: bool) -> Iterator[tuple[int, Path
         probe.bind(("localhost", 0))
         port = probe.getsockname()[1]
     log_path = tmp_path / "pvserver.log"
-    launcher = [sys.executable, "-m", "sense_core.paraview_env", *([] if xvfb else ["--no-xvfb"])]
+    launcher = [sys.executable, "-m", "sense_paraview.launcher", *([] if xvfb else ["--no-xvfb"])]
     with open(log_path, "w") as log:
         server = subprocess.Popen(
             [*mpirun(ranks), *launcher, "pvserver", f"--server-port={port}"],
@@ -223,9 +223,10 @@ import json, sys
 import numpy as np
 from mpi4py import MPI
 sys.path.insert(0, {tests!r})
-from conftest import make_ensemble
+from helpers import make_ensemble
 from sense_core.distributed import embed_distributed, member_share
 from sense_core.errors import SenseError
+from sense_core.projection import ProjectionOptions
 
 comm = MPI.COMM_WORLD
 rank = comm.Get_rank()
@@ -236,7 +237,7 @@ bundle = {bundle!r} if rank == 0 else {bad!r}  # rank 1 is given a broken bundle
 try:
     embed_distributed(
         comm, share, [ensemble.member_ids[i] for i in share], ensemble.labels[share].tolist(),
-        names, ensemble.fields[share], bundle, projection="pca",
+        names, ensemble.fields[share], bundle, projection=ProjectionOptions(method="pca"),
     )
     outcome = "returned"
 except SenseError as exc:

@@ -1,6 +1,7 @@
 """Every Python package in the source tree is listed in pyproject.toml, so that wheels and
 fresh installs contain it (the list is explicit because training/ installs as sense_training),
-and a wheel carries the shipped default bundles that a non-editable install finds."""
+and a wheel carries the shipped default bundles, the ParaView plugin, its scripts and the
+`sense` subcommand entry points, which a non-editable install finds."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import os
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import tomllib
-from conftest import REPO
+from helpers import REPO
 
 
 def _setuptools_config() -> dict:
@@ -67,6 +69,23 @@ def test_wheel_ships_the_default_bundles_and_a_plain_install_finds_them(tmp_path
         for onnx in manifest.parent.glob("*.onnx"):
             assert f"sense_core/shipped_models/{name}/{onnx.name}" in names
     assert not [n for n in names if n.endswith(".pt")], "training checkpoints must stay out"
+    package = REPO / "plugin" / "sense_paraview"
+    for folder in ("plugins", "gui_startup", "shim", "scripts"):
+        for source in (package / folder).glob("*.py"):
+            assert f"sense_paraview/{folder}/{source.name}" in names, source
+    assert "sense_paraview/plugins/sense_plugin.py" in names
+    # the plugin folder holds plugin files only: PV_PLUGIN_PATH loads every .py in it
+    assert [n for n in names if n.startswith("sense_paraview/plugins/")] == [
+        "sense_paraview/plugins/sense_plugin.py"
+    ]
+    (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+    registered = zipfile.ZipFile(wheel).read(entry_points).decode()
+    for target_function in (
+        "sense_core.runtime_cli:add_parser",
+        "sense_training.cli:add_parser",
+        "sense_paraview.cli:add_parser",
+    ):
+        assert target_function in registered, registered
 
     target = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(target)
@@ -74,7 +93,9 @@ def test_wheel_ships_the_default_bundles_and_a_plain_install_finds_them(tmp_path
     env["PYTHONPATH"] = str(target)
     code = (
         "import sense_core.bundle as b; print(b.shipped_bundles_dir()); "
-        f"print(b.Bundle.load(b.shipped_bundles_dir() / {shipped[0].parent.name!r}).folder)"
+        f"print(b.Bundle.load(b.shipped_bundles_dir() / {shipped[0].parent.name!r}).folder); "
+        "import sense_paraview as p, sense_paraview.launcher as l; print(p.plugin_file()); "
+        "print(l.SHIM_DIR / 'sitecustomize.py'); print(l.gui_startup_dir())"
     )
     out = subprocess.run(
         [sys.executable, "-c", code],
@@ -86,3 +107,6 @@ def test_wheel_ships_the_default_bundles_and_a_plain_install_finds_them(tmp_path
     ).stdout.split()
     assert out[0] == str(target / "sense_core" / "shipped_models")
     assert out[1].startswith(str(target))
+    plugin, shim, startup = (Path(path) for path in out[2:5])
+    assert plugin == target / "sense_paraview" / "plugins" / "sense_plugin.py"
+    assert plugin.is_file() and shim.is_file() and (startup / "sense_gui_startup.py").is_file()

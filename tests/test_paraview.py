@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import REPO, run_paraview_script, run_process_tree
+from helpers import REPO, run_paraview_script, run_process_tree
 
 from sense_core.io import write_ensemble
+from sense_paraview import plugin_file
 
 pytestmark = pytest.mark.paraview
-PLUGIN = REPO / "plugin" / "sense_plugin.py"
+PLUGIN = plugin_file()  # package data of sense_paraview
 
 
 def test_shim_restores_getargspec_and_environment_is_visible(tmp_path):
@@ -279,7 +280,7 @@ def run_embedding(tmp_path, source, bundle, projection="Parametric projector", c
 
 
 def expected_embedding(ensemble, weights):
-    from conftest import mlp_reference
+    from helpers import mlp_reference
 
     normalised = (ensemble.fields.reshape(len(ensemble), -1) - 0.5) / 2.0
     latents = normalised @ weights["encoder"]
@@ -289,7 +290,7 @@ def expected_embedding(ensemble, weights):
 
 
 def test_embedding_filter_maps_every_member_of_a_multiblock(tmp_path, ensemble):
-    from conftest import make_runtime_bundle
+    from helpers import make_runtime_bundle
 
     weights = make_runtime_bundle(tmp_path / "bundle", projector=True)
     npz = write_ensemble(ensemble, tmp_path / "ens.npz")
@@ -312,7 +313,7 @@ def test_embedding_filter_maps_every_member_of_a_multiblock(tmp_path, ensemble):
 
 
 def test_embedding_filter_takes_a_time_series_of_members(tmp_path, ensemble):
-    from conftest import make_runtime_bundle
+    from helpers import make_runtime_bundle
 
     weights = make_runtime_bundle(tmp_path / "bundle", projector=True)
     folder = write_ensemble(ensemble, tmp_path / "members")
@@ -325,7 +326,7 @@ def test_embedding_filter_takes_a_time_series_of_members(tmp_path, ensemble):
 
 
 def test_embedding_filter_reports_bad_bundles_and_shapes(tmp_path, ensemble):
-    from conftest import make_runtime_bundle
+    from helpers import make_runtime_bundle
 
     make_runtime_bundle(tmp_path / "bundle", shape=(1, 8, 8))
     npz = write_ensemble(ensemble, tmp_path / "ens.npz")
@@ -341,7 +342,7 @@ def test_embedding_filter_reports_bad_bundles_and_shapes(tmp_path, ensemble):
 def test_batch_script_writes_csv_selection_and_layout_screenshot(tmp_path, ensemble):
     import csv
 
-    from conftest import SENSE, make_runtime_bundle
+    from helpers import SENSE, make_runtime_bundle
     from PIL import Image
 
     make_runtime_bundle(tmp_path / "bundle", projector=True)
@@ -368,7 +369,7 @@ def test_batch_script_writes_csv_selection_and_layout_screenshot(tmp_path, ensem
 def test_new_seed_or_projection_reprojects_cached_latents_without_rerunning_models(tmp_path):
     """A second Apply that changes only projection settings reuses the latents of the first
     (the models' run over every member dominates the wait); a new bundle runs them again."""
-    from conftest import make_ensemble, make_runtime_bundle
+    from helpers import make_ensemble, make_runtime_bundle
 
     make_runtime_bundle(tmp_path / "bundle", projector=True)
     make_runtime_bundle(tmp_path / "other", projector=True, mean=0.1)

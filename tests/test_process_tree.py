@@ -6,7 +6,7 @@ import sys
 import time
 
 import pytest
-from conftest import run_process_tree
+from helpers import run_process_tree
 
 # A child that starts a grandchild holding the inherited stdout open, prints the grandchild's
 # pid, then sleeps: the situation of `sense paraview` (launcher -> Xvfb + ParaView).

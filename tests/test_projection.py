@@ -9,12 +9,13 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import make_mlp_onnx, make_runtime_bundle, mlp_reference
+from helpers import make_mlp_onnx, make_runtime_bundle, mlp_reference
 
 from sense_core.bundle import Bundle
 from sense_core.errors import SenseError
 from sense_core.projection import (
     ParametricProjector,
+    ProjectionOptions,
     exact_knn,
     numba_cache_dir,
     pca_project,
@@ -134,18 +135,18 @@ def test_projector_from_bundle_and_project_dispatch(tmp_path):
     weights = make_runtime_bundle(tmp_path / "bundle", latent_dim=6, projector=True)
     bundle = Bundle.load(tmp_path / "bundle")
     points = np.random.default_rng(0).normal(size=(30, 6)).astype(np.float32)
-    mapped = project(points, "projector", bundle=bundle)
+    mapped = project(points, ProjectionOptions(method="projector"), bundle=bundle)
     assert mapped.method == "projector" and mapped.params["latent_dim"] == 6
     assert mapped.params["provider"] == "CPUExecutionProvider"
     np.testing.assert_allclose(mapped.xy, mlp_reference(points, weights["projector"]), atol=1e-4)
     with pytest.raises(SenseError, match="needs a bundle"):
-        project(points, "projector")
+        project(points, ProjectionOptions(method="projector"))
     with pytest.raises(SenseError, match="method must be one of"):
-        project(points, "tsne")
+        project(points, ProjectionOptions(method="tsne"))
     bare = tmp_path / "bare"
     make_runtime_bundle(bare, labeler=False)
     with pytest.raises(SenseError, match="no projector model"):
-        project(points, "projector", bundle=Bundle.load(bare))
+        project(points, ProjectionOptions(method="projector"), bundle=Bundle.load(bare))
 
 
 def test_warmup_compiles_in_this_process(umap_maps):

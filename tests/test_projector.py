@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import make_ensemble, make_runtime_bundle
+from helpers import make_ensemble, make_runtime_bundle
 
 pytest.importorskip("torch")
 projector_module = pytest.importorskip("sense_training.projector")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, SENSE, make_ensemble, make_runtime_bundle, run_sense
+from helpers import REPO, SENSE, make_ensemble, make_runtime_bundle, run_sense
 
 from sense_core.cli import main
 from sense_core.embedding import read_embedding
@@ -147,8 +147,8 @@ def test_training_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path)
     runs = {name: tmp_path / name / "encoder_run" for name in ("whole", "cut")}
     states = {name: load_checkpoint(run / "checkpoint.pt") for name, run in runs.items()}
     assert states["cut"]["epoch"] == states["whole"]["epoch"] == 4
-    for key, value in states["whole"]["model"].items():
-        assert torch.equal(states["cut"]["model"][key], value), key
+    for key, value in states["whole"]["trainer"]["model"].items():
+        assert torch.equal(states["cut"]["trainer"]["model"][key], value), key
     for name in ("history.json", "metrics.json"):
         texts = [json.loads((run / name).read_text()) for run in runs.values()]
         assert _without_timings(texts[0]) == _without_timings(texts[1]), name
@@ -335,6 +335,7 @@ MODEL_ROWS = {
 
 
 @pytest.mark.parametrize("row", list(MODEL_ROWS))
+@pytest.mark.without_cuda("onnxruntime", cases=["CUDA unusable"])
 def test_unusable_models_give_one_clear_line(model_workspace, row, tmp_path, capsys):
     change, ensemble, options, message = MODEL_ROWS[row]
     bundle = model_workspace / "good"

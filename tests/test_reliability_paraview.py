@@ -1,26 +1,36 @@
 """The ParaView rows of the reliability table (docs/reliability.md): every bad input through the
 SENSE Ensemble Reader, and every unusable model through the SENSE Embedding filter, shows its
-message in Output Messages (ParaView's vtkOutputWindow) and leaves an empty output, and the
-session keeps working afterwards: one pvpython run for all rows (each start costs seconds), and
-one run of the GUI itself."""
+message in Output Messages (ParaView's vtkOutputWindow), fails the filter (a pvpython/pvbatch
+script sees the failure: sense_paraview.update_or_raise raises, the example scripts exit with
+status 1) and leaves an empty output, and the session keeps working afterwards: one pvpython
+run for all rows (each start costs seconds), and one run of the GUI itself."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-from conftest import REPO, make_ensemble, make_runtime_bundle, run_paraview_gui, run_paraview_script
+from helpers import (
+    make_ensemble,
+    make_runtime_bundle,
+    onnxruntime_cuda_works,
+    run_paraview_gui,
+    run_paraview_script,
+    run_sense,
+)
 from test_reliability import INPUT_ROWS, MODEL_ROWS, _broken_bundle
 
 from sense_core.io import write_ensemble
+from sense_paraview import plugin_file, scripts_dir
 
 pytestmark = pytest.mark.paraview
-PLUGIN = REPO / "plugin" / "sense_plugin.py"
+PLUGIN = plugin_file()  # package data of sense_paraview
 
 SCRIPT = """
 import os
 from paraview.simple import *
 from vtkmodules.vtkCommonCore import vtkCommand, vtkOutputWindow
+from sense_paraview import FilterError, update_or_raise
 
 LoadPlugin({plugin!r}, ns=globals())
 messages = []
@@ -34,34 +44,42 @@ def sense_messages():
     messages.clear()
     return found
 
+def failure(proxy):
+    try:
+        update_or_raise(proxy)
+    except FilterError as exc:
+        return str(exc)
+    return ""
+
 RESULT = {{"reader": {{}}, "filter": {{}}}}
 for name, path, limit in {reader_cases!r}:
     if limit:
         os.environ["SENSE_MEMORY_LIMIT"] = limit
     reader = SENSEEnsembleReader(FileName=path)
-    reader.UpdatePipeline()
+    failed = failure(reader)
     blocks = servermanager.Fetch(reader).GetNumberOfBlocks()
-    RESULT["reader"][name] = {{"blocks": blocks, "messages": sense_messages()}}
+    RESULT["reader"][name] = {{"blocks": blocks, "messages": sense_messages(), "failed": failed}}
     os.environ.pop("SENSE_MEMORY_LIMIT", None)
     Delete(reader)
 
 for name, source, bundle, device in {filter_cases!r}:
     reader = SENSEEnsembleReader(FileName=source)
     embedding = SENSEEmbedding(Input=reader, Bundle=bundle, Projection="PCA", Device=device)
-    embedding.UpdatePipeline()
+    failed = failure(embedding)
     points = servermanager.Fetch(embedding, idx=0)
     table = servermanager.Fetch(embedding, idx=1)
     RESULT["filter"][name] = {{
         "points": points.GetNumberOfPoints(),
         "rows": table.GetNumberOfRows(),
         "messages": sense_messages(),
+        "failed": failed,
     }}
     Delete(embedding)
     Delete(reader)
 """
 
 
-def test_every_failure_reaches_output_messages_with_an_empty_output(tmp_path):
+def test_every_failure_fails_the_filter_and_reaches_output_messages(tmp_path):
     reader_cases, reader_expected = [], {}
     for number, (row, (build, message)) in enumerate(INPUT_ROWS.items()):
         folder = tmp_path / f"input{number}"
@@ -77,6 +95,8 @@ def test_every_failure_reaches_output_messages_with_an_empty_output(tmp_path):
     make_runtime_bundle(models / "good")
     filter_cases, filter_expected = [], {}
     for row, (change, ensemble, options, message) in MODEL_ROWS.items():
+        if "--device" in options and onnxruntime_cuda_works():
+            continue  # CUDA works here: the 'CUDA unusable' row cannot happen
         bundle = models / "good"
         if change is not None:
             bundle = _broken_bundle(models, row.replace(" ", "_"), change)
@@ -94,12 +114,32 @@ def test_every_failure_reaches_output_messages_with_an_empty_output(tmp_path):
         outcome = result["reader"][row]
         assert outcome["blocks"] == 0, row
         assert len(outcome["messages"]) == 1 and message in outcome["messages"][0], (row, outcome)
+        assert message in outcome["failed"], (row, outcome)  # the script can tell it failed
     for row, message in filter_expected.items():
         outcome = result["filter"][row]
         assert outcome["points"] == outcome["rows"] == 0, row
         assert any(message in text for text in outcome["messages"]), (row, outcome)
+        assert message in outcome["failed"], (row, outcome)
     # the session survived every failure: the same pipeline with a good bundle works
-    assert result["filter"]["good bundle afterwards"] == {"points": 12, "rows": 12, "messages": []}
+    assert result["filter"]["good bundle afterwards"] == {
+        "points": 12,
+        "rows": 12,
+        "messages": [],
+        "failed": "",
+    }
+
+
+@pytest.mark.parametrize("script", ["embed_ensemble.py", "render_members.py"])
+def test_example_scripts_exit_with_an_error_on_a_failed_filter(tmp_path, script):
+    """The pvbatch example scripts stop with the filter's message and exit status 1."""
+    missing = tmp_path / "missing.npz"
+    arguments = {
+        "embed_ensemble.py": [str(missing), str(tmp_path / "out"), "--projection", "pca"],
+        "render_members.py": [str(missing), str(tmp_path / "shot.png"), "run1"],
+    }[script]
+    completed = run_sense("pvbatch", str(scripts_dir() / script), *arguments, check=False)
+    assert completed.returncode == 1, completed.stderr[-3000:]
+    assert f"{script}: error: {missing}: file not found" in completed.stderr
 
 
 GUI_SCRIPT = """

@@ -7,7 +7,7 @@ import json
 import math
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 RESULTS = json.loads((REPO / "docs" / "results.json").read_text())
 REQUIRED = ("best_sense", "plain_ae", "umap_raw", "pca_raw")

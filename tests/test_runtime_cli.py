@@ -11,12 +11,13 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO, make_ensemble, make_runtime_bundle, mlp_reference, run_sense
+from helpers import REPO, make_ensemble, make_runtime_bundle, mlp_reference, run_sense
 
+from sense_core.bundle import describe_bundle, print_bundle_summary
 from sense_core.embedding import embed_ensemble, read_embedding, reproject, write_outputs
 from sense_core.errors import SenseError
 from sense_core.io import write_ensemble
-from sense_core.runtime_cli import describe_bundle, print_bundle_summary
+from sense_core.projection import ProjectionOptions
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +119,7 @@ def test_outputs_are_not_replaced_without_overwrite(workspace):
     assert (out / "embedding.csv").read_text().startswith("member_id,")
 
 
+@pytest.mark.without_cuda("onnxruntime")
 def test_clear_errors(workspace, tmp_path):
     root, _, _ = workspace
     cuda = run_sense(
@@ -168,7 +170,9 @@ def test_clear_errors(workspace, tmp_path):
 
 def test_project_again_from_a_saved_embedding(workspace):
     root, ensemble, _ = workspace
-    embedded = embed_ensemble(ensemble, root / "full", projection="projector", metrics=False)
+    embedded = embed_ensemble(
+        ensemble, root / "full", projection=ProjectionOptions(method="projector"), metrics=False
+    )
     source = write_outputs(embedded, root / "out_for_project", plot=False)["npz"]
     result = run_sense("project", str(source), "--out", str(root / "out_pca"), "--method", "pca")
     assert "projection: pca" in result.stdout
@@ -185,12 +189,16 @@ def test_project_again_from_a_saved_embedding(workspace):
 
 def test_embed_in_process_with_umap_and_reproject_with_the_projector(workspace):
     root, ensemble, _ = workspace
-    embedding = embed_ensemble(ensemble, root / "full", projection="umap", seed=1)
+    embedding = embed_ensemble(
+        ensemble, root / "full", projection=ProjectionOptions(method="umap", seed=1)
+    )
     assert embedding.provenance["projection"]["params"]["knn"] == "exact"
     assert embedding.provenance["projection"]["params"]["seed"] == 1
     from sense_core.bundle import Bundle
 
-    projected = reproject(embedding, "projector", bundle_folder=root / "full")
+    projected = reproject(
+        embedding, ProjectionOptions(method="projector"), bundle_folder=root / "full"
+    )
     assert Bundle.load(root / "full").model("projector").details["latent_dim"] == 6
     assert projected.xy.shape == (60, 2)
     assert (
@@ -205,7 +213,9 @@ def test_embed_in_process_with_umap_and_reproject_with_the_projector(workspace):
 def test_projector_output_matches_its_reference(workspace, tmp_path):
     root, ensemble, _ = workspace
     weights = make_runtime_bundle(tmp_path / "b", projector=True)
-    embedding = embed_ensemble(ensemble, tmp_path / "b", projection="auto", metrics=False)
+    embedding = embed_ensemble(
+        ensemble, tmp_path / "b", projection=ProjectionOptions(), metrics=False
+    )
     np.testing.assert_allclose(
         embedding.xy, mlp_reference(embedding.latents, weights["projector"]), atol=1e-4
     )

@@ -39,7 +39,7 @@ def test_member_view_titles_each_image_in_its_top_left_corner():
     from vtkmodules.util.numpy_support import vtk_to_numpy
     from vtkmodules.vtkCommonCore import vtkIdList
 
-    from sense_core.vtk_views import MEMBER_VIEW_BLOCKS, member_view_from_fields
+    from sense_paraview.vtk_views import MEMBER_VIEW_BLOCKS, member_view_from_fields
 
     fields = np.random.default_rng(0).normal(size=(3, 1, 12, 10)).astype(np.float32)
     ids = ["run3", "run7", "a-much-longer-member-name"]

@@ -7,7 +7,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from conftest import make_ensemble
+from helpers import make_ensemble
 
 torch = pytest.importorskip("torch")
 

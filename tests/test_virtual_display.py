@@ -6,7 +6,7 @@ import ctypes
 import os
 from multiprocessing import get_context
 
-from sense_core.paraview_env import paraview_environment, start_virtual_display
+from sense_paraview.launcher import paraview_environment, start_virtual_display
 
 # No skip without Xvfb: scripts/setup.sh installs it, and the ParaView tests need it too.
 

@@ -1,10 +1,13 @@
-"""``sense`` subcommands of the training package: ``train-labeler`` and ``pseudo-label``.
+"""``sense`` subcommands of the training package: ``train-labeler``, ``pseudo-label``,
+``train-encoder``, ``evaluate``, ``fit`` and ``experiment``.
 
-:func:`add_parser` is called by :func:`sense_core.cli.build_parser` for every ``sense``
-invocation, so this module imports nothing heavy: torch, timm and onnx load inside the handlers.
-Each subcommand has one ``_add_<name>`` function that registers it (``parser.set_defaults(
-handler=fn)``, ``fn(args) -> int``); add new subcommands the same way. User errors are raised as
-:class:`sense_core.errors.SenseError` and printed by ``sense`` as one line.
+:func:`add_parser` is called for every ``sense`` invocation, so this module imports nothing
+heavy: torch, timm, umap and onnx load inside the handlers. The training options are generated
+from the configuration dataclasses (:mod:`sense_training.config`, :mod:`sense_core.options`):
+defaults and help are written once, there. Handlers only parse, build the configurations, call
+the library (:mod:`sense_training.pipeline`, the trainers, :mod:`sense_core.pseudo_labels`) and
+print. User errors are raised as :class:`sense_core.errors.SenseError` and printed by ``sense``
+as one line.
 """
 
 from __future__ import annotations
@@ -16,31 +19,93 @@ from pathlib import Path
 
 from sense_core.cli_options import add_reader_options, open_from_args
 from sense_core.errors import SenseError
+from sense_core.options import add_options, config_from_args, option_dest
+from sense_core.pseudo_labels import PseudoLabelOptions
+from sense_training.config import EncoderConfig, LabelerConfig
+from sense_training.evaluation import EvaluationConfig
 
-# Defaults of the labeler's training options; tests check them against LabelerConfig.
-LABELER_DEFAULTS = {
-    "architecture": "tf_efficientnetv2_b0",
-    "epochs": 30,
-    "batch_size": 32,
-    "learning_rate": 2e-3,
-    "weight_decay": 0.05,
-    "patience": 6,
-    "balance": "loss",
-    "augment": "none",
-    "fractions": (0.7, 0.15, 0.15),
-    "split_seed": 0,
-    "seed": 0,
-    "threads": 1,
-    "device": "auto",
-    "drop_rate": 0.2,
-    "label_smoothing": 0.0,
-}
+TRAIN_LABELER_DESCRIPTION = """\
+Train a timm EfficientNetV2 classifier (random init, no download) on the hand-labeled members:
+stratified train/validation/test split by member id, class-balanced loss, AdamW with a cosine
+learning rate, early stopping on the validation loss, the test split evaluated once at the end.
+Writes labeler.onnx and sense.json into the bundle folder OUT and metrics.json,
+confusion_matrix.png, training_curves.png and checkpoint.pt into the run folder
+(OUT/labeler_run). A checkpoint is saved after every epoch: --resume continues an interrupted run.
+"""
+
+PSEUDO_LABEL_DESCRIPTION = """\
+Run the bundle's ONNX labeler over every member and write the ensemble again with labels = the
+hand label where there is one, else the predicted class (or -1 when its softmax confidence is
+below --threshold), and metadata label_source (manual/pseudo/none), confidence (1 for manual),
+pseudo_label and pseudo_confidence (the model's verdict on every member) and split (the labeler's
+train/validation/test split of the hand labels; pseudo-labeled members are 'train').
+"""
+
+TRAIN_ENCODER_DESCRIPTION = """\
+Train a convolutional autoencoder (ae) or beta-VAE (vae) on an ensemble and export its encoder
+(normalised fields -> latent; the VAE exports mu) to ONNX into a model bundle (encoder.onnx +
+sense.json), next to a labeler if the bundle has one. The latent space is shaped by the chosen
+loss terms: recon (MSE on normalised fields, + beta_norm*KL for the VAE), cluster (soft
+silhouette on the latent vectors with memberships from the labels) and contrastive (margin or
+SupCon). Labels: the hand labels of the training split, plus pseudo-labels when the ensemble
+was pseudo-labelled (metadata label_source/confidence). Train and validation losses are
+monitored every epoch (curves in <bundle>/encoder_run/loss_curves.png); a checkpoint after every
+epoch allows --resume. See docs/encoder.md for the formulas.
+
+If cluster_gap (validation minus training clustering loss, hand-labeled members on both sides)
+grows past ~0.10, the clustering loss memorises the training members. What helped in
+docs/encoder.md: pseudo-labels for the unlabelled members (sense fit), --augment shift where a
+structure's position is not part of its class (24-36 epochs), and with hand labels only
+--augment shift --trim-fraction 0.3 --epochs 36.
+"""
+
+EVALUATE_DESCRIPTION = """\
+Score encoders as in the paper: the latent vectors of the hand-labeled test members are mapped to
+2D with UMAP (seeded) and the silhouette of the 2D points against the hand labels is reported
+(mean +- sd over --seeds), with latent-space silhouette, k-NN accuracy, k-means ARI,
+trustworthiness and reconstruction error, next to raw-field baselines (PCA(2), UMAP). Writes
+evaluation.json/.csv/.md and maps.png into --out.
+"""
+
+FIT_DESCRIPTION = """\
+Everything in one go: train the labeler on the hand-labeled members, pseudo-label the others,
+train the encoder with the pseudo-labels, export both into the bundle folder --out, map the
+encoder's training latents with UMAP and train the parametric projector that reproduces that map
+(projector.onnx, its fidelity in sense.json), and evaluate (report in <out>/evaluation). Stage
+times, the machine's load, labeler accuracy, 2D test silhouettes and the projector's fidelity go
+to <out>/fit_report.json. Profiles: quick (minutes on 2 cores for ~2,000 members of 32-64 px)
+and paper (the paper's settings: beta-VAE, latent 256, 100 epochs). Encoder and labeler options
+override the profile's settings (the defaults shown are the quick profile's); --seed, --threads
+and --device also apply to the labeler unless --labeler-... is given, and the labeler uses the
+encoder's split.
+"""
+
+EXPERIMENT_DESCRIPTION = """\
+Run a grid of encoder trainings on one ensemble and compare them with the baselines. The TOML
+file names the data and output folder, fixed encoder settings ([base], EncoderConfig fields such
+as epochs, latent_dim, dropout) and the values to combine ([grid], lists: e.g. losses =
+["recon", "recon,cluster"], arch = ["ae", "vae"]). Each combination is trained into
+<out>/<name>/ (a bundle); then all are evaluated together (evaluation.md/.csv/.json, maps.png,
+summary.json with the best SENSE variant, the plain AE and the baselines). Instead of (or besides)
+a grid, [[variant]] tables list named variants (name = "plain_ae", losses = "recon", ...).
+Training seeds: train_seeds = [0, 1, 2] trains every variant once per seed into
+<out>/<name>/seed<k>/, evaluates each seed's bundles into <out>/seed<k>/ (baselines with the
+first seed) and reports every variant's mean +- sd over the seeds in <out>/summary.json; a
+[[variant]] may set its own train_seeds. seeds = [...] are the UMAP seeds of the evaluation.
+"""
+
+# Options of `fit` that set the labeler too, unless given as --labeler-...
+SHARED_RUN_OPTIONS = ("seed", "threads", "device")
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     """Register the training package's subcommands on ``sense``'s subparsers."""
     _add_train_labeler(commands)
     _add_pseudo_label(commands)
+    _add_train_encoder(commands)
+    _add_evaluate(commands)
+    _add_fit(commands)
+    _add_experiment(commands)
 
 
 # --------------------------------------------------------------------------- shared options
@@ -68,107 +133,28 @@ def _add_progress_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _vector_pair(text: str) -> list[int]:
-    try:
-        x, y = (int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected two channel indices X,Y, got {text!r}"
-        ) from None
-    return [x, y]
+def _command(args: argparse.Namespace) -> list[str]:
+    """The command line being run: the argv that main() parsed, when it keeps it."""
+    return ["sense", *getattr(args, "argv", sys.argv[1:])]
+
+
+def _add_evaluation_options(parser: argparse.ArgumentParser) -> None:
+    add_options(parser, EvaluationConfig(), group_title="evaluation")
 
 
 # --------------------------------------------------------------------------- train-labeler
 def _add_train_labeler(commands: argparse._SubParsersAction) -> None:
-    d = LABELER_DEFAULTS
     parser = commands.add_parser(
         "train-labeler",
         help="train the EfficientNetV2 labeler on the hand-labeled members (stage 1)",
-        description="Train a timm EfficientNetV2 classifier (random init, no download) on the "
-        "hand-labeled members: stratified train/validation/test split by member id, class-"
-        "balanced loss, AdamW with a cosine learning rate, early stopping on the validation "
-        "loss, the test split evaluated once at the end. Writes labeler.onnx and sense.json "
-        "into the bundle folder OUT and metrics.json, confusion_matrix.png, "
-        "training_curves.png and checkpoint.pt into the run folder (OUT/labeler_run). "
-        "A checkpoint is saved after every epoch: --resume continues an interrupted run.",
+        description=TRAIN_LABELER_DESCRIPTION,
     )
     _add_data_options(parser)
     parser.add_argument("--out", required=True, metavar="BUNDLE_DIR", help="bundle folder")
     parser.add_argument(
         "--run-dir", default=None, help="checkpoint, metrics and plots (default OUT/labeler_run)"
     )
-    parser.add_argument(
-        "--architecture",
-        default=d["architecture"],
-        help=f"timm model name (default {d['architecture']}; EfficientNetV2 variants: "
-        "tf_efficientnetv2_b0..b3, efficientnetv2_rw_t, ...)",
-    )
-    parser.add_argument("--epochs", type=int, default=d["epochs"], help="at most (%(default)s)")
-    parser.add_argument("--batch-size", type=int, default=d["batch_size"], help="(%(default)s)")
-    parser.add_argument(
-        "--lr",
-        dest="learning_rate",
-        type=float,
-        default=d["learning_rate"],
-        help="peak learning rate of AdamW (%(default)s)",
-    )
-    parser.add_argument(
-        "--weight-decay", type=float, default=d["weight_decay"], help="AdamW (%(default)s)"
-    )
-    parser.add_argument(
-        "--patience",
-        type=int,
-        default=d["patience"],
-        help="stop after this many epochs without a better validation loss; 0 = never "
-        "(%(default)s)",
-    )
-    parser.add_argument(
-        "--balance",
-        choices=("loss", "sampler", "none"),
-        default=d["balance"],
-        help="class balance: class-weighted loss, balanced sampling, or none (%(default)s)",
-    )
-    parser.add_argument(
-        "--augment",
-        default=d["augment"],
-        help="random symmetries the physics allows, comma-separated: hflip (left/right), "
-        "vflip (top/bottom), rot90 (square members), shift (translation by up to 1/8 of the "
-        "size, mirrored border), hshift (left/right only); none (default). E.g. a flow from left "
-        "to right must not be flipped left/right; gravity pointing down forbids vflip",
-    )
-    parser.add_argument(
-        "--vector-channels",
-        dest="vector_pairs",
-        type=_vector_pair,
-        action="append",
-        default=[],
-        metavar="X,Y",
-        help="channels X,Y hold a vector's components (+x right, +y up); augmentation "
-        "transforms them as a vector (repeatable)",
-    )
-    parser.add_argument(
-        "--fractions",
-        type=float,
-        nargs=3,
-        default=d["fractions"],
-        metavar=("TRAIN", "VAL", "TEST"),
-        help="split of the labeled members (default 0.7 0.15 0.15; a preset 'split' metadata "
-        "column wins)",
-    )
-    parser.add_argument("--split-seed", type=int, default=d["split_seed"], help="(%(default)s)")
-    parser.add_argument("--seed", type=int, default=d["seed"], help="training seed (%(default)s)")
-    parser.add_argument(
-        "--threads", type=int, default=d["threads"], help="torch CPU threads (%(default)s)"
-    )
-    parser.add_argument(
-        "--device", choices=("auto", "cpu", "cuda"), default=d["device"], help="(%(default)s)"
-    )
-    parser.add_argument(
-        "--drop-rate", type=float, default=d["drop_rate"], help="dropout before the classifier"
-    )
-    parser.add_argument(
-        "--label-smoothing", type=float, default=d["label_smoothing"], help="(%(default)s)"
-    )
+    add_options(parser, LabelerConfig(), group_title="labeler")
     parser.add_argument(
         "--resume",
         action="store_true",
@@ -183,16 +169,11 @@ def _add_train_labeler(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_run_train_labeler)
 
 
-def labeler_config_options(args: argparse.Namespace) -> dict:
-    """The LabelerConfig fields given by parsed ``train-labeler`` arguments."""
-    return {name: getattr(args, name) for name in (*LABELER_DEFAULTS, "vector_pairs")}
-
-
 def _run_train_labeler(args: argparse.Namespace) -> int:
-    from sense_training.labeler import LabelerConfig, train_labeler
+    from sense_training.labeler import train_labeler
 
     store = _open_data(args)
-    config = LabelerConfig(**labeler_config_options(args))
+    config = config_from_args(LabelerConfig(), args)
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     try:
         result = train_labeler(
@@ -202,7 +183,7 @@ def _run_train_labeler(args: argparse.Namespace) -> int:
             run_dir=args.run_dir,
             resume=args.resume,
             overwrite=args.overwrite,
-            command=["sense", *sys.argv[1:]],
+            command=_command(args),
             progress=_progress(args),
             log=log,
         )
@@ -211,7 +192,13 @@ def _run_train_labeler(args: argparse.Namespace) -> int:
         raise
     if not result.is_main:
         return 0  # another rank of a torchrun run: rank 0 reports
-    metrics = result.metrics
+    _print_labeler_result(result.metrics)
+    print(f"bundle: {Path(args.out) / 'sense.json'} + labeler.onnx")
+    print(f"metrics and plots: {result.run_dir}")
+    return 0
+
+
+def _print_labeler_result(metrics: dict) -> None:
     parts = []
     for part in ("test", "validation"):
         scores = metrics[part]
@@ -227,9 +214,6 @@ def _run_train_labeler(args: argparse.Namespace) -> int:
         f"{metrics['best_epoch']} of {metrics['epochs_run']}, {metrics['train_seconds']:.0f} s "
         "training"
     )
-    print(f"bundle: {Path(args.out) / 'sense.json'} + labeler.onnx")
-    print(f"metrics and plots: {result.run_dir}")
-    return 0
 
 
 # --------------------------------------------------------------------------- pseudo-label
@@ -237,31 +221,12 @@ def _add_pseudo_label(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "pseudo-label",
         help="label every unlabeled member with the bundle's labeler (class + confidence)",
-        description="Run the bundle's ONNX labeler over every member and write the ensemble "
-        "again with labels = the hand label where there is one, else the predicted class "
-        "(or -1 when its softmax confidence is below --threshold), and metadata label_source "
-        "(manual/pseudo/none), confidence (1 for manual), pseudo_label and pseudo_confidence "
-        "(the model's verdict on every member) and split (the labeler's train/validation/test "
-        "split of the hand labels; pseudo-labeled members are 'train').",
+        description=PSEUDO_LABEL_DESCRIPTION,
     )
     _add_data_options(parser)
     parser.add_argument("--bundle", required=True, help="bundle folder with labeler.onnx")
     parser.add_argument("--out", required=True, help="output ensemble (.npz or folder)")
-    parser.add_argument(
-        "--threshold",
-        type=float,
-        default=0.0,
-        help="keep pseudo-labels with a softmax confidence of at least this (0..1; default 0: "
-        "keep all)",
-    )
-    parser.add_argument("--batch-size", type=int, default=256, help="members per batch (256)")
-    parser.add_argument(
-        "--device",
-        choices=("auto", "cpu", "cuda"),
-        default="auto",
-        help="onnxruntime provider: CUDA when available (auto), or forced (the provider really "
-        "used is reported)",
-    )
+    add_options(parser, PseudoLabelOptions(), group_title="pseudo-labels")
     parser.add_argument(
         "--member-format",
         choices=("vti", "npy"),
@@ -278,21 +243,15 @@ def _run_pseudo_label(args: argparse.Namespace) -> int:
     from sense_core.bundle import Bundle
     from sense_core.io import write_ensemble
     from sense_core.io.atomic import atomic_write_text
-    from sense_training.labeler import pseudo_label, pseudo_labeled_store
+    from sense_core.pseudo_labels import pseudo_label, pseudo_labeled_store
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise SenseError(f"{out} already exists (pass --overwrite to replace it)")
+    options = config_from_args(PseudoLabelOptions(), args)
     store = _open_data(args)
     bundle = Bundle.load(args.bundle)
-    result = pseudo_label(
-        store,
-        bundle,
-        args.threshold,
-        batch_size=args.batch_size,
-        device=args.device,
-        progress=_progress(args),
-    )
+    result = pseudo_label(store, bundle, **options.arguments(), progress=_progress(args))
     labeled = pseudo_labeled_store(store, result, bundle)
     write_ensemble(
         labeled,
@@ -311,7 +270,7 @@ def _run_pseudo_label(args: argparse.Namespace) -> int:
         atomic_write_text(args.summary_json, json.dumps(summary, indent=2) + "\n")
     print(
         f"{summary['members']} members: {summary['manual']} manual, {summary['pseudo']} "
-        f"pseudo-labeled, {summary['none']} below the threshold {args.threshold:g}; "
+        f"pseudo-labeled, {summary['none']} below the threshold {options.threshold:g}; "
         f"onnxruntime provider {summary['provider']}"
     )
     print("pseudo-labels per class: " + ", ".join(
@@ -320,4 +279,205 @@ def _run_pseudo_label(args: argparse.Namespace) -> int:
     if summary["agreement_with_manual_labels"] is not None:
         print(f"agreement with the hand labels: {summary['agreement_with_manual_labels']:.4f}")
     print(f"wrote {out}")
+    return 0
+
+
+# --------------------------------------------------------------------------- train-encoder
+def _add_train_encoder(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "train-encoder",
+        help="train an AE / beta-VAE with latent-space losses and export it into a bundle",
+        description=TRAIN_ENCODER_DESCRIPTION,
+    )
+    _add_data_options(parser)
+    parser.add_argument("--bundle", required=True, help="bundle folder (created if missing)")
+    parser.add_argument("--run-dir", help="checkpoints, curves, metrics (<bundle>/encoder_run)")
+    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="replace the bundle's encoder")
+    parser.add_argument(
+        "--evaluate",
+        action="store_true",
+        help="evaluate afterwards (report in <bundle>/evaluation)",
+    )
+    add_options(parser, EncoderConfig(), group_title="encoder")
+    _add_evaluation_options(parser)
+    parser.set_defaults(handler=_run_train_encoder)
+
+
+def _run_train_encoder(args: argparse.Namespace) -> int:
+    from sense_training.encoder import train_encoder
+    from sense_training.pipeline import evaluate_and_report
+
+    config = config_from_args(EncoderConfig(), args)
+    store = _open_data(args)
+    result = train_encoder(
+        store,
+        args.bundle,
+        config,
+        run_dir=args.run_dir,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        command=_command(args),
+    )
+    if not result.is_main:
+        return 0  # another rank of a torchrun run: rank 0 reports
+    metrics = result.metrics
+    selected = metrics.get("selected", {})
+    print(
+        f"encoder written to {Path(args.bundle) / 'encoder.onnx'} (epoch "
+        f"{metrics['selected_epoch'] + 1}, validation objective "
+        f"{selected.get('val_total', float('nan')):.4f}, ONNX parity "
+        f"{metrics['export']['max_abs_diff_real'] or 0:.1e}); curves in "
+        f"{result.run_dir / 'loss_curves.png'}"
+    )
+    if args.evaluate:
+        evaluation = config_from_args(EvaluationConfig(), args)
+        evaluate_and_report(
+            store, {"sense": args.bundle}, Path(args.bundle) / "evaluation", evaluation
+        )
+    return 0
+
+
+# --------------------------------------------------------------------------- evaluate
+def _add_evaluate(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "evaluate",
+        help="score encoders: 2D test silhouette (paper's metric) and more, with baselines",
+        description=EVALUATE_DESCRIPTION,
+    )
+    _add_data_options(parser)
+    parser.add_argument(
+        "--bundle",
+        action="append",
+        default=[],
+        metavar="[NAME=]FOLDER",
+        help="a bundle with an encoder (repeat to compare)",
+    )
+    parser.add_argument("--out", required=True, help="report folder")
+    _add_evaluation_options(parser)
+    parser.set_defaults(handler=_run_evaluate)
+
+
+def _parse_bundles(values: list[str]) -> dict[str, str]:
+    bundles: dict[str, str] = {}
+    for value in values:
+        name, sep, folder = value.partition("=")
+        if not sep:
+            name, folder = Path(value).name or value, value
+        if name in bundles:
+            raise SenseError(f"two bundles are named {name!r}; use NAME=FOLDER")
+        bundles[name] = folder
+    return bundles
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from sense_training.pipeline import evaluate_and_report
+
+    evaluation = config_from_args(EvaluationConfig(), args)
+    store = _open_data(args)
+    evaluate_and_report(store, _parse_bundles(args.bundle), Path(args.out), evaluation)
+    return 0
+
+
+# --------------------------------------------------------------------------- fit
+LABELER_PREFIX = "labeler-"
+
+
+def _add_fit(commands: argparse._SubParsersAction) -> None:
+    from sense_training.pipeline import PROFILES, profile_configs
+
+    parser = commands.add_parser(
+        "fit",
+        help="labeler -> pseudo-labels -> encoder -> projector -> evaluation into one bundle",
+        description=FIT_DESCRIPTION,
+    )
+    _add_data_options(parser)
+    parser.add_argument("--out", required=True, help="bundle folder")
+    parser.add_argument(
+        "--profile", choices=tuple(PROFILES), default="quick", help="named settings (quick)"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace models in --out")
+    parser.add_argument(
+        "--compress-labeler",
+        action="store_true",
+        help="store the labeler's weights as int8 (about 4x smaller file, float compute; "
+        "the change is measured and recorded in sense.json)",
+    )
+    parser.add_argument(
+        "--no-projector",
+        action="store_true",
+        help="do not train the parametric projector (projector.onnx)",
+    )
+    quick = profile_configs("quick")
+    add_options(
+        parser, PseudoLabelOptions(), group_title="pseudo-labels", skip=("batch_size", "device")
+    )
+    add_options(parser, quick.projector, group_title="projector")
+    add_options(parser, quick.encoder, group_title="encoder")
+    add_options(
+        parser,
+        quick.labeler,
+        prefix=LABELER_PREFIX,
+        group_title="labeler",
+        skip=("split",),
+        aliases={"architecture": ("--labeler-arch",)},
+    )
+    _add_evaluation_options(parser)
+    parser.set_defaults(handler=_run_fit)
+
+
+def fit_configs(args: argparse.Namespace):
+    """The labeler and encoder configurations of parsed ``fit`` options: the profile's, with
+    the options given applied (see FIT_DESCRIPTION for the shared ones)."""
+    from sense_training.pipeline import profile_configs
+
+    profile = profile_configs(args.profile)
+    encoder = config_from_args(profile.encoder, args)
+    shared = {
+        name: getattr(encoder.run, name)
+        for name in SHARED_RUN_OPTIONS
+        if getattr(args, option_dest(("run", name)), None) is not None
+    }
+    labeler = profile.labeler.updated({"run": shared, "split": encoder.split.to_dict()})
+    return config_from_args(labeler, args, prefix=LABELER_PREFIX), encoder
+
+
+def _run_fit(args: argparse.Namespace) -> int:
+    from sense_training.pipeline import fit
+
+    labeler, encoder = fit_configs(args)
+    options = config_from_args(PseudoLabelOptions(), args)
+    fit(
+        _open_data(args),
+        args.out,
+        profile=args.profile,
+        labeler=labeler,
+        encoder=encoder,
+        evaluation=config_from_args(EvaluationConfig(), args),
+        threshold=options.threshold,
+        overwrite=args.overwrite,
+        compress_labeler=args.compress_labeler,
+        projector=not args.no_projector,
+        projector_points=getattr(args, option_dest(("max_points",))),
+        command=_command(args),
+    )
+    return 0
+
+
+# --------------------------------------------------------------------------- experiment
+def _add_experiment(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "experiment",
+        help="train a grid of encoders and compare them with the baselines",
+        description=EXPERIMENT_DESCRIPTION,
+    )
+    parser.add_argument("--config", required=True, help="grid TOML file")
+    parser.add_argument("--overwrite", action="store_true", help="retrain existing variants")
+    parser.set_defaults(handler=_run_experiment)
+
+
+def _run_experiment(args: argparse.Namespace) -> int:
+    from sense_training.pipeline import run_experiment
+
+    run_experiment(args.config, overwrite=args.overwrite, command=_command(args))
     return 0

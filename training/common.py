@@ -35,7 +35,7 @@ from sense_core.errors import SenseError
 from sense_core.io.atomic import atomic_path
 
 CHECKPOINT_FORMAT = "sense-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: the nested format of sense_training.loop
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
 

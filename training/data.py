@@ -29,9 +29,9 @@ from torch.utils.data import Dataset, Sampler
 from sense_core.ensemble import UNLABELED, MemberStore, NormalizationStats
 from sense_core.errors import SenseError
 from sense_training.common import epoch_seed, torch_generator
+from sense_training.config import AUGMENTATION_OPS, augmentation_ops
 from sense_training.distributed import DistributedContext, RankShare
 
-AUGMENTATION_OPS = ("hflip", "vflip", "rot90", "shift", "hshift")
 # ``shift`` moves a field by up to this fraction of its height / width (rounded, at least 1 px).
 SHIFT_FRACTION = 1 / 8
 # Members whose raw fields fit under this many bytes are read once and kept in memory.
@@ -69,14 +69,7 @@ class Augmentation:
     @classmethod
     def parse(cls, text: str | None, vector_pairs: Sequence[Sequence[int]] = ()) -> Augmentation:
         """From a comma-separated list of ops (``"hflip,vflip"``, ``"rot90"``) or ``"none"``."""
-        ops = {op.strip().lower() for op in (text or "none").split(",") if op.strip()}
-        ops.discard("none")
-        unknown = ops - set(AUGMENTATION_OPS)
-        if unknown:
-            raise SenseError(
-                f"unknown augmentation {sorted(unknown)}; choose from "
-                f"{', '.join(AUGMENTATION_OPS)} (comma-separated) or none"
-            )
+        ops = augmentation_ops(text)
         pairs = tuple((int(a), int(b)) for a, b in vector_pairs)
         return cls(hflip="hflip" in ops, vflip="vflip" in ops, rot90="rot90" in ops,
                    shift="shift" in ops, hshift="hshift" in ops,

@@ -55,6 +55,12 @@ def _env_int(name: str, default: int) -> int:
         raise SenseError(f"environment variable {name}={value!r} is not an integer") from error
 
 
+def launched_rank() -> int:
+    """This process's rank as ``torchrun`` set it (0 outside ``torchrun``), known before
+    :func:`init_distributed` joins the process group."""
+    return _env_int("RANK", 0) if _env_int("WORLD_SIZE", 1) > 1 else 0
+
+
 def init_distributed(device: torch.device) -> DistributedContext:
     """Join the process group ``torchrun`` set up (``WORLD_SIZE`` > 1), else a 1-process context.
 

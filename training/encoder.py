@@ -14,8 +14,9 @@ Data and labels (:func:`training_parts`):
 - normalisation statistics come from the training members, or from the bundle when it already
   has them (one normalisation per bundle).
 
-Training (:func:`train_encoder`): Adam, the joint loss of :mod:`sense_training.losses`, batches
-from :class:`~sense_training.losses.ClassBatchSampler` when a latent term is used (every class in
+Training (:func:`train_encoder`, an :class:`EncoderTrainer` run by :mod:`sense_training.loop`):
+Adam, the joint loss of :mod:`sense_training.losses`, batches from
+:class:`~sense_training.losses.ClassBatchSampler` when a latent term is used (every class in
 a batch has a positive). After every epoch the model is scored *in evaluation mode* on the whole
 validation part and on a fixed sample (``monitor_members``) of the *hand-labeled* training
 members (:func:`monitor_pool`), each loss term separately: ``train_cluster`` vs
@@ -25,11 +26,10 @@ Remedies offered: the trimmed silhouette loss (``trim_fraction``, ramped over
 batches' codes (``memory_size``), a linear warm-up of λ (``warmup_epochs``), confidence-weighted
 or soft memberships, stronger dropout, augmentation (``augment``), an exponential moving average
 of the weights (``ema_decay``: scoring, selection and export use the averaged model), and
-keeping the epoch with the lowest validation
-objective (``select="best"``, early stopping with ``patience``); see docs/encoder.md for which
-of them helped. A checkpoint is written after each epoch;
-``resume=True`` continues a run and ends with the same weights as an uninterrupted one (every
-epoch's randomness is derived from ``(seed, epoch)``).
+keeping the epoch with the lowest validation objective (the loop's selection value;
+``select="best"``, early stopping with ``run.patience``); see docs/encoder.md for which of them
+helped. Checkpoints, resume (the same weights as an uninterrupted run: every epoch's randomness
+is derived from ``(seed, epoch)``), ``torchrun`` and the export are the loop's.
 
 Outputs in the run folder (default ``<bundle>/encoder_run``): ``checkpoint.pt``,
 ``history.json``, ``loss_curves.png``, ``metrics.json``; in the bundle: ``encoder.onnx``
@@ -39,20 +39,17 @@ Outputs in the run folder (default ``<bundle>/encoder_run``): ``checkpoint.pt``,
 
 from __future__ import annotations
 
-import json
 import os
-import shlex
-import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from sense_core.bundle import Bundle, add_model, new_manifest, read_manifest
+from sense_core.bundle import Bundle
 from sense_core.ensemble import (
     PRESET_SPLIT_KEY,
     UNLABELED,
@@ -62,40 +59,20 @@ from sense_core.ensemble import (
     split_hand_labeled,
 )
 from sense_core.errors import SenseError
-from sense_core.io.atomic import atomic_write_text
-from sense_training.common import (
-    History,
-    choose_device,
-    configure_threads,
-    describe_device,
-    epoch_seed,
-    load_checkpoint,
-    plot_history,
-    save_checkpoint,
-    seed_everything,
-    training_versions,
-)
+from sense_training.common import History, epoch_seed, load_checkpoint
+from sense_training.config import SELECT_CHOICES, EncoderConfig
 from sense_training.data import Augmentation, EnsembleDataset, EpochShuffleSampler
-from sense_training.distributed import (
-    RankShare,
-    barrier,
-    broadcast_flag,
-    device_for,
-    init_distributed,
-    mean_over_ranks,
-    shutdown,
-    wrap_model,
+from sense_training.distributed import RankShare, mean_over_ranks, wrap_model
+from sense_training.export import ExportReport
+from sense_training.loop import (
+    Trainer,
+    TrainingRun,
+    bundle_normalization,
+    export_to_bundle,
+    run_training,
 )
-from sense_training.export import export_onnx
-from sense_training.losses import (
-    CONTRASTIVE_KINDS,
-    ClassBatchSampler,
-    JointLoss,
-    LossConfig,
-    parse_terms,
-)
+from sense_training.losses import ClassBatchSampler, JointLoss
 from sense_training.models.autoencoder import (
-    ARCHITECTURES,
     AutoencoderConfig,
     ConvAutoencoder,
     LatentEncoder,
@@ -107,113 +84,7 @@ ROLE = "encoder"
 INPUT_NAME = "fields"
 OUTPUT_NAME = "latent"
 RUN_FOLDER = "encoder_run"
-CHECKPOINT = "checkpoint.pt"
 CONFIDENCE_KEY = "confidence"
-SELECT_CHOICES = ("best", "last")
-
-
-# --------------------------------------------------------------------------- configuration
-@dataclass
-class EncoderConfig:
-    """Everything that decides an encoder training run (stored in checkpoints and bundles)."""
-
-    arch: str = "ae"
-    latent_dim: int = 32
-    dropout: float = 0.0
-    batch_norm: bool = True
-    base_channels: int = 32
-    losses: tuple[str, ...] = ("recon",)
-    beta: float = 1.0
-    cluster_weight: float = 1.0
-    contrastive_weight: float = 1.0
-    contrastive: str = "margin"
-    margin: float = 1.0
-    temperature: float = 0.1
-    soft_memberships: bool = False
-    confidence_weights: bool = False
-    silhouette_target: float = 1.0  # s* of the silhouette hinge; 1 = plain 1 - mean silhouette
-    memory_size: int = 0  # codes of earlier batches the silhouette also runs over; 0 = off
-    trim_fraction: float = 0.0  # share of a batch's worst-placed members left out of L_clu
-    trim_warmup_epochs: int = 0  # the trimmed share ramps from 0 over these epochs
-    min_confidence: float = 0.0  # pseudo-labels below this confidence are not used
-    label_noise: float = 0.0  # fraction of training pseudo-labels flipped (ablation)
-    warmup_epochs: int = 0  # λ_clu and λ_con ramp linearly from 0 over these epochs
-    epochs: int = 30
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.0
-    ema_decay: float = 0.0  # weights averaged as w_ema ← d·w_ema + (1−d)·w per step; 0 = off
-    patience: int = 0  # epochs without a better validation objective before stopping; 0 = never
-    select: str = "best"  # export the best epoch (lowest validation objective) or the last
-    augment: str = "none"
-    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
-    split_seed: int = 0
-    seed: int = 0
-    threads: int | None = 2
-    device: str = "auto"
-    eval_batch_size: int = 256
-    monitor_members: int = 512
-
-    def __post_init__(self) -> None:
-        self.losses = parse_terms(self.losses)
-        self.fractions = tuple(float(f) for f in self.fractions)  # type: ignore[assignment]
-        if self.arch not in ARCHITECTURES:
-            raise SenseError(f"unknown architecture {self.arch!r}; choose {ARCHITECTURES}")
-        if self.contrastive not in CONTRASTIVE_KINDS:
-            raise SenseError(f"contrastive must be one of {CONTRASTIVE_KINDS}")
-        if self.select not in SELECT_CHOICES:
-            raise SenseError(f"select must be one of {SELECT_CHOICES}, got {self.select!r}")
-        for name in ("epochs", "batch_size", "eval_batch_size", "latent_dim", "monitor_members"):
-            if int(getattr(self, name)) < 1:
-                raise SenseError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.learning_rate <= 0 or self.weight_decay < 0:
-            raise SenseError("learning rate must be > 0 and weight decay >= 0")
-        if not 0 <= self.ema_decay < 1:
-            raise SenseError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        if self.trim_warmup_epochs < 0:
-            raise SenseError(f"trim_warmup_epochs must be >= 0, got {self.trim_warmup_epochs}")
-        if not 0 <= self.label_noise <= 1 or not 0 <= self.min_confidence <= 1:
-            raise SenseError("label_noise and min_confidence must be in [0, 1]")
-        self.loss_config()  # validates weights
-        self.model_config((1, 32, 32))
-        Augmentation.parse(self.augment)
-
-    def loss_config(self) -> LossConfig:
-        return LossConfig(
-            terms=self.losses,
-            beta=self.beta,
-            cluster_weight=self.cluster_weight,
-            contrastive_weight=self.contrastive_weight,
-            contrastive=self.contrastive,
-            margin=self.margin,
-            temperature=self.temperature,
-            soft_memberships=self.soft_memberships,
-            confidence_weights=self.confidence_weights,
-            silhouette_target=self.silhouette_target,
-            memory_size=self.memory_size,
-            trim_fraction=self.trim_fraction,
-        )
-
-    def model_config(self, input_shape: Sequence[int]) -> AutoencoderConfig:
-        return AutoencoderConfig(
-            input_shape=tuple(input_shape),  # type: ignore[arg-type]
-            arch=self.arch,
-            latent_dim=self.latent_dim,
-            dropout=self.dropout,
-            batch_norm=self.batch_norm,
-            base_channels=self.base_channels,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["fractions"] = list(self.fractions)
-        data["losses"] = list(self.losses)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> EncoderConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 # --------------------------------------------------------------------------- data
@@ -232,7 +103,7 @@ class TrainingParts:
 def training_parts(store: MemberStore, config: EncoderConfig) -> TrainingParts:
     """Split the hand labels, add pseudo-labelled and unlabelled members to training (see the
     module docstring), apply ``min_confidence`` and the ``label_noise`` ablation."""
-    manual, split = split_hand_labeled(store, config.fractions, config.split_seed)
+    manual, split = split_hand_labeled(store, config.split.fractions, config.split.split_seed)
     count = len(store)
     if CONFIDENCE_KEY in store.metadata:
         confidence = np.asarray(store.metadata[CONFIDENCE_KEY], dtype=np.float32).copy()
@@ -250,7 +121,7 @@ def training_parts(store: MemberStore, config: EncoderConfig) -> TrainingParts:
     held_out = np.zeros(count, dtype=bool)
     held_out[split.validation] = True
     held_out[split.test] = True
-    if "recon" in config.losses:
+    if "recon" in config.loss.terms:
         train = np.flatnonzero(~held_out)  # every member not held out, labelled or not
     else:
         train = np.flatnonzero(labels != UNLABELED)
@@ -260,7 +131,7 @@ def training_parts(store: MemberStore, config: EncoderConfig) -> TrainingParts:
             pseudo if pseudo.any() else labels != UNLABELED,
             config.label_noise,
             len(store.class_names),
-            epoch_seed(config.seed, 0, "label-noise"),
+            epoch_seed(config.run.seed, 0, "label-noise"),
         )
     counts = {
         "members": count,
@@ -296,7 +167,11 @@ def _fingerprint(store: MemberStore, parts: TrainingParts) -> dict[str, Any]:
         digest.update(f"t:{store.member_ids[index]}:{parts.labels[index]}\n".encode())
     for index in parts.split.validation:
         digest.update(f"v:{store.member_ids[index]}:{store.labels[index]}\n".encode())
-    return {"members": len(store), "sha256": digest.hexdigest()}
+    return {
+        "members": len(store),
+        "member_shape": list(store.member_shape),
+        "sha256": digest.hexdigest(),
+    }
 
 
 # --------------------------------------------------------------------------- evaluation helpers
@@ -366,14 +241,14 @@ def _score(
             parts["kl"] = float(0.5 * torch.mean(code.pow(2) + logvar.exp() - logvar - 1.0))
             total += objective.beta_norm * parts["kl"]
     plain = {"silhouette_target": 1.0, "memory_size": 0, "trim_fraction": 0.0}
-    latent_only = LossConfig(**{**config.to_dict(), "terms": ("cluster", "contrastive"), **plain})
+    latent_only = config.updated({"terms": ("cluster", "contrastive"), **plain})
     scorer = JointLoss(latent_only, objective.num_classes, 1, 1)
     conf = None if confidence is None else torch.from_numpy(confidence).double()
     latent = scorer(code, None, code, labels, confidence=conf)
     if "cluster" in config.terms:
         parts["cluster"] = latent.parts["cluster"]
         if config.silhouette_target < 1.0 or config.trim_fraction > 0:
-            trained = LossConfig(**{**config.to_dict(), "terms": ("cluster",), "memory_size": 0})
+            trained = config.updated({"terms": ("cluster",), "memory_size": 0})
             value = JointLoss(trained, objective.num_classes, 1, 1)(
                 code, None, code, labels, confidence=conf
             )
@@ -442,37 +317,13 @@ class EncoderResult:
     is_main: bool = True  # False on the other ranks of a torchrun run (they write nothing)
 
 
-def _bundle_manifest(
-    out: Path, store: MemberStore, overwrite: bool, resume: bool
-) -> dict[str, Any] | None:
-    manifest = read_manifest(out)
-    if manifest is None:
-        return None
-    existing = Bundle(out, manifest, verify_checksums=False)
-    if existing.input_shape != tuple(store.member_shape):
-        raise SenseError(
-            f"{out}: the bundle holds models for members {existing.input_shape}, these are "
-            f"{tuple(store.member_shape)}; write the encoder to a new bundle folder"
-        )
-    if existing.class_names and tuple(existing.class_names) != tuple(store.class_names):
-        raise SenseError(
-            f"{out}: the bundle's classes {list(existing.class_names)} differ from the "
-            f"ensemble's {list(store.class_names)}"
-        )
-    if ROLE in existing.models and not (overwrite or resume):
-        raise SenseError(
-            f"{out}: the bundle already has an encoder (use --overwrite to replace it)"
-        )
-    return manifest
-
-
 def trim_schedule(epoch: int, config: EncoderConfig) -> float:
     """The trimmed share of epoch ``epoch`` (0-based): ``τ · min(1, epoch / w)`` with
     ``w = trim_warmup_epochs`` (co-teaching's schedule, Han et al. 2018; τ from the start
     when w = 0), so that the model first learns from every member."""
     if config.trim_warmup_epochs <= 0:
-        return config.trim_fraction
-    return config.trim_fraction * min(1.0, epoch / config.trim_warmup_epochs)
+        return config.loss.trim_fraction
+    return config.loss.trim_fraction * min(1.0, epoch / config.trim_warmup_epochs)
 
 
 def _latent_scale(epoch: int, config: EncoderConfig) -> float:
@@ -482,8 +333,264 @@ def _latent_scale(epoch: int, config: EncoderConfig) -> float:
     return min(1.0, (epoch + 1) / (config.warmup_epochs + 1))
 
 
-def _quiet(*_args, **_kwargs) -> None:
-    """The log of the ranks other than 0: they print nothing."""
+class EncoderTrainer(Trainer):
+    """The encoder's hooks for :func:`sense_training.loop.run_training`."""
+
+    role = ROLE
+    config_type = EncoderConfig
+    run_folder = RUN_FOLDER
+    curves_file = "loss_curves.png"
+    selection_name = "validation objective"
+
+    def prepare(self, run: TrainingRun) -> dict[str, Any]:
+        terms = run.config.loss.terms
+        if len(run.store.class_names) < 2 and terms != ("recon",):
+            raise SenseError("the clustering and contrastive losses need at least two classes")
+        self.parts = training_parts(run.store, run.config)
+        if terms != ("recon",):
+            covered = np.unique(self.parts.labels[self.parts.train])
+            if np.sum(covered != UNLABELED) < 2:
+                raise SenseError("the training members cover fewer than two classes")
+        return _fingerprint(run.store, self.parts)
+
+    def build(self, run: TrainingRun) -> None:
+        store, config, parts = run.store, run.config, self.parts
+        self.normalization = bundle_normalization(run.manifest, store, parts.split.train)
+        self.train_set = EnsembleDataset(
+            store,
+            parts.train,
+            self.normalization,
+            labels=parts.labels,
+            augmentation=Augmentation.parse(config.augment),
+            seed=config.run.seed,
+        )
+        self.monitor_set = EnsembleDataset(store, parts.train, self.normalization, parts.labels)
+        self.val_set = EnsembleDataset(store, parts.split.validation, self.normalization)
+        self.loader, self.samplers = self._loader(run)
+        self.monitor_kind, pool = monitor_pool(parts, self.train_set.labels)
+        rng = np.random.default_rng(epoch_seed(config.run.seed, 0, "monitor"))
+        self.monitor_positions = np.sort(
+            rng.choice(pool, size=min(config.monitor_members, len(pool)), replace=False)
+        )
+        model_config = AutoencoderConfig.from_model(config.model, store.member_shape)
+        self.model = build_autoencoder(model_config).to(run.device)
+        self.trained = wrap_model(self.model, run.context)  # DDP on several ranks
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(),
+            lr=config.run.learning_rate,
+            weight_decay=config.run.weight_decay,
+        )
+        self.objective = JointLoss(
+            config.loss, len(store.class_names), config.model.latent_dim, self.model.input_dim
+        )
+        # the model that is scored, selected and exported: ``model`` or its weight average
+        self.average = None
+        if config.ema_decay > 0:
+            self.average = torch.optim.swa_utils.AveragedModel(
+                self.model,
+                multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay),
+                use_buffers=True,
+            )
+        self.scored = self.model if self.average is None else self.average.module
+        run.log(self._description(run))
+
+    def _loader(self, run: TrainingRun) -> tuple[torch.utils.data.DataLoader, list]:
+        """Batches of the epoch (class batches when a latent term uses labels), this rank's
+        share of them, and the samplers to tell each epoch."""
+        config, labels = run.config, self.train_set.labels
+        if config.loss.terms == ("recon",) or not (labels != UNLABELED).any():
+            sampler = EpochShuffleSampler(len(self.train_set), seed=config.run.seed)
+            batches = torch.utils.data.BatchSampler(sampler, config.run.batch_size, False)
+            samplers = [sampler]
+        else:
+            batches = ClassBatchSampler(labels, config.run.batch_size, seed=config.run.seed)
+            samplers = [batches]
+        share = RankShare(batches, run.context)
+        loader = torch.utils.data.DataLoader(self.train_set, batch_sampler=share, num_workers=0)
+        return loader, samplers
+
+    def _description(self, run: TrainingRun) -> str:
+        config, counts = run.config, self.parts.counts
+        return (
+            f"encoder {config.model.arch} latent {config.model.latent_dim}, losses "
+            f"{','.join(config.loss.terms)}: {counts['train']} training members "
+            f"({counts['train_manual']} hand-labeled, {counts['train_pseudo']} pseudo-labelled, "
+            f"{counts['train_unlabeled']} unlabelled), {counts['validation']} validation, "
+            f"{counts['test']} test; {count_parameters(self.model):,} parameters on {run.device}"
+        )
+
+    def train_one_epoch(self, run: TrainingRun, epoch: int) -> dict[str, float]:
+        config, device = run.config, run.device
+        self.train_set.set_epoch(epoch)
+        for sampler in self.samplers:
+            sampler.set_epoch(epoch)
+        scale, trim = _latent_scale(epoch, config), trim_schedule(epoch, config)
+        if self.objective.memory is not None:
+            self.objective.memory.clear()  # each epoch starts with an empty bank (resumable)
+        self.trained.train()
+        sums: dict[str, float] = {}
+        batches = 0
+        for fields_, labels, index in self.loader:
+            fields_, labels = fields_.to(device), labels.to(device)
+            confidence = torch.from_numpy(self.parts.confidence[index.numpy()]).to(device)
+            outputs = self.trained(fields_)
+            loss = self.objective(
+                fields_, outputs["reconstruction"], outputs["code"], labels,
+                confidence=confidence, logvar=outputs.get("logvar"), latent_scale=scale,
+                index=index.to(device), trim_fraction=trim,
+            )  # fmt: skip
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.total.backward()
+            self.optimizer.step()
+            if self.average is not None:
+                self.average.update_parameters(self.model)
+            for key, value in loss.parts.items():
+                sums[key] = sums.get(key, 0.0) + value
+            batches += 1
+        if not np.isfinite(sums.get("total", 0.0)):
+            raise SenseError(
+                f"training diverged at epoch {epoch + 1} (loss {sums.get('total')}); "
+                "lower the learning rate or the loss weights"
+            )
+        keys = sorted(sums)
+        averaged = mean_over_ranks([sums[k] / max(batches, 1) for k in keys], run.context)
+        record = {f"batch_{k}": v for k, v in zip(keys, averaged)}
+        record["latent_scale"] = scale
+        if config.loss.trim_fraction > 0:
+            record["trim_fraction"] = trim
+        return record
+
+    def validate(self, run: TrainingRun, epoch: int) -> tuple[dict[str, float], float | None]:
+        size = run.config.run.eval_batch_size
+        monitored = encode_dataset(
+            self.scored, self.monitor_set, run.device, size, self.monitor_positions
+        )
+        confidence = self.parts.confidence[self.parts.train[self.monitor_positions]]
+        train_scores = _score(self.objective, monitored, confidence)
+        record = {f"train_{k}": v for k, v in train_scores.items()}
+        if len(self.val_set):
+            encoded = encode_dataset(self.scored, self.val_set, run.device, size)
+            val_scores = _score(self.objective, encoded, None)
+            record.update({f"val_{k}": v for k, v in val_scores.items()})
+            for key in ("cluster", "cluster_monitor"):
+                if key in val_scores:
+                    record[f"{key}_gap"] = val_scores[key] - train_scores[key]
+        return record, record.get("val_total", record["train_total"])
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().clone() for k, v in self.scored.state_dict().items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        if self.average is not None:
+            state["averaged_model"] = self.average.state_dict()
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.average is not None:
+            self.average.load_state_dict(state["averaged_model"])
+
+    def epoch_line(
+        self, run: TrainingRun, epoch: int, record: Mapping[str, float], improved: bool
+    ) -> str:
+        return _epoch_line(epoch, run.config.run.epochs, record)
+
+    def release(self) -> None:
+        del self.trained, self.loader  # the DDP wrapper holds the process group
+
+    def selected_epoch(self, run: TrainingRun) -> int:
+        return run.best_epoch if run.config.select == "best" else run.last_epoch
+
+    def select_weights(self, run: TrainingRun) -> None:
+        if run.config.select == "best" and run.best_weights is not None:
+            self.model.load_state_dict(run.best_weights)
+        elif self.average is not None:
+            self.model.load_state_dict(self.average.module.state_dict())
+        self.model.eval()
+
+    def curves(self, run: TrainingRun) -> tuple[str, int | None, tuple[str, ...]]:
+        config = run.config
+        title = (
+            f"{config.model.arch} z={config.model.latent_dim} {'+'.join(config.loss.terms)} "
+            f"(selected epoch {self.selected_epoch(run) + 1})"
+        )
+        batch_keys = {k for record in run.history for k in record if k.startswith("batch_")}
+        skip = ("epoch", "seconds", "latent_scale", "trim_fraction", *sorted(batch_keys))
+        return title, run.best_epoch if config.select == "best" else None, skip
+
+    def finish(self, run: TrainingRun) -> tuple[Bundle | None, dict[str, Any]]:
+        selected_epoch = self.selected_epoch(run)
+        selected = next((r for r in run.history if r["epoch"] == selected_epoch), {})
+        advice = gap_advice(selected)
+        if advice:
+            run.log(advice)
+        metrics: dict[str, Any] = {
+            "completed": True,
+            "epochs_run": len(run.history),
+            "stopped_early": run.stopped_early,
+            "selected_epoch": int(selected_epoch),
+            "selected": selected,
+            "monitor": {"members": int(len(self.monitor_positions)), "labels": self.monitor_kind},
+            "final": run.history.records[-1] if len(run.history) else {},
+            "members": self.parts.counts,
+            "parameters": count_parameters(self.model),
+            "beta_norm": self.objective.beta_norm,
+            "device": run.device_record(),
+            "distributed": run.context.describe(),
+            "seeding": run.seeding,
+            "seconds": round(time.perf_counter() - run.started, 2),
+        }
+        bundle = None
+        if run.export:
+            bundle, report = self._export(run, metrics)
+            metrics["export"] = report.to_dict()
+        return bundle, metrics
+
+    def _export(self, run: TrainingRun, metrics: Mapping[str, Any]) -> tuple[Bundle, ExportReport]:
+        """ONNX export of the encoder (verified against torch) into the bundle folder."""
+        model, config = self.model.cpu().eval(), run.config
+        sample = np.arange(min(len(self.val_set), 64))
+        if len(sample):
+            real = torch.stack([self.val_set[int(i)][0] for i in sample])
+        else:
+            members = run.store.read_members(self.parts.train[: min(64, len(self.parts.train))])
+            real = torch.from_numpy(self.normalization.apply(members))
+
+        def details(report: ExportReport) -> dict[str, Any]:
+            return {
+                "architecture": f"conv-{config.model.arch}",
+                "latent_dim": config.model.latent_dim,
+                "model": model.config.to_dict(),
+                "exports": "mu" if config.model.arch == "vae" else "z",
+                "exporter": report.exporter,
+                "parity_max_abs_diff": max(
+                    report.max_abs_diff_random, report.max_abs_diff_real or 0.0
+                ),
+            }
+
+        return export_to_bundle(
+            run,
+            LatentEncoder(model),
+            real[:2],
+            real,
+            self.normalization,
+            input_name=INPUT_NAME,
+            output_name=OUTPUT_NAME,
+            details=details,
+            metrics={k: v for k, v in metrics.items() if k != "seeding"},
+            split=run.split_record(self.parts.split),
+            seed=config.run.seed,
+        )
+
+    def result(
+        self, run: TrainingRun, bundle: Bundle | None, metrics: dict[str, Any]
+    ) -> EncoderResult:
+        return EncoderResult(
+            bundle, metrics, run.run_dir, run.history, self.model.eval(), self.parts,
+            self.normalization, run.finished, run.is_main,
+        )  # fmt: skip
 
 
 def train_encoder(
@@ -502,287 +609,24 @@ def train_encoder(
     """Train an encoder on ``store`` and (with ``export``) write it into the bundle folder ``out``.
 
     ``run_dir`` (default ``out/encoder_run``) receives the checkpoint, history, curves and
-    metrics. ``resume`` continues from its checkpoint with the configuration saved there
-    (``config`` is then ignored). ``stop_after`` ends this call after that many epochs in total
-    (checkpoint written, no export). ``command`` is recorded in the bundle (default ``sys.argv``).
-
-    Under ``torchrun`` (``WORLD_SIZE`` > 1) the ranks train replicas with DistributedDataParallel
-    on their shares of every epoch's batches (:mod:`sense_training.distributed`); rank 0 alone
-    writes the checkpoint, history, plots, metrics and the bundle.
+    metrics. ``resume``, ``overwrite`` and ``stop_after`` follow
+    :func:`sense_training.loop.run_training` (resume uses the configuration saved with the
+    checkpoint). ``command`` is recorded in the bundle (default ``sys.argv``). Under
+    ``torchrun`` the ranks train DistributedDataParallel replicas; rank 0 alone writes.
     """
-    started = time.perf_counter()
-    out = Path(out)
-    run_dir = Path(run_dir) if run_dir is not None else out / RUN_FOLDER
-    checkpoint_path = run_dir / CHECKPOINT
-    command = list(sys.argv if command is None else command)
-    state = None
-    if resume and checkpoint_path.is_file():
-        state = load_checkpoint(checkpoint_path)
-        config = EncoderConfig.from_dict(state["config"])
-        log(f"resuming {checkpoint_path} after epoch {int(state['epoch']) + 1}")
-    config = config or EncoderConfig()
-    if len(store.class_names) < 2 and config.losses != ("recon",):
-        raise SenseError("the clustering and contrastive losses need at least two classes")
-    seeding = seed_everything(config.seed)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    configure_threads(config.threads)
-    device = choose_device(config.device)
-    context = init_distributed(device)
-    device = device_for(device, context)
-    if not context.is_main:
-        log = _quiet
-
-    parts = training_parts(store, config)
-    fingerprint = _fingerprint(store, parts)
-    if state is not None and state.get("fingerprint") != fingerprint:
-        raise SenseError(
-            f"{checkpoint_path}: the checkpoint was made with other members or labels; "
-            "start a new run (without --resume) or use the original data"
-        )
-    manifest = _bundle_manifest(out, store, overwrite, resume) if export else read_manifest(out)
-    if manifest is not None:
-        normalization = NormalizationStats.from_dict(manifest["normalization"])
-    else:
-        normalization = NormalizationStats.from_store(store, parts.split.train)
-    if config.losses != ("recon",):
-        missing = [
-            store.class_names[c]
-            for c in range(len(store.class_names))
-            if not np.any(parts.labels[parts.train] == c)
-        ]
-        if len(missing) == len(store.class_names) - 1 or len(missing) == len(store.class_names):
-            raise SenseError("the training members cover fewer than two classes")
-
-    augmentation = Augmentation.parse(config.augment)
-    train_set = EnsembleDataset(
+    return run_training(
+        EncoderTrainer(),
         store,
-        parts.train,
-        normalization,
-        labels=parts.labels,
-        augmentation=augmentation,
-        seed=config.seed,
+        out,
+        config,
+        run_dir=run_dir,
+        resume=resume,
+        overwrite=overwrite,
+        export=export,
+        command=command,
+        stop_after=stop_after,
+        log=log,
     )
-    monitor_set = EnsembleDataset(store, parts.train, normalization, labels=parts.labels)
-    val_set = EnsembleDataset(store, parts.split.validation, normalization)
-    if config.losses == ("recon",) or not (train_set.labels != UNLABELED).any():
-        batch_sampler = None
-        sampler = EpochShuffleSampler(len(train_set), seed=config.seed)
-        batches = torch.utils.data.BatchSampler(sampler, config.batch_size, drop_last=False)
-    else:
-        batch_sampler = ClassBatchSampler(train_set.labels, config.batch_size, seed=config.seed)
-        sampler = None
-        batches = batch_sampler
-    # each rank loads only its share of the epoch's batches (all of them in one process)
-    loader = torch.utils.data.DataLoader(
-        train_set, batch_sampler=RankShare(batches, context), num_workers=0
-    )
-    monitor_kind, pool = monitor_pool(parts, train_set.labels)
-    rng = np.random.default_rng(epoch_seed(config.seed, 0, "monitor"))
-    monitor_positions = np.sort(
-        rng.choice(pool, size=min(config.monitor_members, len(pool)), replace=False)
-    )
-
-    model = build_autoencoder(config.model_config(store.member_shape)).to(device)
-    trained = wrap_model(model, context)  # DDP on several ranks; the model itself on one
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
-    )
-    objective = JointLoss(
-        config.loss_config(), len(store.class_names), config.latent_dim, model.input_dim
-    )
-    # the model that is scored, selected and exported: ``model`` or the average of its weights
-    weight_average = (
-        torch.optim.swa_utils.AveragedModel(
-            model,
-            multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay),
-            use_buffers=True,
-        )
-        if config.ema_decay > 0
-        else None
-    )
-    scored = model if weight_average is None else weight_average.module
-    history = History()
-    start_epoch = 0
-    best_epoch, best_value, best_state = -1, float("inf"), None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        history = History.from_dict(state["history"])
-        start_epoch = int(state["epoch"]) + 1
-        best_epoch, best_value = int(state["best_epoch"]), float(state["best_value"])
-        best_state = state["best_model"]
-        if weight_average is not None:
-            weight_average.load_state_dict(state["averaged_model"])
-
-    log(
-        f"encoder {config.arch} latent {config.latent_dim}, losses {','.join(config.losses)}: "
-        f"{parts.counts['train']} training members ({parts.counts['train_manual']} hand-labeled, "
-        f"{parts.counts['train_pseudo']} pseudo-labelled, {parts.counts['train_unlabeled']} "
-        f"unlabelled), {parts.counts['validation']} validation, {parts.counts['test']} test; "
-        f"{count_parameters(model):,} parameters on {device}"
-    )
-    stopped_early = False
-    last_epoch = start_epoch - 1
-    for epoch in range(start_epoch, config.epochs):
-        if stop_after is not None and epoch >= stop_after:
-            break
-        tick = time.perf_counter()
-        torch.manual_seed(epoch_seed(config.seed, epoch, "torch"))  # dropout, VAE noise
-        train_set.set_epoch(epoch)
-        for part in (sampler, batch_sampler):
-            if part is not None:
-                part.set_epoch(epoch)
-        scale = _latent_scale(epoch, config)
-        trim = trim_schedule(epoch, config)
-        if objective.memory is not None:
-            objective.memory.clear()  # each epoch starts with an empty bank (resumable)
-        trained.train()
-        sums: dict[str, float] = {}
-        batches = 0
-        for fields_, labels, index in loader:
-            fields_ = fields_.to(device)
-            labels = labels.to(device)
-            confidence = torch.from_numpy(parts.confidence[index.numpy()]).to(device)
-            outputs = trained(fields_)
-            loss = objective(
-                fields_,
-                outputs["reconstruction"],
-                outputs["code"],
-                labels,
-                confidence=confidence,
-                logvar=outputs.get("logvar"),
-                latent_scale=scale,
-                index=index.to(device),
-                trim_fraction=trim,
-            )
-            optimizer.zero_grad(set_to_none=True)
-            loss.total.backward()
-            optimizer.step()
-            if weight_average is not None:
-                weight_average.update_parameters(model)
-            for key, value in loss.parts.items():
-                sums[key] = sums.get(key, 0.0) + value
-            batches += 1
-        if not np.isfinite(sums.get("total", 0.0)):
-            raise SenseError(
-                f"training diverged at epoch {epoch + 1} (loss {sums.get('total')}); "
-                "lower the learning rate or the loss weights"
-            )
-        keys = sorted(sums)
-        averaged = mean_over_ranks([sums[k] / max(batches, 1) for k in keys], context)
-        record: dict[str, float] = {f"batch_{k}": v for k, v in zip(keys, averaged)}
-        train_scores = _score(
-            objective,
-            encode_dataset(scored, monitor_set, device, config.eval_batch_size, monitor_positions),
-            parts.confidence[parts.train[monitor_positions]],
-        )
-        record.update({f"train_{k}": v for k, v in train_scores.items()})
-        if len(val_set):
-            val_scores = _score(
-                objective, encode_dataset(scored, val_set, device, config.eval_batch_size), None
-            )
-            record.update({f"val_{k}": v for k, v in val_scores.items()})
-            for key in ("cluster", "cluster_monitor"):
-                if key in val_scores:
-                    record[f"{key}_gap"] = val_scores[key] - train_scores[key]
-        record["latent_scale"] = scale
-        if config.trim_fraction > 0:
-            record["trim_fraction"] = trim
-        record["seconds"] = time.perf_counter() - tick
-        history.append(epoch, **record)
-        last_epoch = epoch
-        selection = record.get("val_total", record["train_total"])
-        if selection < best_value:
-            best_epoch, best_value = epoch, selection
-            best_state = {k: v.detach().cpu().clone() for k, v in scored.state_dict().items()}
-        log(_epoch_line(epoch, config.epochs, record))
-        if context.is_main:
-            save_checkpoint(
-                checkpoint_path,
-                {
-                    "config": config.to_dict(),
-                    "input_shape": list(store.member_shape),
-                    "fingerprint": fingerprint,
-                    "epoch": epoch,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "history": history.to_dict(),
-                    "best_epoch": best_epoch,
-                    "best_value": best_value,
-                    "best_model": best_state,
-                    **(
-                        {}
-                        if weight_average is None
-                        else {"averaged_model": weight_average.state_dict()}
-                    ),
-                },
-            )
-        barrier(context)
-        patience_spent = bool(config.patience and epoch - best_epoch >= config.patience)
-        if broadcast_flag(patience_spent, context):
-            log(f"early stop: no better validation objective for {config.patience} epochs")
-            stopped_early = True
-            break
-    epoch = last_epoch
-    completed = stopped_early or epoch >= config.epochs - 1
-    del trained, loader  # the DDP wrapper holds the process group (see shutdown)
-    if not context.is_main:
-        shutdown(context)
-        return EncoderResult(
-            None, {}, run_dir, history, model.eval(), parts, normalization, completed, False
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "history.json", json.dumps(history.to_dict(), indent=1) + "\n")
-    if len(history):
-        plot_history(
-            history,
-            run_dir / "loss_curves.png",
-            title=f"{config.arch} z={config.latent_dim} {'+'.join(config.losses)} "
-            f"(selected epoch {best_epoch + 1 if config.select == 'best' else epoch + 1})",
-            marker_epoch=best_epoch if config.select == "best" else None,
-            skip=(
-                "epoch",
-                "seconds",
-                "latent_scale",
-                "trim_fraction",
-                *{k for r in history for k in r if k.startswith("batch_")},
-            ),
-        )
-    if config.select == "best" and best_state is not None:
-        model.load_state_dict(best_state)
-    elif weight_average is not None:
-        model.load_state_dict(weight_average.module.state_dict())
-    selected_epoch = best_epoch if config.select == "best" else epoch
-    model.eval()
-    selected = next((r for r in history if r["epoch"] == selected_epoch), {})
-    advice = gap_advice(selected)
-    if advice:
-        log(advice)
-    metrics: dict[str, Any] = {
-        "completed": bool(completed),
-        "epochs_run": len(history),
-        "stopped_early": stopped_early,
-        "selected_epoch": int(selected_epoch),
-        "selected": selected,
-        "monitor": {"members": int(len(monitor_positions)), "labels": monitor_kind},
-        "final": history.records[-1] if len(history) else {},
-        "members": parts.counts,
-        "parameters": count_parameters(model),
-        "beta_norm": objective.beta_norm,
-        "device": describe_device(device),
-        "distributed": context.describe(),
-        "seeding": seeding,
-        "seconds": round(time.perf_counter() - started, 2),
-    }
-    bundle = None
-    if completed and export:
-        bundle, report = _export(
-            model, store, out, manifest, normalization, val_set, config, parts, metrics, command
-        )
-        metrics["export"] = report
-    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    shutdown(context)
-    return EncoderResult(bundle, metrics, run_dir, history, model, parts, normalization, completed)
 
 
 def _epoch_line(epoch: int, epochs: int, record: Mapping[str, float]) -> str:
@@ -804,90 +648,18 @@ def _epoch_line(epoch: int, epochs: int, record: Mapping[str, float]) -> str:
     return "  ".join(shown)
 
 
-def _export(
-    model: ConvAutoencoder,
-    store: MemberStore,
-    out: Path,
-    manifest: dict | None,
-    normalization: NormalizationStats,
-    val_set: EnsembleDataset,
-    config: EncoderConfig,
-    parts: TrainingParts,
-    metrics: dict[str, Any],
-    command: list[str],
-) -> tuple[Bundle, dict[str, Any]]:
-    """ONNX export of the encoder (verified against torch) into the bundle folder."""
-    import tempfile
-
-    cpu_model = model.cpu().eval()
-    sample = np.arange(min(len(val_set), 64))
-    real = (
-        torch.stack([val_set[int(i)][0] for i in sample])
-        if len(sample)
-        else torch.from_numpy(
-            normalization.apply(store.read_members(parts.train[: min(64, len(parts.train))]))
-        )
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out, prefix=".encoder-export-") as tmp:
-        onnx_path = Path(tmp) / "encoder.onnx"
-        report = export_onnx(
-            LatentEncoder(cpu_model),
-            real[:2],
-            onnx_path,
-            input_name=INPUT_NAME,
-            output_name=OUTPUT_NAME,
-            real_inputs=real,
-            seed=config.seed,
-        )
-        if manifest is None:
-            manifest = new_manifest(tuple(store.member_shape), normalization, store.class_names)
-        manifest.setdefault("software", {}).update(training_versions())
-        bundle = add_model(
-            out,
-            ROLE,
-            onnx_path,
-            manifest,
-            input_name=INPUT_NAME,
-            output_name=OUTPUT_NAME,
-            opset=report.opset,
-            details={
-                "architecture": f"conv-{config.arch}",
-                "latent_dim": config.latent_dim,
-                "model": model.config.to_dict(),
-                "exports": "mu" if config.arch == "vae" else "z",
-                "exporter": report.exporter,
-                "parity_max_abs_diff": max(
-                    report.max_abs_diff_random, report.max_abs_diff_real or 0.0
-                ),
-            },
-            training={
-                "command": shlex.join(command),
-                "argv": command,
-                "config": config.to_dict(),
-                "metrics": {k: v for k, v in metrics.items() if k != "seeding"},
-                "split": {
-                    "seed": config.split_seed,
-                    "fractions": list(config.fractions),
-                    **{
-                        p: int(len(getattr(parts.split, p)))
-                        for p in ("train", "validation", "test")
-                    },
-                },
-                "seeding": metrics["seeding"],
-                "versions": training_versions(),
-            },
-        )
-    return bundle, report.to_dict()
-
-
 def load_encoder_checkpoint(path: str | os.PathLike, which: str = "best") -> ConvAutoencoder:
-    """The model of a run's checkpoint (``best`` or ``last`` epoch), in evaluation mode."""
+    """The model of a run's checkpoint (``best`` or ``last`` epoch), in evaluation mode; reads
+    the loop's checkpoints and those of earlier SENSE versions (flat configuration)."""
     if which not in SELECT_CHOICES:
         raise ValueError(f"which must be one of {SELECT_CHOICES}")
     state = load_checkpoint(path)
     config = EncoderConfig.from_dict(state["config"])
-    model = build_autoencoder(config.model_config(state["input_shape"]))
-    best = state.get("best_model")
-    model.load_state_dict(best if which == "best" and best is not None else state["model"])
+    if "trainer" in state:
+        shape, best = state["data"]["member_shape"], state["best"]["weights"]
+        last = state["trainer"]["model"]
+    else:  # format 1: flat keys
+        shape, best, last = state["input_shape"], state.get("best_model"), state["model"]
+    model = build_autoencoder(AutoencoderConfig.from_model(config.model, shape))
+    model.load_state_dict(best if which == "best" and best is not None else last)
     return model.eval()

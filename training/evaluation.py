@@ -42,11 +42,69 @@ import numpy as np
 from sense_core.ensemble import UNLABELED, MemberStore, split_hand_labeled
 from sense_core.errors import SenseError
 from sense_core.io.atomic import atomic_path, atomic_write_text
+from sense_training.config import DEVICES, ConfigSection, option
 
 BASELINES = ("pca_raw", "umap_raw")
 FIT_CHOICES = ("all", "test")
 PROJECTIONS = ("umap", "pca")
 DEFAULT_SEEDS = (0, 1, 2)
+
+
+@dataclass
+class EvaluationConfig(ConfigSection):
+    """How :func:`evaluate` scores encoders (the options of ``sense evaluate``, ``fit`` and
+    ``train-encoder --evaluate``, and the keys of an experiment file)."""
+
+    seeds: tuple[int, ...] = option(DEFAULT_SEEDS, "UMAP seeds the 2D scores are averaged over")
+    baselines: tuple[str, ...] = option(
+        BASELINES, "raw-field baselines: pca_raw, umap_raw, or none"
+    )
+    fit: str = option(
+        "all",
+        "fit the map on test + training + other members (all) or on the test members only",
+        choices=FIT_CHOICES,
+    )
+    max_fit: int = option(2000, "fit-set size limit")
+    projection: str = option("umap", "2D projection of the latents", choices=PROJECTIONS)
+    device: str = option(
+        "cpu", "onnxruntime device for the encoder", flag="--eval-device", choices=DEVICES
+    )
+
+    def __post_init__(self) -> None:
+        self.seeds = tuple(int(s) for s in self.seeds)  # type: ignore[assignment]
+        names = [self.baselines] if isinstance(self.baselines, str) else self.baselines
+        parts = [p.strip() for name in names for p in str(name).split(",")]
+        self.baselines = tuple(p for p in parts if p and p != "none")  # type: ignore[assignment]
+        unknown = set(self.baselines) - set(BASELINES)
+        if unknown:
+            raise SenseError(f"unknown baseline(s) {sorted(unknown)}; choose from {BASELINES}")
+        if self.fit not in FIT_CHOICES:
+            raise SenseError(f"fit must be one of {FIT_CHOICES}, got {self.fit!r}")
+        if self.projection not in PROJECTIONS:
+            raise SenseError(f"projection must be one of {PROJECTIONS}, got {self.projection!r}")
+        if not self.seeds:
+            raise SenseError("at least one seed is needed")
+
+    def arguments(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`evaluate`."""
+        return {f: getattr(self, f) for f in self.own_fields()}
+
+
+def encoder_training_config(bundle) -> dict[str, Any]:
+    """The bundle's encoder configuration flattened (saved nested, or flat by older versions);
+    ``losses`` is the list of loss terms."""
+    recorded = bundle.manifest.get("training", {}).get("encoder", {}).get("config", {})
+    flat: dict[str, Any] = {}
+    for key, value in recorded.items():
+        if isinstance(value, Mapping):
+            flat.update(value)
+        else:
+            flat[key] = value
+    if "terms" in flat and "losses" not in flat:
+        flat["losses"] = flat["terms"]
+    return flat
+
+
 # Columns of the tables, in order (mean and sd of the 2D silhouette first).
 COLUMNS = (
     "silhouette_2d_test_mean",
@@ -211,9 +269,7 @@ def _reconstruction_error(bundle_dir: Path, store: MemberStore, indices, bundle)
     from sense_training.encoder import load_encoder_checkpoint
 
     details = bundle.models["encoder"].details
-    selected = (
-        bundle.manifest.get("training", {}).get("encoder", {}).get("config", {}).get("select")
-    )
+    selected = encoder_training_config(bundle).get("select")
     model = load_encoder_checkpoint(checkpoint, selected or "best")
     if model.latent_dim != int(details.get("latent_dim", model.latent_dim)):
         return None  # the checkpoint belongs to another run
@@ -242,84 +298,89 @@ def evaluate(
     The split's fractions and seed default to those recorded with the first bundle's encoder.
     """
     from sense_core.bundle import Bundle
-    from sense_core.inference import Encoder
 
-    unknown = set(baselines) - set(BASELINES)
-    if unknown:
-        raise SenseError(f"unknown baseline(s) {sorted(unknown)}; choose from {BASELINES}")
-    if projection not in PROJECTIONS:
-        raise SenseError(f"projection must be one of {PROJECTIONS}, got {projection!r}")
-    if not seeds:
-        raise SenseError("at least one seed is needed")
+    settings = EvaluationConfig(tuple(seeds), baselines, fit, max_fit, projection, device)
     loaded = {name: Bundle.load(folder) for name, folder in bundles.items()}
     first = next(iter(loaded.values()), None)
-    recorded = (
-        first.manifest.get("training", {}).get("encoder", {}).get("config", {}) if first else {}
-    )
+    recorded = encoder_training_config(first) if first else {}
     fractions = tuple(fractions or recorded.get("fractions", (0.7, 0.15, 0.15)))
     split_seed = int(split_seed if split_seed is not None else recorded.get("split_seed", 0))
-    fit_indices, test_positions, train_positions, labels = evaluation_members(
-        store, fractions, split_seed, fit, max_fit, seed=0
-    )
+    members = evaluation_members(store, fractions, split_seed, fit, max_fit, seed=0)
+    fit_indices, test_positions, _, labels = members
     log(
         f"evaluating on {len(test_positions)} hand-labeled test members (fit set "
-        f"{len(fit_indices)}, {projection}, seeds {list(seeds)})"
+        f"{len(fit_indices)}, {projection}, seeds {list(settings.seeds)})"
     )
-    rows: list[EvaluationRow] = []
+    rows = []
     for name, bundle in loaded.items():
-        tick = time.perf_counter()
-        encoder = Encoder(bundle, device=device)
-        latents = encoder.encode_store(store, indices=fit_indices)
-        row = score_points(
-            name, "encoder", latents, labels, test_positions, train_positions, seeds, projection
-        )
-        row.scores["recon_error_test"] = _reconstruction_error(
-            Path(bundles[name]), store, fit_indices[test_positions], bundle
-        )
-        entry = bundle.models["encoder"]
-        row.details.update(
-            bundle=str(bundles[name]),
-            architecture=entry.details.get("architecture"),
-            latent_dim=entry.details.get("latent_dim"),
-            losses=bundle.manifest.get("training", {})
-            .get("encoder", {})
-            .get("config", {})
-            .get("losses"),
-            provider=encoder.provider,
-            seconds=round(time.perf_counter() - tick, 2),
-        )
-        rows.append(row)
-        log(_row_line(row))
+        rows.append(_encoder_row(name, bundle, Path(bundles[name]), store, members, settings))
+        log(_row_line(rows[-1]))
     normalization = first.normalization if first is not None else None
-    if baselines:
-        if normalization is None:
-            from sense_core.ensemble import NormalizationStats
-
-            train = fit_indices[train_positions]
-            normalization = NormalizationStats.from_store(store, train)
-        raw = _raw_points(store, fit_indices, normalization)
-        for name in baselines:
-            tick = time.perf_counter()
-            method = "pca" if name == "pca_raw" else projection
-            row = score_points(
-                name, "baseline", raw, labels, test_positions, train_positions, seeds, method
-            )
-            row.scores["recon_error_test"] = None
-            row.details["seconds"] = round(time.perf_counter() - tick, 2)
-            rows.append(row)
-            log(_row_line(row))
-    settings = {
+    rows += _baseline_rows(store, members, settings, normalization, log)
+    summary = {
         "members": len(store),
         "fit": fit,
         "fit_members": int(len(fit_indices)),
         "test_members": int(len(test_positions)),
         "max_fit": max_fit,
         "projection": projection,
-        "seeds": [int(s) for s in seeds],
+        "seeds": list(settings.seeds),
         "split": {"fractions": list(fractions), "seed": split_seed},
         "class_names": list(store.class_names),
     }
-    return Evaluation(rows, fit_indices, test_positions, labels, tuple(store.class_names), settings)
+    return Evaluation(rows, fit_indices, test_positions, labels, tuple(store.class_names), summary)
+
+
+def _encoder_row(name, bundle, folder: Path, store, members, settings) -> EvaluationRow:
+    """One bundle's encoder scored on the fit set ``members`` (see :func:`evaluation_members`)."""
+    from sense_core.inference import Encoder
+
+    fit_indices, test_positions, train_positions, labels = members
+    tick = time.perf_counter()
+    encoder = Encoder(bundle, device=settings.device)
+    latents = encoder.encode_store(store, indices=fit_indices)
+    row = score_points(
+        name, "encoder", latents, labels, test_positions, train_positions, settings.seeds,
+        settings.projection,
+    )  # fmt: skip
+    row.scores["recon_error_test"] = _reconstruction_error(
+        folder, store, fit_indices[test_positions], bundle
+    )
+    entry = bundle.models["encoder"]
+    row.details.update(
+        bundle=str(folder),
+        architecture=entry.details.get("architecture"),
+        latent_dim=entry.details.get("latent_dim"),
+        losses=encoder_training_config(bundle).get("losses"),
+        provider=encoder.provider,
+        seconds=round(time.perf_counter() - tick, 2),
+    )
+    return row
+
+
+def _baseline_rows(store, members, settings, normalization, log) -> list[EvaluationRow]:
+    """The raw-field baselines on the same fit set, normalised like the first bundle (else
+    with statistics of the hand-labeled training members)."""
+    fit_indices, test_positions, train_positions, labels = members
+    if not settings.baselines:
+        return []
+    if normalization is None:
+        from sense_core.ensemble import NormalizationStats
+
+        normalization = NormalizationStats.from_store(store, fit_indices[train_positions])
+    raw = _raw_points(store, fit_indices, normalization)
+    rows = []
+    for name in settings.baselines:
+        tick = time.perf_counter()
+        method = "pca" if name == "pca_raw" else settings.projection
+        row = score_points(
+            name, "baseline", raw, labels, test_positions, train_positions, settings.seeds, method
+        )
+        row.scores["recon_error_test"] = None
+        row.details["seconds"] = round(time.perf_counter() - tick, 2)
+        rows.append(row)
+        log(_row_line(row))
+    return rows
 
 
 def _row_line(row: EvaluationRow) -> str:

@@ -243,35 +243,10 @@ def export_onnx(
         session = onnxruntime.InferenceSession(
             str(tmp), options, providers=["CPUExecutionProvider"]
         )
-        exact = _float64_copy(model, example)
-        diff_random = rounding_random = 0.0
-        start = 0
-        for size in PARITY_BATCH_SIZES:  # one run per batch size: proves the axis is dynamic
-            chunk = random_inputs[start : start + size]
-            diff, rounding = _parity(model, exact, session, chunk, input_name)
-            diff_random, rounding_random = max(diff_random, diff), max(rounding_random, rounding)
-            start += size
-        diff_real = rounding_real = None
-        if real is not None:
-            diff_real, rounding_real = _parity(model, exact, session, real, input_name)
-        problems = []
-        for what, diff, rounding in (
-            ("random", diff_random, rounding_random),
-            ("real", diff_real, rounding_real),
-        ):
-            if diff is None:
-                continue
-            allowed = max(tolerance, ROUNDING_FACTOR * rounding)
-            if not np.isfinite(diff) or diff > allowed:
-                problems.append(
-                    f"{what} inputs by {diff:.3g} (allowed {allowed:.3g}; torch float32 is "
-                    f"{rounding:.3g} from float64)"
-                )
-        if problems:
-            raise ExportError(
-                f"{path}: ONNX model differs from torch on {'; '.join(problems)}; "
-                "nothing was written"
-            )
+        figures = _verified_parity(
+            model, example, session, random_inputs, real, input_name, tolerance, path
+        )
+        diff_random, rounding_random, diff_real, rounding_real = figures
         providers = list(session.get_providers())
         del session
 
@@ -298,6 +273,50 @@ def export_onnx(
             if k in ("torch", "onnx", "onnxscript", "onnxruntime")
         },
     )
+
+
+def _verified_parity(
+    model: torch.nn.Module,
+    example: torch.Tensor,
+    session,
+    random_inputs: np.ndarray,
+    real: np.ndarray | None,
+    input_name: str,
+    tolerance: float,
+    path: Path,
+) -> tuple[float, float, float | None, float | None]:
+    """The ONNX model's largest difference from torch and torch's own float32 rounding error
+    (random inputs, then real ones); raises :class:`ExportError` when a difference is larger
+    than ``tolerance`` and than ``ROUNDING_FACTOR`` times that rounding error."""
+    exact = _float64_copy(model, example)
+    diff_random = rounding_random = 0.0
+    start = 0
+    for size in PARITY_BATCH_SIZES:  # one run per batch size: proves the axis is dynamic
+        chunk = random_inputs[start : start + size]
+        diff, rounding = _parity(model, exact, session, chunk, input_name)
+        diff_random, rounding_random = max(diff_random, diff), max(rounding_random, rounding)
+        start += size
+    diff_real = rounding_real = None
+    if real is not None:
+        diff_real, rounding_real = _parity(model, exact, session, real, input_name)
+    problems = []
+    for what, diff, rounding in (
+        ("random", diff_random, rounding_random),
+        ("real", diff_real, rounding_real),
+    ):
+        if diff is None:
+            continue
+        allowed = max(tolerance, ROUNDING_FACTOR * rounding)
+        if not np.isfinite(diff) or diff > allowed:
+            problems.append(
+                f"{what} inputs by {diff:.3g} (allowed {allowed:.3g}; torch float32 is "
+                f"{rounding:.3g} from float64)"
+            )
+    if problems:
+        raise ExportError(
+            f"{path}: ONNX model differs from torch on {'; '.join(problems)}; nothing was written"
+        )
+    return diff_random, rounding_random, diff_real, rounding_real
 
 
 # --------------------------------------------------------------------------- weight compression

@@ -1,7 +1,6 @@
-"""Stage 1 of SENSE: an EfficientNetV2 labeler trained on the hand-labeled members, and
-pseudo-labels with confidence for the others.
+"""Stage 1 of SENSE: an EfficientNetV2 labeler trained on the hand-labeled members.
 
-Training (:func:`train_labeler`):
+Training (:func:`train_labeler`, a :class:`LabelerTrainer` run by :mod:`sense_training.loop`):
 
 - the hand-labeled members are split train / validation / test
   (:func:`sense_core.ensemble.split_labeled`: stratified, deterministic by member id);
@@ -11,64 +10,39 @@ Training (:func:`train_labeler`):
   channels and ``num_classes`` = the ensemble's classes, trained with AdamW, a per-step cosine
   learning rate after one warm-up epoch, a class-balanced loss (or sampler), optional
   physics-aware augmentation, seeded per epoch;
-- early stopping on the validation loss (the best epoch's weights are kept); the test split is
-  evaluated once, at the end;
-- a checkpoint after every epoch (``<work dir>/checkpoint.pt``): ``resume=True`` continues a run
-  and ends with the same weights as an uninterrupted run with the same seed (on the same device);
-- under ``torchrun --nproc_per_node K`` (:mod:`sense_training.distributed`) each process trains
-  a DistributedDataParallel replica on its share of every epoch's batches; every rank scores the
-  validation part (the same weights give the same decisions), rank 0 alone checkpoints, exports
-  and writes;
+- the selection value is the validation loss: the loop keeps the best epoch's weights and stops
+  early after ``run.patience`` epochs without a better one; the test split is evaluated once,
+  at the end;
+- checkpoints, resume (the same weights as an uninterrupted run with the same seed, on the same
+  device), ``torchrun`` data parallelism and the export into the bundle are the loop's (see
+  :mod:`sense_training.loop`);
 - outputs: ``metrics.json`` (accuracy, balanced accuracy, per-class precision/recall,
-  confusion matrices), ``confusion_matrix.png``, ``training_curves.png``, and the model exported
-  to ONNX into the bundle (``labeler.onnx`` + ``sense.json`` with the architecture, exporter,
-  opset, parity figures, command line, configuration, metrics and library versions).
+  confusion matrices), ``confusion_matrix.png``, ``training_curves.png``, ``history.json``, and
+  the model exported to ONNX into the bundle (``labeler.onnx`` + ``sense.json`` with the
+  architecture, exporter, opset, parity figures, command line, configuration, metrics and
+  library versions).
 
-Pseudo-labelling (:func:`pseudo_label`, :func:`pseudo_labeled_store`) runs the bundle's ONNX
-labeler with onnxruntime over every member; see docs/labeler.md for the output contract.
+Pseudo-labelling runs the exported labeler on the core runtime: :mod:`sense_core.pseudo_labels`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import shlex
 import sys
-import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from sense_core.bundle import Bundle, add_model, new_manifest, read_manifest
-from sense_core.ensemble import (
-    LABEL_SOURCE_KEY,
-    PRESET_SPLIT_KEY,
-    UNLABELED,
-    MemberStore,
-    NormalizationStats,
-    Split,
-    manual_mask,
-    split_labeled,
-)
-from sense_core.errors import EnsembleError, SenseError
-from sense_core.io.atomic import atomic_write_text
-from sense_training.common import (
-    History,
-    choose_device,
-    configure_threads,
-    describe_device,
-    epoch_seed,
-    load_checkpoint,
-    plot_history,
-    save_checkpoint,
-    seed_everything,
-    training_versions,
-)
+from sense_core.bundle import Bundle
+from sense_core.ensemble import MemberStore, Split, split_labeled
+from sense_core.errors import SenseError
+from sense_training.common import History, training_versions
+from sense_training.config import DEFAULT_LABELER_ARCHITECTURE, LabelerConfig
 from sense_training.data import (
     Augmentation,
     EnsembleDataset,
@@ -76,85 +50,21 @@ from sense_training.data import (
     make_loader,
     set_epoch,
 )
-from sense_training.distributed import (
-    barrier,
-    broadcast_flag,
-    device_for,
-    init_distributed,
-    mean_over_ranks,
-    shutdown,
-    wrap_model,
+from sense_training.distributed import mean_over_ranks, wrap_model
+from sense_training.export import ExportReport
+from sense_training.loop import (
+    Trainer,
+    TrainingRun,
+    bundle_normalization,
+    export_to_bundle,
+    run_training,
 )
-from sense_training.export import export_onnx
 
 ROLE = "labeler"
-DEFAULT_ARCHITECTURE = "tf_efficientnetv2_b0"
+DEFAULT_ARCHITECTURE = DEFAULT_LABELER_ARCHITECTURE
 INPUT_NAME = "fields"
 OUTPUT_NAME = "logits"
 RUN_FOLDER = "labeler_run"
-CHECKPOINT = "checkpoint.pt"
-BALANCE_CHOICES = ("loss", "sampler", "none")
-# Metadata written by pseudo-labelling (see pseudo_labeled_store), next to LABEL_SOURCE_KEY.
-CONFIDENCE_KEY = "confidence"
-PSEUDO_LABEL_KEY = "pseudo_label"
-PSEUDO_CONFIDENCE_KEY = "pseudo_confidence"
-NO_SPLIT = "none"
-
-
-# --------------------------------------------------------------------------- configuration
-@dataclass
-class LabelerConfig:
-    """Everything that decides a labeler training run (stored in checkpoints and bundles)."""
-
-    architecture: str = DEFAULT_ARCHITECTURE
-    epochs: int = 30
-    batch_size: int = 32
-    learning_rate: float = 2e-3
-    weight_decay: float = 0.05
-    warmup_epochs: int = 1
-    min_lr_ratio: float = 0.01  # the cosine ends at learning_rate * min_lr_ratio
-    drop_rate: float = 0.2  # dropout before the classifier
-    label_smoothing: float = 0.0
-    patience: int = 6  # epochs without a better validation loss before stopping; 0 = never
-    balance: str = "loss"  # class balance: weighted loss, balanced sampler, or none
-    augment: str = "none"  # comma-separated hflip, vflip, rot90 (see sense_training.data)
-    vector_pairs: list[list[int]] = field(default_factory=list)
-    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
-    split_seed: int = 0
-    seed: int = 0
-    # One thread: on these shared 2-core machines a 2-thread train step took 8-22 s under load
-    # against 0.8-1.1 s with one thread (OpenMP threads wait for each other); see docs/labeler.md.
-    threads: int | None = 1
-    device: str = "auto"
-    eval_batch_size: int = 128
-    # Recompute batch-norm statistics on training members after every epoch (see
-    # recalibrate_batch_norm); 0 turns it off.
-    bn_recalibration_members: int = 1024
-
-    def __post_init__(self) -> None:
-        self.fractions = tuple(float(f) for f in self.fractions)  # type: ignore[assignment]
-        self.vector_pairs = [[int(a), int(b)] for a, b in self.vector_pairs]
-        if self.balance not in BALANCE_CHOICES:
-            raise SenseError(f"balance must be one of {BALANCE_CHOICES}, got {self.balance!r}")
-        for name in ("epochs", "batch_size", "eval_batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise SenseError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.learning_rate <= 0 or self.weight_decay < 0 or not 0 <= self.drop_rate < 1:
-            raise SenseError("learning rate must be > 0, weight decay >= 0, drop rate in [0, 1)")
-        Augmentation.parse(self.augment)  # fail early on a typo
-
-    def augmentation(self) -> Augmentation:
-        return Augmentation.parse(self.augment, self.vector_pairs)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["fractions"] = list(self.fractions)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> LabelerConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 # --------------------------------------------------------------------------- model
@@ -194,7 +104,8 @@ def learning_rate_at(
 
     A pure function of the step (no scheduler state), so resumed runs follow the same curve.
     """
-    base, floor = config.learning_rate, config.learning_rate * config.min_lr_ratio
+    base = config.run.learning_rate
+    floor = base * config.min_lr_ratio
     if step < warmup_steps:
         return base * (step + 1) / warmup_steps
     span = max(1, total_steps - warmup_steps)
@@ -351,29 +262,6 @@ class LabelerResult:
     is_main: bool = True  # False on the other ranks of a torchrun run (they write nothing)
 
 
-def _bundle_inputs(
-    out: Path, store: MemberStore, class_names: tuple[str, ...], overwrite: bool, resume: bool
-) -> dict | None:
-    """The existing manifest to extend (same input shape and classes), or None for a new one."""
-    manifest = read_manifest(out)
-    if manifest is None:
-        return None
-    existing = Bundle(out, manifest, verify_checksums=False)
-    if existing.input_shape != tuple(store.member_shape):
-        raise SenseError(
-            f"{out}: the bundle holds models for members {existing.input_shape}, these are "
-            f"{tuple(store.member_shape)}; write the labeler to a new bundle folder"
-        )
-    if existing.class_names and existing.class_names != class_names:
-        raise SenseError(
-            f"{out}: the bundle's classes {list(existing.class_names)} differ from the "
-            f"ensemble's {list(class_names)}; write the labeler to a new bundle folder"
-        )
-    if ROLE in existing.models and not (overwrite or resume):
-        raise SenseError(f"{out}: the bundle already has a labeler (pass overwrite to replace it)")
-    return manifest
-
-
 def _data_fingerprint(store: MemberStore, split: Split) -> dict[str, Any]:
     """Which members a run trains on, to refuse resuming with other data."""
     import hashlib
@@ -382,7 +270,234 @@ def _data_fingerprint(store: MemberStore, split: Split) -> dict[str, Any]:
     for part in ("train", "validation", "test"):
         for index in getattr(split, part):
             digest.update(f"{part}:{store.member_ids[index]}:{store.labels[index]}\n".encode())
-    return {"members": len(store), "split_sha256": digest.hexdigest()}
+    return {
+        "members": len(store),
+        "member_shape": list(store.member_shape),
+        "split_sha256": digest.hexdigest(),
+    }
+
+
+class LabelerTrainer(Trainer):
+    """The labeler's hooks for :func:`sense_training.loop.run_training`."""
+
+    role = ROLE
+    config_type = LabelerConfig
+    run_folder = RUN_FOLDER
+    curves_file = "training_curves.png"
+    selection_name = "validation loss"
+
+    def prepare(self, run: TrainingRun) -> dict[str, Any]:
+        split = run.config.split
+        self.split = split_labeled(run.store, split.fractions, split.split_seed)
+        self.class_names = tuple(run.store.class_names)
+        return _data_fingerprint(run.store, self.split)
+
+    def build(self, run: TrainingRun) -> None:
+        store, config, device = run.store, run.config, run.device
+        self.normalization = bundle_normalization(run.manifest, store, self.split.train)
+        self.augmentation = Augmentation.parse(config.augment, config.vector_pairs)
+        train_set = EnsembleDataset(
+            store,
+            self.split.train,
+            self.normalization,
+            augmentation=self.augmentation,
+            seed=config.run.seed,
+        )
+        self.eval_loaders = {
+            name: make_loader(
+                EnsembleDataset(store, getattr(self.split, name), self.normalization),
+                config.run.eval_batch_size,
+            )
+            for name in ("train", "validation", "test")
+        }
+        self.train_loader = make_loader(
+            train_set,
+            config.run.batch_size,
+            shuffle=True,
+            balanced=config.balance == "sampler",
+            seed=config.run.seed,
+            context=run.context,
+        )
+        classes = len(self.class_names)
+        self.model = build_labeler(
+            config.architecture, store.member_shape[0], classes, config.drop_rate
+        ).to(device)
+        self.trained = wrap_model(self.model, run.context)  # DDP on several ranks
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(),
+            lr=config.run.learning_rate,
+            weight_decay=config.run.weight_decay,
+        )
+        weights = class_weights(train_set.labels, classes) if config.balance == "loss" else None
+        self.loss_fn = torch.nn.CrossEntropyLoss(
+            weight=None if weights is None else weights.to(device),
+            label_smoothing=config.label_smoothing,
+        )
+        self.steps_per_epoch = len(self.train_loader)
+        self.total_steps = self.steps_per_epoch * config.run.epochs
+        self.warmup_steps = min(self.total_steps, self.steps_per_epoch * config.warmup_epochs)
+
+    def train_one_epoch(self, run: TrainingRun, epoch: int) -> dict[str, float]:
+        set_epoch(self.train_loader, epoch)
+        self.trained.train()
+        total_loss, correct, seen = 0.0, 0, 0
+        bar = self._progress_bar(run, epoch)
+        for step_in_epoch, (batch, labels, _) in enumerate(self.train_loader):
+            step = epoch * self.steps_per_epoch + step_in_epoch
+            rate = learning_rate_at(step, self.total_steps, self.warmup_steps, run.config)
+            for group in self.optimizer.param_groups:
+                group["lr"] = rate
+            batch, labels = batch.to(run.device), labels.to(run.device)
+            logits = self.trained(batch)
+            loss = self.loss_fn(logits, labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            total_loss += float(loss.detach()) * len(labels)
+            correct += int((logits.argmax(1) == labels).sum())
+            seen += len(labels)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
+        if bar is not None:
+            bar.close()
+        total_loss, correct, seen = mean_over_ranks([total_loss, correct, seen], run.context)
+        return {
+            "train_loss": total_loss / max(seen, 1),
+            "train_accuracy": correct / max(seen, 1),
+            "lr": self.optimizer.param_groups[0]["lr"],
+        }
+
+    def _progress_bar(self, run: TrainingRun, epoch: int):
+        if not run.progress:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{run.config.run.epochs}",
+                    unit="batch", leave=False)  # fmt: skip
+
+    def validate(self, run: TrainingRun, epoch: int) -> tuple[dict[str, float], float | None]:
+        limit = run.config.bn_recalibration_members
+        recalibrate_batch_norm(self.model, self.eval_loaders["train"], run.device, limit)
+        logits, labels, _ = predict(self.model, self.eval_loaders["validation"], run.device)
+        loss = cross_entropy(logits, labels)
+        accuracy = float(np.mean(logits.argmax(1) == labels)) if len(labels) else 0.0
+        return {"val_loss": loss, "val_accuracy": accuracy}, (loss if len(labels) else None)
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def epoch_line(
+        self, run: TrainingRun, epoch: int, record: Mapping[str, float], improved: bool
+    ) -> str:
+        return (
+            f"epoch {epoch + 1}/{run.config.run.epochs}: train loss {record['train_loss']:.4f} "
+            f"acc {record['train_accuracy']:.4f} | val loss {record['val_loss']:.4f} acc "
+            f"{record['val_accuracy']:.4f}{' *' if improved else ''} | {record['seconds']:.1f} s"
+        )
+
+    def release(self) -> None:
+        del self.trained, self.train_loader  # the DDP wrapper holds the process group
+
+    def select_weights(self, run: TrainingRun) -> None:
+        if run.best_weights is not None:
+            self.model.load_state_dict(run.best_weights)
+        self.model.eval()
+
+    def curves(self, run: TrainingRun) -> tuple[str, int | None, tuple[str, ...]]:
+        title = f"{run.config.architecture} labeler (best epoch {run.best_epoch + 1})"
+        return title, run.best_epoch, ("epoch", "seconds")
+
+    def finish(self, run: TrainingRun) -> tuple[Bundle | None, dict[str, Any]]:
+        metrics = self._metrics(run)
+        bundle = None
+        if run.export:
+            bundle, report = self._export(run, metrics)
+            metrics["export"] = report.to_dict()
+        test_part = "test" if len(self.split.test) else "validation"
+        scores = metrics[test_part]
+        plot_confusion_matrix(
+            scores["confusion_matrix"],
+            self.class_names,
+            run.run_dir / "confusion_matrix.png",
+            f"labeler, {test_part} members: accuracy {scores['accuracy']:.3f}",
+        )
+        return bundle, metrics
+
+    def _metrics(self, run: TrainingRun) -> dict[str, Any]:
+        """The finished run's scores on every part (evaluated once) and its record."""
+        evaluations = {}
+        for name, loader in self.eval_loaders.items():
+            logits, labels, _ = predict(self.model, loader, run.device)
+            evaluations[name] = classification_metrics(labels, logits.argmax(1), self.class_names)
+            evaluations[name]["loss"] = cross_entropy(logits, labels) if len(labels) else None
+        store, classes = run.store, len(self.class_names)
+        counts = np.bincount(store.labels[store.labeled_mask], minlength=classes)
+        return {
+            "architecture": run.config.architecture,
+            "parameters": int(sum(p.numel() for p in self.model.parameters())),
+            "class_names": list(self.class_names),
+            "chance_accuracy": 1.0 / classes,
+            "majority_accuracy": float(counts.max() / counts.sum()),
+            "split": run.split_record(self.split),
+            **evaluations,
+            "best_epoch": run.best_epoch + 1,
+            "epochs_run": len(run.history),
+            "stopped_early": run.stopped_early,
+            "train_seconds": round(run.train_seconds, 2),
+            "seconds_per_epoch": round(run.train_seconds / max(len(run.history), 1), 2),
+            "augmentation": self.augmentation.to_dict(),
+            "seeding": run.seeding,
+            "device": run.device_record(),
+            "distributed": run.context.describe(),
+            "versions": training_versions(),
+        }
+
+    def _export(self, run: TrainingRun, metrics: Mapping[str, Any]) -> tuple[Bundle, ExportReport]:
+        part = "validation" if len(self.split.validation) else "train"
+        real_inputs = next(iter(self.eval_loaders[part]))[0][:64]
+
+        def details(report: ExportReport) -> dict[str, Any]:
+            return {
+                "architecture": run.config.architecture,
+                "framework": "timm",
+                "parameters": metrics["parameters"],
+                "num_classes": len(self.class_names),
+                "output": "logits (apply softmax for class probabilities)",
+                "exporter": report.exporter,
+                "dynamic_batch": report.dynamic_batch,
+                "parity": {
+                    "max_abs_diff_real": report.max_abs_diff_real,
+                    "max_abs_diff_random": report.max_abs_diff_random,
+                    "torch_float32_error_random": report.torch_float32_error_random,
+                    "real_inputs": report.real_inputs,
+                },
+            }
+
+        return export_to_bundle(
+            run,
+            self.model,
+            torch.zeros((1, *run.store.member_shape)),
+            real_inputs,
+            self.normalization,
+            input_name=INPUT_NAME,
+            output_name=OUTPUT_NAME,
+            details=details,
+            metrics={k: metrics[k] for k in ("validation", "test", "best_epoch", "epochs_run")},
+            split=metrics["split"],
+        )
+
+    def result(
+        self, run: TrainingRun, bundle: Bundle | None, metrics: dict[str, Any]
+    ) -> LabelerResult:
+        return LabelerResult(bundle, metrics, run.run_dir, run.history, run.finished, run.is_main)
 
 
 def train_labeler(
@@ -401,494 +516,21 @@ def train_labeler(
     """Train a labeler on ``store``'s hand labels and write it into the bundle folder ``out``.
 
     ``run_dir`` (default ``out/labeler_run``) receives the checkpoint, metrics and plots.
-    ``resume`` continues from its checkpoint with the configuration saved there (``config`` is
-    then ignored). ``stop_after`` ends this call after that many epochs (checkpoint written, no
-    export; resume later). ``command`` is recorded in the bundle (default ``sys.argv``).
-    ``progress``: a tqdm bar per epoch (default: when stderr is a terminal). ``log`` receives
-    one line per epoch.
+    ``resume``, ``overwrite`` and ``stop_after`` follow :func:`sense_training.loop.run_training`
+    (resume uses the configuration saved with the checkpoint). ``command`` is recorded in the
+    bundle (default ``sys.argv``). ``progress``: a tqdm bar per epoch (default: when stderr is a
+    terminal). ``log`` receives one line per epoch.
     """
-    out = Path(out)
-    run_dir = Path(run_dir) if run_dir is not None else out / RUN_FOLDER
-    checkpoint_path = run_dir / CHECKPOINT
-    command = list(sys.argv if command is None else command)
-    if progress is None:
-        progress = sys.stderr.isatty()
-
-    state: dict[str, Any] | None = None
-    if resume:
-        state = load_checkpoint(checkpoint_path)
-        config = LabelerConfig.from_dict(json.loads(state["config_json"]))
-    elif checkpoint_path.exists() and not overwrite:
-        raise SenseError(
-            f"{run_dir}: a labeler run is there already; resume it or pass overwrite to start over"
-        )
-    config = config or LabelerConfig()
-
-    class_names = tuple(store.class_names)
-    split = split_labeled(store, config.fractions, config.split_seed)
-    fingerprint = _data_fingerprint(store, split)
-    if state is not None and json.loads(state["data_json"]) != fingerprint:
-        raise SenseError(
-            f"{checkpoint_path}: the checkpoint was trained on other members or labels than "
-            f"{getattr(store, 'path', 'this ensemble')}; resume with the same data"
-        )
-    manifest = _bundle_inputs(out, store, class_names, overwrite, resume)
-
-    seeding = seed_everything(config.seed)
-    threads = configure_threads(config.threads)
-    device = choose_device(config.device)
-    context = init_distributed(device)
-    device = device_for(device, context)
-    if not context.is_main:
-        log, progress = (lambda *_: None), False
-    if manifest is not None:
-        normalization = NormalizationStats.from_dict(manifest["normalization"])
-    else:
-        normalization = NormalizationStats.from_store(store, split.train)
-    augmentation = config.augmentation()
-    train_set = EnsembleDataset(
-        store, split.train, normalization, augmentation=augmentation, seed=config.seed
-    )
-    eval_sets = {
-        name: EnsembleDataset(store, getattr(split, name), normalization)
-        for name in ("train", "validation", "test")
-    }
-    train_loader = make_loader(
-        train_set,
-        config.batch_size,
-        shuffle=True,
-        balanced=config.balance == "sampler",
-        seed=config.seed,
-        context=context,
-    )
-    eval_loaders = {
-        name: make_loader(dataset, config.eval_batch_size) for name, dataset in eval_sets.items()
-    }
-
-    num_classes = len(class_names)
-    model = build_labeler(config.architecture, store.member_shape[0], num_classes, config.drop_rate)
-    model.to(device)
-    trained = wrap_model(model, context)  # DDP on several ranks; the model itself on one
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
-    )
-    weights = class_weights(train_set.labels, num_classes) if config.balance == "loss" else None
-    loss_fn = torch.nn.CrossEntropyLoss(
-        weight=None if weights is None else weights.to(device),
-        label_smoothing=config.label_smoothing,
-    )
-    steps_per_epoch = len(train_loader)
-    total_steps = steps_per_epoch * config.epochs
-    warmup_steps = min(total_steps, steps_per_epoch * config.warmup_epochs)
-
-    history = History()
-    start_epoch, best_loss, best_epoch, stale, train_seconds = 0, math.inf, -1, 0, 0.0
-    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    finished = False
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        best_state = state["best_model"]
-        history = History.from_dict(json.loads(state["history_json"]))
-        start_epoch = int(state["epoch"]) + 1
-        best_loss, best_epoch = float(state["best_loss"]), int(state["best_epoch"])
-        stale, train_seconds = int(state["stale"]), float(state["train_seconds"])
-        finished = bool(state["finished"])
-        log(f"resuming {checkpoint_path} after epoch {start_epoch} of {config.epochs}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-
-    epochs_now = 0
-    epoch = start_epoch
-    while not finished and epoch < config.epochs:
-        if stop_after is not None and epochs_now >= stop_after:
-            break
-        started = time.perf_counter()
-        set_epoch(train_loader, epoch)
-        torch.manual_seed(epoch_seed(config.seed, epoch, "torch"))  # dropout draws
-        trained.train()
-        total_loss, correct, seen = 0.0, 0, 0
-        bar = None
-        if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
-                       unit="batch", leave=False)  # fmt: skip
-        for step_in_epoch, (batch, labels, _) in enumerate(train_loader):
-            step = epoch * steps_per_epoch + step_in_epoch
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate_at(step, total_steps, warmup_steps, config)
-            batch, labels = batch.to(device), labels.to(device)
-            logits = trained(batch)
-            loss = loss_fn(logits, labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total_loss += float(loss.detach()) * len(labels)
-            correct += int((logits.argmax(1) == labels).sum())
-            seen += len(labels)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
-        if bar is not None:
-            bar.close()
-        total_loss, correct, seen = mean_over_ranks([total_loss, correct, seen], context)
-
-        recalibrate_batch_norm(
-            model, eval_loaders["train"], device, config.bn_recalibration_members
-        )
-        val_logits, val_labels, _ = predict(model, eval_loaders["validation"], device)
-        val_loss = cross_entropy(val_logits, val_labels)
-        val_accuracy = float(np.mean(val_logits.argmax(1) == val_labels)) if len(val_labels) else 0
-        seconds = time.perf_counter() - started
-        train_seconds += seconds
-        history.append(
-            epoch,
-            train_loss=total_loss / max(seen, 1),
-            train_accuracy=correct / max(seen, 1),
-            val_loss=val_loss,
-            val_accuracy=val_accuracy,
-            lr=optimizer.param_groups[0]["lr"],
-            seconds=seconds,
-        )
-        improved = not len(val_labels) or val_loss < best_loss - 1e-4
-        if improved:
-            best_loss, best_epoch, stale = (val_loss if len(val_labels) else 0.0), epoch, 0
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        else:
-            stale += 1
-        log(
-            f"epoch {epoch + 1}/{config.epochs}: train loss {total_loss / max(seen, 1):.4f} "
-            f"acc {correct / max(seen, 1):.4f} | val loss {val_loss:.4f} acc {val_accuracy:.4f}"
-            f"{' *' if improved else ''} | {seconds:.1f} s"
-        )
-        finished = epoch + 1 >= config.epochs or (config.patience > 0 and stale >= config.patience)
-        finished = broadcast_flag(finished, context)  # rank 0 decides for all
-        if finished and epoch + 1 < config.epochs:
-            log(f"early stop: no better validation loss for {stale} epochs")
-        if context.is_main:
-            save_checkpoint(
-                checkpoint_path,
-                {
-                    "role": ROLE,
-                    "config_json": json.dumps(config.to_dict()),
-                    "data_json": json.dumps(fingerprint),
-                    "history_json": json.dumps(history.to_dict()),
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "best_model": best_state,
-                    "epoch": epoch,
-                    "best_loss": best_loss,
-                    "best_epoch": best_epoch,
-                    "stale": stale,
-                    "train_seconds": train_seconds,
-                    "finished": finished,
-                },
-            )
-        barrier(context)
-        epoch += 1
-        epochs_now += 1
-
-    del trained, train_loader  # the DDP wrapper holds the process group (see shutdown)
-    if not (finished and context.is_main):
-        shutdown(context)
-        return LabelerResult(None, {}, run_dir, history, finished, is_main=context.is_main)
-
-    # ------------------------------------------------------------- evaluation, once
-    model.load_state_dict(best_state)
-    model.eval()
-    evaluations = {}
-    for name, loader in eval_loaders.items():
-        logits, labels, _ = predict(model, loader, device)
-        evaluations[name] = classification_metrics(labels, logits.argmax(1), class_names)
-        evaluations[name]["loss"] = cross_entropy(logits, labels) if len(labels) else None
-    counts = np.bincount(store.labels[store.labeled_mask], minlength=num_classes)
-    stopped_early = len(history) < config.epochs
-    metrics: dict[str, Any] = {
-        "architecture": config.architecture,
-        "parameters": int(sum(p.numel() for p in model.parameters())),
-        "class_names": list(class_names),
-        "chance_accuracy": 1.0 / num_classes,
-        "majority_accuracy": float(counts.max() / counts.sum()),
-        "split": {
-            "seed": config.split_seed,
-            "fractions": list(config.fractions),
-            **{part: int(len(getattr(split, part))) for part in ("train", "validation", "test")},
-            "preset": PRESET_SPLIT_KEY in store.metadata,
-        },
-        **evaluations,
-        "best_epoch": best_epoch + 1,
-        "epochs_run": len(history),
-        "stopped_early": stopped_early,
-        "train_seconds": round(train_seconds, 2),
-        "seconds_per_epoch": round(train_seconds / max(len(history), 1), 2),
-        "augmentation": augmentation.to_dict(),
-        "seeding": seeding,
-        "device": {**describe_device(device), "torch_threads": threads},
-        "distributed": context.describe(),
-        "versions": training_versions(),
-    }
-
-    # ------------------------------------------------------------- export and bundle
-    onnx_tmp = run_dir / "labeler.onnx"
-    real_inputs = next(iter(eval_loaders["validation"]))[0] if len(split.validation) else None
-    if real_inputs is None:
-        real_inputs = next(iter(eval_loaders["train"]))[0]
-    example = torch.zeros((1, *store.member_shape))
-    report = export_onnx(
-        model, example, onnx_tmp, INPUT_NAME, OUTPUT_NAME, real_inputs=real_inputs[:64]
-    )
-    metrics["export"] = report.to_dict()
-    if manifest is None:
-        manifest = new_manifest(tuple(store.member_shape), normalization, class_names)
-    manifest.setdefault("software", {}).update(training_versions())
-    bundle = add_model(
-        out,
-        ROLE,
-        onnx_tmp,
-        manifest,
-        input_name=INPUT_NAME,
-        output_name=OUTPUT_NAME,
-        opset=report.opset,
-        details={
-            "architecture": config.architecture,
-            "framework": "timm",
-            "parameters": metrics["parameters"],
-            "num_classes": num_classes,
-            "output": "logits (apply softmax for class probabilities)",
-            "exporter": report.exporter,
-            "dynamic_batch": report.dynamic_batch,
-            "parity": {
-                "max_abs_diff_real": report.max_abs_diff_real,
-                "max_abs_diff_random": report.max_abs_diff_random,
-                "torch_float32_error_random": report.torch_float32_error_random,
-                "real_inputs": report.real_inputs,
-            },
-        },
-        training={
-            "command": shlex.join(command),
-            "argv": command,
-            "config": config.to_dict(),
-            "metrics": {k: metrics[k] for k in ("validation", "test", "best_epoch", "epochs_run")},
-            "split": metrics["split"],
-            "seeding": seeding,
-            "device": metrics["device"],
-            "train_seconds": metrics["train_seconds"],
-            "versions": metrics["versions"],
-            "data": {"source": str(getattr(store, "path", "")), **fingerprint},
-        },
-    )
-    onnx_tmp.unlink(missing_ok=True)
-
-    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    test_part = "test" if len(split.test) else "validation"
-    accuracy = evaluations[test_part]["accuracy"]
-    plot_confusion_matrix(
-        evaluations[test_part]["confusion_matrix"],
-        class_names,
-        run_dir / "confusion_matrix.png",
-        f"labeler, {test_part} members: accuracy {accuracy:.3f}",
-    )
-    plot_history(
-        history,
-        run_dir / "training_curves.png",
-        title=f"{config.architecture} labeler (best epoch {best_epoch + 1})",
-        marker_epoch=best_epoch,
-    )
-    shutdown(context)
-    return LabelerResult(bundle, metrics, run_dir, history, completed=True)
-
-
-# --------------------------------------------------------------------------- pseudo-labels
-def onnx_session(path: str | os.PathLike, device: str = "auto"):
-    """An onnxruntime session on CUDA when asked/available, else CPU; the provider really used
-    is ``session.get_providers()[0]`` (onnxruntime falls back to CPU silently)."""
-    import onnxruntime
-
-    available = onnxruntime.get_available_providers()
-    wants_cuda = device in ("auto", "cuda") and "CUDAExecutionProvider" in available
-    if device == "cuda" and "CUDAExecutionProvider" not in available:
-        raise SenseError("device 'cuda' was asked for but this onnxruntime has no CUDA provider")
-    providers = (["CUDAExecutionProvider"] if wants_cuda else []) + ["CPUExecutionProvider"]
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3
-    session = onnxruntime.InferenceSession(str(path), options, providers=providers)
-    if device == "cuda" and session.get_providers()[0] != "CUDAExecutionProvider":
-        raise SenseError(
-            "device 'cuda' was asked for but onnxruntime could not load CUDA "
-            f"(providers in use: {session.get_providers()})"
-        )
-    return session
-
-
-@dataclass
-class PseudoLabels:
-    """The labeler's verdict on every member, and the labels to use downstream.
-
-    ``predicted``/``probability`` are the model's class and softmax confidence for every
-    member. ``labels`` are the hand label where there is one, else the prediction when its
-    confidence reaches ``threshold``, else -1; ``source`` says which (manual / pseudo / none).
-    """
-
-    predicted: np.ndarray
-    probability: np.ndarray
-    labels: np.ndarray
-    source: np.ndarray
-    manual: np.ndarray  # bool: hand-labeled
-    threshold: float
-    provider: str
-    seconds: float
-
-    @property
-    def confidence(self) -> np.ndarray:
-        """1.0 for hand labels, the softmax confidence otherwise."""
-        return np.where(self.manual, 1.0, self.probability).astype(np.float32)
-
-    def summary(self, class_names: Sequence[str]) -> dict[str, Any]:
-        """Counts per class and source, confidence quantiles, agreement with the hand labels."""
-        pseudo = self.source == "pseudo"
-        unlabeled = ~self.manual
-        agreement = (
-            float(np.mean(self.predicted[self.manual] == self.labels[self.manual]))
-            if self.manual.any()
-            else None
-        )
-        return {
-            "members": int(len(self.labels)),
-            "manual": int(self.manual.sum()),
-            "pseudo": int(pseudo.sum()),
-            "none": int((self.source == "none").sum()),
-            "threshold": self.threshold,
-            "pseudo_per_class": {
-                name: int(np.sum(self.labels[pseudo] == i)) for i, name in enumerate(class_names)
-            },
-            "confidence_of_unlabeled": {
-                q: float(np.quantile(self.probability[unlabeled], float(q)))
-                for q in ("0.05", "0.25", "0.5", "0.75")
-            }
-            if unlabeled.any()
-            else {},
-            "agreement_with_manual_labels": agreement,
-            "provider": self.provider,
-            "seconds": round(self.seconds, 3),
-        }
-
-
-def pseudo_label(
-    store: MemberStore,
-    bundle: Bundle | str | os.PathLike,
-    threshold: float = 0.0,
-    *,
-    batch_size: int = 256,
-    device: str = "auto",
-    progress: bool = False,
-) -> PseudoLabels:
-    """Run the bundle's labeler over every member of ``store`` (streamed in batches)."""
-    from sense_core.progress import batches_with_progress
-
-    if not 0.0 <= threshold <= 1.0:
-        raise SenseError(f"confidence threshold must be in [0, 1], got {threshold}")
-    bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
-    entry = bundle.model(ROLE)
-    bundle.check_compatible(store)
-    if store.class_names and tuple(store.class_names) != bundle.class_names:
-        raise SenseError(
-            f"{getattr(store, 'path', 'the ensemble')}: classes {list(store.class_names)} differ "
-            f"from the bundle's {list(bundle.class_names)} ({bundle.folder})"
-        )
-    started = time.perf_counter()
-    session = onnx_session(entry.path, device)
-    provider = session.get_providers()[0]
-    probabilities = np.empty((len(store), len(bundle.class_names)), dtype=np.float64)
-    for indices, batch in batches_with_progress(store, batch_size, progress, "pseudo-labels"):
-        normalised = bundle.normalization.apply(batch)
-        (logits,) = session.run([entry.output_name], {entry.input_name: normalised})
-        probabilities[indices] = softmax(logits)
-    predicted = probabilities.argmax(axis=1)
-    probability = probabilities.max(axis=1)
-    manual = manual_mask(store)
-    confident = probability >= threshold
-    labels = np.where(manual, store.labels, np.where(confident, predicted, UNLABELED))
-    source = np.where(manual, "manual", np.where(confident, "pseudo", "none"))
-    return PseudoLabels(
-        predicted=predicted.astype(np.int64),
-        probability=probability.astype(np.float32),
-        labels=labels.astype(np.int64),
-        source=source.astype("<U6"),
-        manual=manual,
-        threshold=float(threshold),
-        provider=provider,
-        seconds=time.perf_counter() - started,
-    )
-
-
-class RelabeledStore(MemberStore):
-    """``base``'s members (read from it on demand) with other labels, classes and metadata."""
-
-    def __init__(
-        self,
-        base: MemberStore,
-        labels: np.ndarray,
-        class_names: Sequence[str],
-        metadata: Mapping[str, np.ndarray],
-    ) -> None:
-        self.base = base
-        self.path = getattr(base, "path", None)
-        self.member_ids = tuple(base.member_ids)
-        self.labels = np.asarray(labels, dtype=np.int64)
-        self.class_names = tuple(class_names)
-        self.metadata = dict(metadata)
-
-    @property
-    def member_shape(self) -> tuple[int, int, int]:
-        return self.base.member_shape
-
-    def read_members(self, indices: Sequence[int]) -> np.ndarray:
-        return self.base.read_members(indices)
-
-
-def pseudo_labeled_store(
-    store: MemberStore, result: PseudoLabels, bundle: Bundle | str | os.PathLike
-) -> RelabeledStore:
-    """``store`` with the pseudo-labels applied, ready for :func:`sense_core.io.write_ensemble`.
-
-    Labels: manual where a hand label exists, else the pseudo-label (or -1 below the threshold).
-    Metadata added (replacing earlier values): ``label_source`` (manual / pseudo / none),
-    ``confidence`` (1.0 for manual), ``pseudo_label`` and ``pseudo_confidence`` (the model's class
-    and softmax confidence for every member), and ``split``: the labeler's train / validation /
-    test split of the hand-labeled members (same fractions and seed as its training, or the
-    ensemble's preset split), ``train`` for pseudo-labeled members and ``none`` for the rest. A
-    later :func:`split_labeled` therefore keeps validation and test purely hand-labeled, as the
-    labeler saw them.
-    """
-    bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
-    manual_store = RelabeledStore(
+    return run_training(
+        LabelerTrainer(),
         store,
-        np.where(result.manual, store.labels, UNLABELED),
-        bundle.class_names,
-        store.metadata,
+        out,
+        config,
+        run_dir=run_dir,
+        resume=resume,
+        overwrite=overwrite,
+        command=command,
+        progress=sys.stderr.isatty() if progress is None else progress,
+        stop_after=stop_after,
+        log=log,
     )
-    config = bundle.manifest.get("training", {}).get(ROLE, {}).get("config", {})
-    parts = np.full(len(store), NO_SPLIT, dtype="<U10")
-    parts[result.source == "pseudo"] = "train"
-    try:
-        split = split_labeled(
-            manual_store,
-            tuple(config.get("fractions", (0.7, 0.15, 0.15))),
-            int(config.get("split_seed", 0)),
-        )
-    except EnsembleError:  # fewer than two hand-labeled classes: nothing to hold out
-        parts[result.manual] = "train"
-    else:
-        for name in ("train", "validation", "test"):
-            parts[getattr(split, name)] = name
-    metadata = dict(store.metadata)
-    metadata.update(
-        {
-            LABEL_SOURCE_KEY: result.source,
-            CONFIDENCE_KEY: result.confidence,
-            PSEUDO_LABEL_KEY: result.predicted,
-            PSEUDO_CONFIDENCE_KEY: result.probability,
-            PRESET_SPLIT_KEY: parts,
-        }
-    )
-    return RelabeledStore(store, result.labels, bundle.class_names, metadata)

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -45,10 +45,14 @@ import torch.nn.functional as F
 from torch.utils.data import Sampler
 
 from sense_core.errors import SenseError
+from sense_training.config import (  # noqa: F401 (re-exported: the loss options live there)
+    CONTRASTIVE_KINDS,
+    LOSS_TERMS,
+    LossConfig,
+    parse_terms,
+)
 
 UNLABELED = -1
-LOSS_TERMS = ("recon", "cluster", "contrastive")
-CONTRASTIVE_KINDS = ("margin", "supcon")
 
 
 # --------------------------------------------------------------------------- reconstruction, KL
@@ -408,82 +412,6 @@ def supcon_loss(
 
 
 # --------------------------------------------------------------------------- joint objective
-@dataclass
-class LossConfig:
-    """Which terms the joint objective uses and their weights.
-
-    ``terms``: any non-empty subset of ``recon``, ``cluster``, ``contrastive``. ``beta``: the
-    β of a β-VAE (used only when the model returns a log-variance). ``soft_memberships``: the
-    silhouette uses :func:`confidence_memberships` instead of one-hot ones. ``confidence_weights``:
-    members' terms are weighted by their label confidence (manual labels: 1).
-    ``silhouette_target``: ``s*`` of :func:`silhouette_hinge_loss` (1 = ``1 − s̄``).
-    ``memory_size``: codes in the :class:`LatentMemory` bank of the silhouette (0 = in-batch).
-    ``trim_fraction``: the share of each batch's labelled members with the lowest silhouette
-    left out of the clustering loss (0 = none).
-    """
-
-    terms: tuple[str, ...] = ("recon",)
-    recon_weight: float = 1.0
-    beta: float = 1.0
-    cluster_weight: float = 1.0
-    contrastive_weight: float = 1.0
-    contrastive: str = "margin"
-    margin: float = 1.0
-    temperature: float = 0.1
-    soft_memberships: bool = False
-    confidence_weights: bool = False
-    silhouette_target: float = 1.0
-    memory_size: int = 0
-    trim_fraction: float = 0.0
-
-    def __post_init__(self) -> None:
-        self.terms = parse_terms(self.terms)
-        if not 0.0 <= self.trim_fraction < 1.0:
-            raise SenseError(f"trim_fraction must be in [0, 1), got {self.trim_fraction}")
-        if not -1.0 <= self.silhouette_target <= 1.0:
-            raise SenseError(
-                f"silhouette_target must be in [-1, 1] (1 = plain 1 - mean silhouette), got "
-                f"{self.silhouette_target}"
-            )
-        if self.memory_size < 0:
-            raise SenseError(f"memory_size must be >= 0 (0 = off), got {self.memory_size}")
-        if self.contrastive not in CONTRASTIVE_KINDS:
-            raise SenseError(
-                f"unknown contrastive loss {self.contrastive!r}; choose {CONTRASTIVE_KINDS}"
-            )
-        for name in ("recon_weight", "beta", "cluster_weight", "contrastive_weight", "margin"):
-            if getattr(self, name) < 0:
-                raise SenseError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.temperature <= 0:
-            raise SenseError(f"temperature must be > 0, got {self.temperature}")
-
-    @property
-    def uses_labels(self) -> bool:
-        return "cluster" in self.terms or "contrastive" in self.terms
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data["terms"] = list(self.terms)
-        return data
-
-
-def parse_terms(terms: str | Sequence[str]) -> tuple[str, ...]:
-    """``"recon,cluster"`` or a sequence → the terms in canonical order; unknown ones are an
-    error."""
-    if isinstance(terms, str):
-        terms = [t for t in terms.split(",")]
-    chosen = {str(t).strip().lower() for t in terms if str(t).strip()}
-    aliases = {"reconstruction": "recon", "clustering": "cluster", "silhouette": "cluster"}
-    chosen = {aliases.get(t, t) for t in chosen}
-    unknown = chosen - set(LOSS_TERMS)
-    if unknown or not chosen:
-        raise SenseError(
-            f"loss terms {sorted(unknown) or 'none'} not understood; choose a non-empty "
-            f"comma-separated subset of {', '.join(LOSS_TERMS)}"
-        )
-    return tuple(t for t in LOSS_TERMS if t in chosen)
-
-
 @dataclass
 class LossParts:
     """The total loss and its (detached) components for logging."""

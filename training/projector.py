@@ -6,7 +6,7 @@ Use from the ``sense fit`` pipeline::
     from sense_training.projector import train_projector, add_projector_to_bundle
 
     projection = sense_core.projection.umap_project(train_latents, seed=0)   # the map to imitate
-    fit = train_projector(train_latents, projection.xy, seed=0)
+    fit = train_projector(train_latents, projection.xy, ProjectorConfig(seed=0))
     print(fit.fidelity)                   # trustworthiness, k-NN overlap, relative RMSE
     add_projector_to_bundle(bundle_dir, fit, train_latents, umap_params=projection.params,
                             command="sense fit ...")
@@ -35,8 +35,10 @@ import torch
 from torch import nn
 
 from sense_core.errors import SenseError
+from sense_core.projection import ProjectionOptions
+from sense_training.config import ProjectorConfig
 
-DEFAULT_HIDDEN = (256, 256)
+DEFAULT_HIDDEN = ProjectorConfig().hidden
 TARGET_STEPS = 3000  # optimiser steps when epochs is not given
 MIN_POINTS = 10  # fewer points than this are not enough to learn a map from
 
@@ -144,23 +146,19 @@ def projector_fidelity(
 def train_projector(
     latents: np.ndarray,
     xy: np.ndarray,
+    config: ProjectorConfig | None = None,
     *,
-    hidden: Sequence[int] = DEFAULT_HIDDEN,
-    epochs: int | None = None,
-    batch_size: int = 512,
-    learning_rate: float = 2e-3,
-    weight_decay: float = 1e-5,
-    validation_fraction: float = 0.1,
-    seed: int = 0,
     device: str = "cpu",
-    threads: int | None = 1,
     progress: bool = False,
+    **changes: Any,
 ) -> ProjectorFit:
     """Fit a :class:`ProjectorNet` so that ``model(latents) ~ xy`` (the UMAP map of ``latents``).
 
     ``latents`` (N, D) and ``xy`` (N, 2) are the training members' latent vectors and their UMAP
-    coordinates. ``epochs`` defaults to about 3000 optimiser steps (20-500 epochs). Everything
-    random (initial weights, held-out points, batch order) derives from ``seed``. Returns the
+    coordinates. ``config`` (default :class:`~sense_training.config.ProjectorConfig`) with
+    ``changes`` (its fields, e.g. ``epochs=5``) replaced: ``epochs`` None means about 3000
+    optimiser steps (20-500 epochs). Everything random (initial weights, held-out points, batch
+    order) derives from ``config.seed``. Returns the
     model (CPU, evaluation mode) with its configuration, loss history and fidelity on the
     held-out points and on all points.
 
@@ -170,6 +168,7 @@ def train_projector(
     """
     from sense_training.common import choose_device, configure_threads, seed_everything
 
+    config = (config or ProjectorConfig()).updated(changes)
     latents = np.ascontiguousarray(latents, dtype=np.float32)
     xy = np.ascontiguousarray(xy, dtype=np.float32)
     if latents.ndim != 2 or xy.shape != (len(latents), 2):
@@ -185,39 +184,54 @@ def train_projector(
         return _train(
             latents,
             xy,
-            hidden=hidden,
-            epochs=epochs,
-            batch_size=batch_size,
-            learning_rate=learning_rate,
-            weight_decay=weight_decay,
-            validation_fraction=validation_fraction,
-            seed=seed,
+            config,
             target=choose_device(device),
-            used_threads=configure_threads(threads),
+            used_threads=configure_threads(config.threads),
             progress=progress,
-            seeding=seed_everything(seed),
+            seeding=seed_everything(config.seed),
         )
     finally:
         torch.set_num_threads(previous_threads)
 
 
+def _scaled_net(latents: np.ndarray, xy: np.ndarray, hidden: Sequence[int]) -> ProjectorNet:
+    """A :class:`ProjectorNet` that standardises latents and scales the map like these
+    (training) points."""
+    latent_mean = latents.mean(axis=0)
+    latent_std = latents.std(axis=0)
+    latent_std = np.where(latent_std > 1e-8, latent_std, 1.0)
+    xy_center = xy.mean(axis=0)
+    xy_scale = float(np.sqrt(np.mean(np.sum((xy - xy_center) ** 2, axis=1)))) or 1.0
+    return ProjectorNet(latents.shape[1], hidden, latent_mean, latent_std, xy_center, xy_scale)
+
+
+def _fit_epoch(model, optimizer, schedule, inputs, targets, batches) -> float:
+    """One epoch over ``batches`` (rows of ``inputs``); the summed squared error."""
+    model.train()
+    total = 0.0
+    for rows in batches:
+        loss = torch.mean((model.scaled(inputs[rows]) - targets[rows]) ** 2)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        total += float(loss.detach()) * len(rows)
+    return total
+
+
 def _train(
     latents: np.ndarray,
     xy: np.ndarray,
+    config: ProjectorConfig,
     *,
-    hidden: Sequence[int],
-    epochs: int | None,
-    batch_size: int,
-    learning_rate: float,
-    weight_decay: float,
-    validation_fraction: float,
-    seed: int,
     target: torch.device,
     used_threads: int,
     progress: bool,
     seeding: dict[str, Any],
 ) -> ProjectorFit:
     started = time.perf_counter()
+    hidden, epochs, batch_size = config.hidden, config.epochs, config.batch_size
+    seed, validation_fraction = config.seed, config.validation_fraction
     rng = np.random.default_rng(seed)
     count = len(latents)
     held_out = int(round(count * validation_fraction)) if validation_fraction > 0 else 0
@@ -225,21 +239,18 @@ def _train(
     validation = np.sort(order[:held_out])
     train = np.sort(order[held_out:])
 
-    latent_mean = latents[train].mean(axis=0)
-    latent_std = latents[train].std(axis=0)
-    latent_std = np.where(latent_std > 1e-8, latent_std, 1.0)
-    xy_center = xy[train].mean(axis=0)
-    xy_scale = float(np.sqrt(np.mean(np.sum((xy[train] - xy_center) ** 2, axis=1)))) or 1.0
-    model = ProjectorNet(latents.shape[1], hidden, latent_mean, latent_std, xy_center, xy_scale)
-    model = model.to(target)
+    model = _scaled_net(latents[train], xy[train], hidden).to(target)
 
     steps_per_epoch = max(1, int(np.ceil(len(train) / batch_size)))
     if epochs is None:
         epochs = int(np.clip(TARGET_STEPS // steps_per_epoch, 20, 500))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
     inputs = torch.as_tensor(latents).to(target)
-    targets = torch.as_tensor((xy - xy_center) / xy_scale).to(target)
+    xy_center, xy_scale = model.xy_center.cpu().numpy(), float(model.xy_scale)
+    targets = torch.as_tensor((xy - xy_center) / xy_scale, dtype=torch.float32).to(target)
     generator = torch.Generator().manual_seed(seed)
     history: list[dict[str, float]] = []
     bar = None
@@ -249,17 +260,9 @@ def _train(
         bar = tqdm(total=epochs, unit="epoch", desc="projector", leave=False)
     train_index = torch.as_tensor(train)
     for epoch in range(epochs):
-        model.train()
-        permutation = train_index[torch.randperm(len(train), generator=generator)]
-        total = 0.0
-        for start in range(0, len(train), batch_size):
-            rows = permutation[start : start + batch_size].to(target)
-            loss = torch.mean((model.scaled(inputs[rows]) - targets[rows]) ** 2)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            total += float(loss.detach()) * len(rows)
+        permutation = train_index[torch.randperm(len(train), generator=generator)].to(target)
+        batches = torch.split(permutation, batch_size)
+        total = _fit_epoch(model, optimizer, schedule, inputs, targets, batches)
         record = {"epoch": epoch + 1, "train_mse": total / len(train)}
         if held_out:
             model.eval()
@@ -282,14 +285,10 @@ def _train(
         fidelity["validation"] = projector_fidelity(
             latents[validation], xy[validation], predicted[validation], seed=seed
         )
-    config = {
+    record = {
+        **config.to_dict(),
         "hidden": list(model.hidden),
         "epochs": epochs,
-        "batch_size": batch_size,
-        "learning_rate": learning_rate,
-        "weight_decay": weight_decay,
-        "validation_fraction": validation_fraction,
-        "seed": seed,
         "seeding": seeding,
         "threads": used_threads,
         "device": str(target),
@@ -297,7 +296,7 @@ def _train(
         "latent_dim": int(latents.shape[1]),
     }
     return ProjectorFit(
-        model, config, history, fidelity, validation, round(time.perf_counter() - started, 3)
+        model, record, history, fidelity, validation, round(time.perf_counter() - started, 3)
     )
 
 
@@ -391,25 +390,25 @@ def fit_bundle_projector(
     store,
     bundle_folder: str | os.PathLike,
     indices: Sequence[int] | np.ndarray,
+    config: ProjectorConfig | None = None,
     *,
-    max_points: int = 5000,
-    seed: int = 0,
-    hidden: Sequence[int] = DEFAULT_HIDDEN,
-    epochs: int | None = None,
-    n_neighbors: int = 15,
-    min_dist: float = 0.1,
+    projection: ProjectionOptions | None = None,
     command: str | None = None,
-    threads: int | None = 1,
     log=print,
+    **changes: Any,
 ) -> BundleProjector:
     """Give the bundle's encoder a projector: encode the members ``indices`` of ``store`` (a
-    seeded sample of at most ``max_points``) with the bundle's ONNX encoder, map them with UMAP
-    (seeded, exact k-NN), train a :class:`ProjectorNet` on that map and add it to the bundle as
-    ``projector.onnx`` with its fidelity (:func:`add_projector_to_bundle`)."""
+    seeded sample of at most ``config.max_points``) with the bundle's ONNX encoder, map them with
+    UMAP (``projection``; default: :class:`~sense_core.projection.ProjectionOptions` seeded with
+    ``config.seed``, exact k-NN), train a :class:`ProjectorNet` on that map and add it to the
+    bundle as ``projector.onnx`` with its fidelity (:func:`add_projector_to_bundle`).
+    ``changes`` replace fields of ``config`` (e.g. ``max_points=2000, seed=3``)."""
     from sense_core.bundle import Bundle
     from sense_core.inference import Encoder
     from sense_core.projection import umap_project
 
+    config = (config or ProjectorConfig()).updated(changes)
+    max_points, seed = config.max_points, config.seed
     indices = np.asarray(indices, dtype=np.int64)
     if max_points < MIN_POINTS:
         raise SenseError(f"max_points must be >= {MIN_POINTS}, got {max_points}")
@@ -427,19 +426,16 @@ def fit_bundle_projector(
     latents = Encoder(bundle, device="cpu").encode_store(store, indices=indices)
     seconds["encode"] = round(time.perf_counter() - tick, 2)
     tick = time.perf_counter()
-    projection = umap_project(
-        latents, n_neighbors=n_neighbors, min_dist=min_dist, seed=seed, knn="exact"
-    )
+    options = projection or ProjectionOptions(seed=seed, knn="exact")
+    projection_map = umap_project(latents, options)
     seconds["umap"] = round(time.perf_counter() - tick, 2)
     log(f"  UMAP of {len(indices)} training latents in {seconds['umap']:.1f} s")
     tick = time.perf_counter()
-    fit = train_projector(
-        latents, projection.xy, hidden=hidden, epochs=epochs, seed=seed, threads=threads
-    )
+    fit = train_projector(latents, projection_map.xy, config)
     seconds["train"] = round(time.perf_counter() - tick, 2)
     tick = time.perf_counter()
     add_projector_to_bundle(
-        bundle_folder, fit, latents, umap_params=projection.params, command=command
+        bundle_folder, fit, latents, umap_params=projection_map.params, command=command
     )
     seconds["export"] = round(time.perf_counter() - tick, 2)
     held_out = fit.fidelity.get("validation", fit.fidelity["all"])
@@ -448,4 +444,4 @@ def fit_bundle_projector(
         f"k-NN overlap {held_out['knn_overlap']:.3f}, trustworthiness "
         f"{held_out['trustworthiness_projector']:.3f} (UMAP {held_out['trustworthiness_umap']:.3f})"
     )
-    return BundleProjector(fit, dict(projection.params), indices, seconds)
+    return BundleProjector(fit, dict(projection_map.params), indices, seconds)

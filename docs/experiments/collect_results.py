@@ -3,19 +3,20 @@
 Usage::
 
     python docs/experiments/collect_results.py --dataset channels32 --dataset drops32 \
-        --remedy channels32=out/enc/exp_channels32_remedy_s0,out/enc/exp_channels32_remedy_s1,...
+        --remedy channels32=out/enc/exp_channels32_remedy/seed0,...
 
 ``--dataset NAME`` reads ``out/enc/exp_NAME/summary.json`` and ``evaluation.json`` (written by
 ``sense experiment --config docs/experiments/grid_NAME.toml``) and replaces that dataset's entry,
 keeping the keys other scripts check (``best_sense``, ``plain_ae``, ``umap_raw``, ``pca_raw``)
 and adding ``plain_vae``, every row's mean and sd, the clustering-loss gaps and the times.
 ``--remedy NAME=DIR,DIR,...`` writes ``remedies.NAME``: per variant the mean and sd over the
-runs (one per training seed) of the 2D test silhouette and of the selected epoch's gap. Other
-entries are kept. ``--note NAME=TEXT`` (``remedies.NAME=TEXT``) records the machine load of a
-run. ``--choose KEY=REMEDY:VARIANT:BASELINE`` records under ``cluster_gap_target.KEY`` the
-remedy variant chosen for that ensemble and its baseline, both read from
-``remedies.REMEDY`` (mean 2D test silhouette and mean gap over the training seeds), with
-``met`` = every seed's gap ≤ 0.10. Written atomically.
+runs (one per training seed: ``<out>/seed<k>`` of a grid with ``train_seeds``) of the 2D test
+silhouette and of the selected epoch's gap. Other entries are kept. ``--note NAME=TEXT``
+(``remedies.NAME=TEXT``) records the machine load of a run. ``--choose
+KEY=REMEDY:VARIANT:BASELINE`` records under ``cluster_gap_target.KEY`` the remedy variant chosen
+for that ensemble and its baseline, both read from ``remedies.REMEDY`` (mean 2D test silhouette
+and mean gap over the training seeds), with ``met`` = every seed's gap ≤ 0.10. Written
+atomically.
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ def main(argv: list[str]) -> int:
         result = train_encoder(
             store,
             f"{out}/{name}",
-            EncoderConfig(**{**BASE, **values}),
+            EncoderConfig.from_dict({**BASE, **values}),
             export=False,
             log=lambda *_: None,
             command=["explore_remedies.py", name],

@@ -8,7 +8,7 @@ both from the exported encoders, to show that a conclusion does not hinge on the
 Usage (repo root)::
 
     .venv/bin/python docs/experiments/gap_both_monitors.py out/enc/drops32_pseudo.npz \
-        out/enc/exp_drops32_pseudo_s0/pseudo [MORE_BUNDLES ...]
+        out/enc/exp_drops32_pseudo/pseudo/seed0 [MORE_BUNDLES ...]
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """The pseudo-label noise ablation: 2D test silhouette against the fraction of flipped labels.
 
-Usage (repo root, after ``sense experiment --config docs/experiments/grid_NAME_noise.toml``
-and ``grid_NAME_noise_s1.toml``, ``_s2.toml``)::
+Usage (repo root, after ``sense experiment --config docs/experiments/grid_NAME_noise.toml``,
+which trains training seeds 0, 1, 2 and reports each in ``<out>/seed<k>``)::
 
     python docs/experiments/plot_label_noise.py --out docs/images/label_noise.png \
-        channels32=out/enc/exp_channels32_noise,out/enc/exp_channels32_noise_s1,... \
-        drops32=out/enc/exp_drops32_noise,...
+        channels32=out/enc/exp_channels32_noise/seed0,out/enc/exp_channels32_noise/seed1,... \
+        drops32=out/enc/exp_drops32_noise/seed0,...
 
 Reads each folder's ``evaluation.json`` (variants ``pseudo_noiseNN``, NN = percent flipped,
 plus ``plain_ae``, ``umap_raw``, ``pca_raw`` as reference lines). Several folders per dataset

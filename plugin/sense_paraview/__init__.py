@@ -1,4 +1,7 @@
-"""pvpython / pvbatch / GUI helpers for SENSE (imported as ``sense_paraview``).
+"""SENSE's ParaView layer (imported as ``sense_paraview``): the algorithms behind the plugin
+(:mod:`sense_paraview.algorithms`, VTK conversions in :mod:`sense_paraview.vtk_views`), the
+plugin file itself (package data, :func:`plugin_file`), the ``sense paraview|pvpython|pvbatch|
+pvserver`` launchers and ``sense demo``, and pvpython / pvbatch / GUI helpers.
 
 The linked layout (:func:`show_linked_layout`: scatter coloured by class beside the selected
 members' fields) and the live link under it (:func:`link_selection`). ParaView's
@@ -7,6 +10,8 @@ mapping goes through member ids. ``paraview`` is imported inside the functions, 
 imports anywhere.
 """
 
+from sense_paraview.failures import FilterError, update_or_raise
+from sense_paraview.launcher import plugin_dir, plugin_file
 from sense_paraview.layout import LinkedLayout, show_linked_layout
 from sense_paraview.linking import (
     SelectionLink,
@@ -16,13 +21,17 @@ from sense_paraview.linking import (
 )
 
 __all__ = [
+    "FilterError",
     "LinkedLayout",
     "SelectionLink",
     "link_selection",
     "member_ids_where",
+    "plugin_dir",
+    "plugin_file",
     "scripts_dir",
     "selected_member_ids",
     "show_linked_layout",
+    "update_or_raise",
 ]
 
 

@@ -146,12 +146,13 @@ def show_linked_layout(
     """
     import paraview.simple as simple
 
+    from sense_paraview.failures import update_or_raise
     from sense_paraview.linking import link_selection
 
     if embedding is None:
         embedding_properties.setdefault("LinkedLayout", 0)  # this function lays it out
         embedding = simple.SENSEEmbedding(Input=ensemble, Bundle=bundle, **embedding_properties)
-    embedding.UpdatePipeline()
+    update_or_raise(embedding)  # a failed embedding raises FilterError with its message
     class_names = _class_names(embedding)
     member_view = simple.SENSEMemberView(Input=ensemble)
     layout, scatter_view, members_view = _place_views(scatter_view)

@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from sense_core.errors import SenseError
+from sense_training.config import ARCHITECTURES, ModelConfig
 
 WORKING_SIZES = (32, 64, 128, 256)
-ARCHITECTURES = ("ae", "vae")
 BOTTLENECK = 4  # spatial size of the last encoder feature map
 MAX_CHANNELS = 256
 
@@ -63,6 +63,12 @@ class AutoencoderConfig:
         data = asdict(self)
         data["input_shape"] = list(self.input_shape)
         return data
+
+    @classmethod
+    def from_model(cls, model: ModelConfig, input_shape: tuple[int, ...]) -> AutoencoderConfig:
+        """The network of the encoder configuration's ``model`` section for members of
+        ``input_shape``."""
+        return cls(input_shape=tuple(input_shape), **model.to_dict())  # type: ignore[arg-type]
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AutoencoderConfig:

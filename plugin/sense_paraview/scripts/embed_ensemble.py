@@ -5,7 +5,8 @@
 
 ENSEMBLE: an .npz or member folder (read by the SENSE reader) or a .vtm / .pvd. Writes
 OUT_DIR/embedding.csv (one row per member), OUT_DIR/selection.vtm (the selected members'
-mosaic, mean and std), and OUT_DIR/layout.png (the linked layout: scatter | members).
+mosaic, mean and std), and OUT_DIR/layout.png (the linked layout: scatter | members). A failed
+SENSE filter (bad input, unusable bundle) ends the script with its message and exit status 1.
 """
 
 import argparse
@@ -16,8 +17,7 @@ import paraview.simple as simple
 from paraview import servermanager
 from paraview.simple import LoadPlugin, OpenDataFile, SaveData, SaveScreenshot
 
-from sense_core.paraview_env import plugin_file
-from sense_paraview import show_linked_layout
+from sense_paraview import FilterError, plugin_file, show_linked_layout, update_or_raise
 
 PROJECTIONS = {"auto": "Auto", "umap": "UMAP", "projector": "Parametric projector", "pca": "PCA"}
 
@@ -54,7 +54,7 @@ def main(argv):
     else:
         selected = []
     if selected:
-        linked.member_view.UpdatePipeline()
+        update_or_raise(linked.member_view)
         SaveData(str(out / "selection.vtm"), proxy=linked.member_view)
     linked.layout.SetSize(1600, 800)
     SaveScreenshot(str(out / "layout.png"), linked.layout, ImageResolution=[1600, 800])
@@ -66,4 +66,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except FilterError as exc:
+        print(f"embed_ensemble.py: error: {exc}", file=sys.stderr)
+        sys.exit(1)

@@ -11,9 +11,9 @@ import os
 import re
 import sys
 
-# plugin/ holds sense_plugin.py; this script stays out of it (PV_PLUGIN_PATH loads every .py
-# there as a plugin).
-PLUGIN_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# sense_paraview/plugins/ holds sense_plugin.py; this script stays out of it (PV_PLUGIN_PATH
+# loads every .py there as a plugin).
+PLUGIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "plugins")
 
 
 def plugin_xml() -> str:

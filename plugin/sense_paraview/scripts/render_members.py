@@ -4,6 +4,7 @@
 
 ENSEMBLE is an .npz, a member folder, or a .vtm. The picture shows the members tiled, with the
 mean and standard deviation of the selection to the right, coloured with one shared range.
+A failed SENSE filter ends the script with its message and exit status 1.
 """
 
 import sys
@@ -20,7 +21,7 @@ from paraview.simple import (
     Show,
 )
 
-from sense_core.paraview_env import plugin_file
+from sense_paraview import FilterError, plugin_file, update_or_raise
 
 
 def main(argv):
@@ -34,6 +35,7 @@ def main(argv):
     else:
         ensemble = simple.SENSEEnsembleReader(FileName=path)
     members = simple.SENSEMemberView(Input=ensemble, MemberIds=member_ids)
+    update_or_raise(members)
     view = CreateRenderView()
     view.ViewSize = [1200, 700]
     view.OrientationAxesVisibility = 0
@@ -53,4 +55,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except FilterError as exc:
+        print(f"render_members.py: error: {exc}", file=sys.stderr)
+        sys.exit(1)

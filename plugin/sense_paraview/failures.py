@@ -1,0 +1,49 @@
+"""Failed SENSE filters, as scripts see them.
+
+A SENSE algorithm that fails reports one line ``SENSE: <what went wrong>`` through VTK's output
+window (ParaView's Output Messages) and returns failure from ``RequestData``; ParaView keeps
+running and the output stays empty. ``paraview.simple.UpdatePipeline`` does not raise on a
+failed filter, so pvpython/pvbatch scripts call :func:`update_or_raise` instead, which raises
+:class:`FilterError` with those messages (and a script that does not catch it exits non-zero).
+"""
+
+from __future__ import annotations
+
+from sense_core.errors import SenseError
+
+PREFIX = "SENSE: "
+
+
+class FilterError(SenseError):
+    """A filter of the pipeline failed; the message is what it reported."""
+
+
+def report_error(message: str) -> None:
+    """Show ``message`` in ParaView's Output Messages (VTK's output window) as a SENSE error."""
+    from vtkmodules.vtkCommonCore import vtkOutputWindow
+
+    vtkOutputWindow.GetInstance().DisplayErrorText(f"{PREFIX}{message}\n")
+
+
+def update_or_raise(proxy, time: float | None = None) -> None:
+    """``proxy.UpdatePipeline(time)``; raise :class:`FilterError` when a SENSE filter (or any VTK
+    algorithm) on the way reported a failure while it ran."""
+    from vtkmodules.vtkCommonCore import vtkCommand, vtkOutputWindow
+
+    messages: list[str] = []
+
+    def catch(obj, event, text=None) -> None:
+        messages.append(str(text))
+
+    catch.CallDataType = "string0"
+    window = vtkOutputWindow.GetInstance()
+    tag = window.AddObserver(vtkCommand.ErrorEvent, catch)
+    try:
+        proxy.UpdatePipeline(time)
+    finally:
+        window.RemoveObserver(tag)
+    ours = [m.strip().removeprefix(PREFIX) for m in messages if PREFIX in m]
+    if ours:
+        raise FilterError("; ".join(ours))
+    if any("returned failure" in m for m in messages):
+        raise FilterError(messages[0].strip().splitlines()[0])

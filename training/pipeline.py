@@ -1,0 +1,670 @@
+"""The SENSE pipeline as a library: :func:`fit` (labeler → pseudo-labels → encoder → projector →
+evaluation into one bundle, with a :class:`FitReport`) and :func:`run_experiment` (a grid of
+encoder trainings, optionally repeated over training seeds, compared with the baselines).
+
+The ``sense fit`` / ``sense experiment`` / ``sense evaluate`` commands only parse their options
+into the configurations of :mod:`sense_training.config` and call these functions. torch, umap and
+onnx are imported inside the functions, so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shlex
+import statistics
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sense_core.ensemble import MemberStore
+from sense_core.errors import SenseError
+from sense_core.io.atomic import atomic_write_text
+from sense_training.config import EncoderConfig, LabelerConfig, ProjectorConfig
+from sense_training.evaluation import EvaluationConfig
+
+Log = Callable[[str], Any]
+
+# Named settings of `sense fit` (overrides of the configurations' defaults): `quick` fits ~2,000
+# members of 32-64 px in minutes on 2 cores; `paper` follows the paper (latent 256, 100 epochs,
+# dropout 0.3-0.4). quick trains the encoder with base_channels 16 (2.3-2.6x cheaper per step than
+# 32) on one torch thread: on these shared 2-core machines a 2-thread AE step took 2.7-3.5 s under
+# load against 1.1-1.2 s with one thread (benchmarks/bench_fit.py; docs/encoder.md).
+PROFILES: dict[str, dict[str, dict[str, Any]]] = {
+    "quick": {
+        "labeler": {"epochs": 8, "patience": 3},
+        "encoder": {
+            "arch": "ae",
+            "latent_dim": 32,
+            "losses": ("recon", "cluster"),
+            "dropout": 0.3,
+            "base_channels": 16,
+            "epochs": 12,
+            "warmup_epochs": 2,
+            "min_confidence": 0.5,
+            "confidence_weights": True,
+            "threads": 1,
+        },
+        "projector": {"max_points": 5000},
+    },
+    "paper": {
+        "labeler": {"epochs": 30, "patience": 6},
+        "encoder": {
+            "arch": "vae",
+            "latent_dim": 256,
+            "beta": 1.0,
+            "losses": ("recon", "cluster"),
+            "dropout": 0.35,
+            "epochs": 100,
+            "warmup_epochs": 5,
+            "patience": 15,
+            "min_confidence": 0.5,
+            "confidence_weights": True,
+        },
+        "projector": {"max_points": 20000},
+    },
+}
+FIT_REPORT = "fit_report.json"
+SUMMARY = "summary.json"
+
+
+@dataclass
+class FitConfigs:
+    """The configurations of one ``fit``: a profile's, before the user's overrides."""
+
+    labeler: LabelerConfig
+    encoder: EncoderConfig
+    projector: ProjectorConfig
+
+
+def profile_configs(profile: str = "quick") -> FitConfigs:
+    """The labeler, encoder and projector configurations of a named profile (:data:`PROFILES`)."""
+    if profile not in PROFILES:
+        raise SenseError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")
+    settings = PROFILES[profile]
+    return FitConfigs(
+        LabelerConfig().updated(settings["labeler"]),
+        EncoderConfig().updated(settings["encoder"]),
+        ProjectorConfig().updated(settings["projector"]),
+    )
+
+
+def store_path(store: MemberStore) -> str:
+    """The path the ensemble was read from, or 'ensemble'."""
+    return str(getattr(store, "path", "") or "ensemble")
+
+
+# --------------------------------------------------------------------------- evaluation
+def evaluate_and_report(
+    store: MemberStore,
+    bundles: Mapping[str, str | os.PathLike],
+    out: str | os.PathLike,
+    evaluation: EvaluationConfig | None = None,
+    *,
+    title: str | None = None,
+    log: Log = print,
+) -> dict[str, str]:
+    """Evaluate ``bundles`` (name → folder) on ``store`` and write the report into ``out``;
+    return the report's paths (json, csv, md, png)."""
+    from sense_training.evaluation import evaluate, write_report
+
+    settings = evaluation or EvaluationConfig()
+    result = evaluate(store, bundles, **settings.arguments(), log=log)
+    paths = write_report(result, out, title=title or Path(store_path(store)).name)
+    log(f"evaluation written to {paths['md']} and {paths['png']}")
+    return paths
+
+
+# --------------------------------------------------------------------------- fit
+@dataclass
+class FitReport:
+    """What ``fit`` did and how well: written to ``<out>/fit_report.json`` (:meth:`to_dict`)."""
+
+    command: str
+    profile: str
+    data: str
+    members: int
+    member_shape: list[int]
+    seconds: dict[str, Any]
+    machine: dict[str, Any]
+    labeler: dict[str, Any]
+    pseudo_labels: dict[str, Any]
+    encoder: dict[str, Any]
+    silhouette_2d_test: dict[str, Any]
+    projector: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def write(self, out: str | os.PathLike) -> Path:
+        path = Path(out) / FIT_REPORT
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+
+@dataclass
+class _StageClock:
+    """Seconds per stage, in the order the stages ran."""
+
+    started: float = field(default_factory=time.perf_counter)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        tick = time.perf_counter()
+        yield
+        self.seconds[name] = time.perf_counter() - tick
+
+    def total(self) -> float:
+        return time.perf_counter() - self.started
+
+
+def fit(
+    store: MemberStore,
+    out: str | os.PathLike,
+    *,
+    profile: str = "quick",
+    labeler: LabelerConfig | None = None,
+    encoder: EncoderConfig | None = None,
+    evaluation: EvaluationConfig | None = None,
+    threshold: float = 0.0,
+    overwrite: bool = False,
+    compress_labeler: bool = False,
+    projector: bool = True,
+    projector_points: int | None = None,
+    command: Sequence[str] | None = None,
+    log: Log = print,
+) -> FitReport:
+    """Train the labeler on the hand labels, pseudo-label the other members, train the encoder
+    with them, map its training latents with UMAP and train the projector that reproduces the map,
+    evaluate; everything into the bundle folder ``out``. ``labeler``/``encoder`` default to the
+    ``profile``'s configurations; the report is also written to ``<out>/fit_report.json``."""
+    from sense_core.pseudo_labels import pseudo_label, pseudo_labeled_store
+    from sense_training.encoder import train_encoder
+    from sense_training.labeler import train_labeler
+
+    configs = profile_configs(profile)
+    labeler, encoder = labeler or configs.labeler, encoder or configs.encoder
+    if projector_points is not None:
+        configs.projector = configs.projector.updated(max_points=projector_points)
+    out, command = Path(out), list(command or ["sense", "fit"])
+    clock, load_before, steps = _StageClock(), _load_average(), 5 if projector else 4
+    log(f"[1/{steps}] labeler ({profile} profile)")
+    with clock("labeler"):
+        labeled = train_labeler(store, out, labeler, overwrite=overwrite, command=command)
+        compression = _compress_labeler(store, out, labeler, log) if compress_labeler else None
+    log(f"[2/{steps}] pseudo-labels (confidence >= {threshold})")
+    with clock("pseudo_labels"):
+        result = pseudo_label(store, out, threshold)
+        pseudo = result.summary(labeled.bundle.class_names)
+        log(
+            f"  {pseudo['pseudo']} pseudo-labelled, {pseudo['none']} left unlabelled, agreement "
+            f"with hand labels {pseudo['agreement_with_manual_labels']}"
+        )
+        relabeled = pseudo_labeled_store(store, result, labeled.bundle)
+    log(f"[3/{steps}] encoder")
+    with clock("encoder"):
+        trained = train_encoder(relabeled, out, encoder, overwrite=True, command=command)
+    fitted = None
+    if projector:
+        fitted = _projector_stage(relabeled, out, trained, encoder, configs, command, clock, log)
+    else:
+        _drop_projector(out)  # an earlier run's projector imitates another encoder's map
+    log(f"[{steps}/{steps}] evaluation")
+    with clock("evaluation"):
+        evaluate_and_report(relabeled, {"sense": out}, out / "evaluation", evaluation, log=log)
+    report = _fit_report(
+        relabeled, out, profile, command, clock, load_before, labeled, compression, pseudo, trained
+    )
+    if fitted is not None:
+        report.seconds["projector_parts"] = fitted.seconds
+        report.projector = {
+            **fitted.record(),
+            "silhouette_2d_test": _projector_test_silhouette(
+                relabeled, out, trained.parts.split.test
+            ),
+        }
+    report.write(out)
+    _log_fit_summary(report, clock, load_before, out, log)
+    return report
+
+
+def _projector_stage(
+    store, out: Path, trained, encoder: EncoderConfig, configs, command, clock, log
+):
+    """Fit the bundle's projector on the encoder's training members, or say why not."""
+    from sense_training.projector import MIN_POINTS, fit_bundle_projector
+
+    _drop_projector(out)  # an earlier run's projector imitates another encoder's map
+    members = len(trained.parts.train)
+    if members < MIN_POINTS:
+        log(
+            f"[4/5] projector skipped: {members} training members, at least {MIN_POINTS} are "
+            "needed (sense embed will fit UMAP instead)"
+        )
+        return None
+    log("[4/5] projector (UMAP of the training latents, reproduced by an MLP)")
+    with clock("projector"):
+        return fit_bundle_projector(
+            store,
+            out,
+            trained.parts.train,
+            max_points=configs.projector.max_points,
+            seed=encoder.run.seed,
+            command=shlex.join(command),
+        )
+
+
+def _fit_report(
+    store, out, profile, command, clock, load_before, labeled, compression, pseudo, trained
+) -> FitReport:
+    """The report of one fit from its stages' results (projector figures added by the caller)."""
+    labeler_metrics, encoder_metrics = labeled.metrics, trained.metrics
+    return FitReport(
+        command=shlex.join(command),
+        profile=profile,
+        data=store_path(store),
+        members=len(store),
+        member_shape=list(store.member_shape),
+        seconds={
+            **{k: round(v, 1) for k, v in clock.seconds.items()},
+            "labeler_training": labeler_metrics.get("train_seconds"),
+            "projector_parts": None,
+            "total": round(clock.total(), 1),
+        },
+        machine=_machine(load_before),
+        labeler={
+            "architecture": labeler_metrics.get("architecture"),
+            "epochs_run": labeler_metrics.get("epochs_run"),
+            "best_epoch": labeler_metrics.get("best_epoch"),
+            "validation_accuracy": labeler_metrics.get("validation", {}).get("accuracy"),
+            "test_accuracy": labeler_metrics.get("test", {}).get("accuracy"),
+            "compression": compression,
+        },
+        pseudo_labels={
+            k: pseudo.get(k) for k in ("pseudo", "none", "agreement_with_manual_labels")
+        },
+        encoder={
+            "epochs_run": encoder_metrics.get("epochs_run"),
+            "selected_epoch": encoder_metrics.get("selected_epoch", -1) + 1,
+            "cluster_gap_selected": encoder_metrics.get("selected", {}).get("cluster_gap"),
+        },
+        silhouette_2d_test=_evaluation_silhouettes(out / "evaluation" / "evaluation.json"),
+    )
+
+
+def _log_fit_summary(report: FitReport, clock, load_before, out: Path, log: Log) -> None:
+    seconds = report.seconds
+    log(
+        "stage seconds: "
+        + ", ".join(f"{k} {seconds[k]:.1f}" for k in clock.seconds)
+        + f"; total {seconds['total']:.1f} (load {load_before} -> "
+        f"{report.machine['load_average_after']})"
+    )
+    if report.projector is not None:
+        sense = report.silhouette_2d_test.get("sense") or {}
+        log(
+            f"projector: 2D test silhouette {report.projector['silhouette_2d_test']} "
+            f"(UMAP of the latents: {sense.get('mean')})"
+        )
+    log(f"bundle {out} ready in {seconds['total']:.0f} s; report {out / FIT_REPORT}")
+
+
+def _evaluation_silhouettes(path: Path) -> dict[str, dict[str, Any]]:
+    """Mean and sd of the 2D test silhouette per row of an evaluation.json."""
+    if not path.is_file():
+        return {}
+    rows = json.loads(path.read_text())["rows"]
+    return {
+        row["name"]: {
+            "mean": row.get("silhouette_2d_test_mean"),
+            "sd": row.get("silhouette_2d_test_sd"),
+        }
+        for row in rows
+    }
+
+
+def _machine(load_before: list[float] | None) -> dict[str, Any]:
+    import platform
+
+    import torch
+
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_before": load_before,
+        "load_average_after": _load_average(),
+    }
+
+
+def _load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def _compress_labeler(store: MemberStore, out: Path, config: LabelerConfig, log: Log) -> dict:
+    """Store the bundle's labeler weights as int8 (see sense_training.export.compress_weights_int8)
+    and measure the change on the hand-labeled validation and test members."""
+    import numpy as np
+
+    from sense_core.bundle import Bundle
+    from sense_core.ensemble import split_labeled
+    from sense_training.export import compress_bundle_model
+
+    split = split_labeled(store, config.split.fractions, config.split.split_seed)
+    indices = np.sort(np.concatenate([split.validation, split.test]))
+    if not len(indices):
+        indices = np.sort(split.train)
+    bundle = Bundle.load(out)
+    inputs = bundle.normalization.apply(store.read_members(indices))
+    record = compress_bundle_model(out, "labeler", inputs, np.asarray(store.labels)[indices])
+    log(
+        f"  labeler weights int8: {record['bytes_before'] / 1e6:.1f} -> "
+        f"{record['bytes_after'] / 1e6:.1f} MB; on {record['members']} validation+test members "
+        f"argmax agreement {record['argmax_agreement']:.4f}, accuracy "
+        f"{record['accuracy_float']:.4f} -> {record['accuracy_compressed']:.4f}, largest logit "
+        f"change {record['max_abs_diff']:.3g}"
+    )
+    return record
+
+
+def _drop_projector(out: Path) -> None:
+    """Remove the bundle's projector (entry in sense.json, then the file), if it has one."""
+    from sense_core.bundle import MANIFEST, read_manifest
+
+    manifest = read_manifest(out)
+    if manifest is None or "projector" not in manifest.get("models", {}):
+        return
+    entry = manifest["models"].pop("projector")
+    manifest.get("training", {}).pop("projector", None)
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    (out / entry.get("file", "projector.onnx")).unlink(missing_ok=True)
+
+
+def _projector_test_silhouette(store, bundle_dir: Path, test_indices) -> float | None:
+    """2D silhouette of the hand-labeled test members placed by the bundle's projector (no UMAP
+    fit on them: the map of the training latents, as at use time)."""
+    import numpy as np
+
+    from sense_core.bundle import Bundle
+    from sense_core.inference import Encoder
+    from sense_core.metrics import silhouette
+    from sense_core.projection import ParametricProjector
+
+    test_indices = np.asarray(test_indices, dtype=np.int64)
+    labels = np.asarray(store.labels)[test_indices]
+    if len(test_indices) < 4 or np.unique(labels).size < 2:
+        return None
+    bundle = Bundle.load(bundle_dir)
+    latents = Encoder(bundle, device="cpu").encode_store(store, indices=test_indices)
+    xy = ParametricProjector.from_bundle(bundle).transform(latents)
+    value = silhouette(xy, labels, sample_size=None)
+    return round(value, 4) if value == value else None
+
+
+# --------------------------------------------------------------------------- experiments
+@dataclass
+class Variant:
+    """One encoder setting of an experiment: its name, its values over the ``[base]`` table and
+    the training seeds it runs with (None: once, with the configuration's own seed)."""
+
+    name: str
+    values: dict[str, Any]
+    train_seeds: tuple[int, ...] | None = None
+
+
+def load_experiment(path: str | os.PathLike) -> dict[str, Any]:
+    """An experiment file (TOML), checked for the keys every experiment needs."""
+    import tomllib
+
+    path = Path(path)
+    try:
+        spec = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise SenseError(f"{path}: cannot read the grid ({exc})") from exc
+    for key in ("data", "out"):
+        if key not in spec:
+            raise SenseError(f"{path}: missing '{key}'")
+    return spec
+
+
+def _variant_name(values: Mapping[str, Any]) -> str:
+    parts = []
+    for key, value in values.items():
+        text = "+".join(value) if isinstance(value, list | tuple) else str(value)
+        parts.append(f"{key}={text.replace(',', '+')}")
+    return "__".join(parts) or "default"
+
+
+def experiment_variants(spec: Mapping[str, Any]) -> list[Variant]:
+    """The named ``[[variant]]`` tables, then every combination of the ``[grid]`` lists (the
+    grid's single default combination when there are neither)."""
+    default_seeds = spec.get("train_seeds")
+    variants = []
+    for table in spec.get("variant", []):
+        values = dict(table)
+        seeds = values.pop("train_seeds", default_seeds)
+        name = str(values.pop("name", "")) or _variant_name(values)
+        variants.append(Variant(name, values, None if seeds is None else tuple(seeds)))
+    grid = {k: v if isinstance(v, list) else [v] for k, v in spec.get("grid", {}).items()}
+    if grid or not variants:
+        for combination in itertools.product(*grid.values()):
+            values = dict(zip(grid, combination))
+            seeds = None if default_seeds is None else tuple(default_seeds)
+            variants.append(Variant(_variant_name(values), values, seeds))
+    return variants
+
+
+def run_experiment(
+    spec: Mapping[str, Any] | str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    command: Sequence[str] | None = None,
+    log: Log = print,
+) -> dict[str, Any]:
+    """Train every variant of an experiment (a TOML file or its parsed dict) and evaluate them
+    together with the baselines; return the summary (also ``<out>/summary.json``).
+
+    Without ``train_seeds`` each variant trains once into ``<out>/<variant>/`` and the report goes
+    to ``<out>``. With ``train_seeds = [0, 1, 2]`` (also per ``[[variant]]``) each variant trains
+    once per seed into ``<out>/<variant>/seed<k>/``, each seed's bundles are evaluated into
+    ``<out>/seed<k>/`` (the baselines, which do not depend on the training seed, with the first
+    seed only) and ``<out>/summary.json`` gives every variant's mean ± sd over the seeds.
+    """
+    from sense_core.io import open_ensemble
+
+    if not isinstance(spec, Mapping):
+        spec = load_experiment(spec)
+    started = time.perf_counter()
+    out, store = Path(spec["out"]), open_ensemble(spec["data"])
+    variants = experiment_variants(spec)
+    run = _ExperimentRun(spec, store, overwrite, list(command or ["sense", "experiment"]), log)
+    if all(v.train_seeds is None for v in variants):
+        summary = run.train_and_evaluate({v.name: (v.values, None) for v in variants}, out, out)
+    else:
+        summary = _run_seed_axis(run, variants, out)
+    summary["seconds"] = round(time.perf_counter() - started, 1)
+    atomic_write_text(out / SUMMARY, json.dumps(summary, indent=2) + "\n")
+    log(f"experiment written to {out / SUMMARY} ({summary['seconds']:.0f} s)")
+    return summary
+
+
+def _run_seed_axis(run: _ExperimentRun, variants: list[Variant], out: Path) -> dict[str, Any]:
+    """Every training seed's variants trained and evaluated; mean ± sd per variant."""
+    seeds = sorted({s for v in variants for s in (v.train_seeds or (None,)) if s is not None})
+    per_seed: dict[int, dict[str, Any]] = {}
+    for position, seed in enumerate(seeds):
+        chosen = {
+            v.name: ({**v.values, "seed": seed}, seed)
+            for v in variants
+            if v.train_seeds is None or seed in v.train_seeds
+        }
+        started = time.perf_counter()
+        summary = run.train_and_evaluate(
+            chosen, out, out / f"seed{seed}", baselines=position == 0, title_note=f"seed {seed}"
+        )
+        summary["seconds"] = round(time.perf_counter() - started, 1)
+        atomic_write_text(out / f"seed{seed}" / SUMMARY, json.dumps(summary, indent=2) + "\n")
+        per_seed[seed] = summary
+    return seed_axis_summary(run.spec["data"], per_seed)
+
+
+def _mean_sd(values: Sequence[float | None]) -> dict[str, Any]:
+    known = [v for v in values if v is not None]
+    return {
+        "mean": statistics.fmean(known) if known else None,
+        "sd": statistics.stdev(known) if len(known) > 1 else None,
+        "runs": len(known),
+    }
+
+
+def seed_axis_summary(data: str, per_seed: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
+    """Per variant (and baseline) the mean ± sd over training seeds of the 2D test silhouette
+    and of the selected epoch's clustering-loss gap, from each seed's summary."""
+    names: dict[str, None] = {}
+    for summary in per_seed.values():
+        names.update(dict.fromkeys(summary["silhouette_2d_test"]))
+    silhouettes, gaps = {}, {}
+    for name in names:
+        runs = {str(k): s["silhouette_2d_test"].get(name) for k, s in per_seed.items()}
+        runs = {k: v for k, v in runs.items() if v is not None}
+        silhouettes[name] = {**_mean_sd(list(runs.values())), "per_seed": runs}
+        gap_runs = [s["cluster_gap"].get(name, {}).get("selected") for s in per_seed.values()]
+        if any(name in s["cluster_gap"] for s in per_seed.values()):
+            gaps[name] = _mean_sd(gap_runs)
+    means = {name: value["mean"] for name, value in silhouettes.items()}
+    first = next(iter(per_seed.values()), {})
+    sense = [n for n in first.get("sense_variants", []) if means.get(n) is not None]
+    return {
+        "data": data,
+        "train_seeds": list(per_seed),
+        "silhouette_2d_test": silhouettes,
+        "cluster_gap_selected": gaps,
+        "best_sense": max((means[n] for n in sense), default=None),
+        "best_sense_name": max(sense, key=lambda n: means[n]) if sense else None,
+        "umap_raw": means.get("umap_raw"),
+        "pca_raw": means.get("pca_raw"),
+        "runs": {str(k): f"seed{k}" for k in per_seed},
+    }
+
+
+@dataclass
+class _ExperimentRun:
+    """What the variants of one experiment share: the data, the settings, how to report."""
+
+    spec: Mapping[str, Any]
+    store: MemberStore
+    overwrite: bool
+    command: list[str]
+    log: Log
+
+    def evaluation(self, baselines: bool) -> EvaluationConfig:
+        spec = self.spec
+        return EvaluationConfig(
+            seeds=tuple(spec.get("seeds", EvaluationConfig().seeds)),
+            baselines=tuple(spec.get("baselines", EvaluationConfig().baselines))
+            if baselines
+            else (),
+            fit=spec.get("fit", "all"),
+            max_fit=int(spec.get("max_fit", 2000)),
+            projection=spec.get("projection", "umap"),
+        )
+
+    def train(self, name: str, values: Mapping[str, Any], folder: Path) -> float | None:
+        """Train one variant into ``folder`` (kept when it exists); its seconds, or None."""
+        from sense_training.encoder import train_encoder
+
+        config = EncoderConfig.from_dict({**self.spec.get("base", {}), **values})
+        if (folder / "sense.json").exists() and not self.overwrite:
+            self.log(f"{name}: kept (bundle exists; --overwrite retrains)")
+            return None
+        self.log(f"{name}: training")
+        tick = time.perf_counter()
+        train_encoder(
+            self.store, folder, config, overwrite=True, command=self.command, log=lambda *_: None
+        )
+        return round(time.perf_counter() - tick, 1)
+
+    def train_and_evaluate(
+        self,
+        variants: Mapping[str, tuple[dict[str, Any], int | None]],
+        out: Path,
+        report: Path,
+        *,
+        baselines: bool = True,
+        title_note: str = "",
+    ) -> dict[str, Any]:
+        """Train ``variants`` (name → (values, training seed or None)) and evaluate them together
+        into ``report``; return that run's summary."""
+        from sense_training.evaluation import evaluate, write_report
+
+        bundles, timings = {}, {}
+        for name, (values, seed) in variants.items():
+            folder = out / name if seed is None else out / name / f"seed{seed}"
+            label = name if seed is None else f"{name} (training seed {seed})"
+            seconds = self.train(label, values, folder)
+            if seconds is not None:
+                timings[name] = seconds
+            bundles[name] = str(folder)
+        settings = self.evaluation(baselines)
+        evaluation = evaluate(self.store, bundles, **settings.arguments())
+        title = self.spec.get("title", Path(self.spec["data"]).stem)
+        title = f"{title}, training {title_note}" if title_note else title
+        paths = write_report(evaluation, report, title=title)
+        self.log(f"evaluation written to {paths['md']}")
+        return experiment_summary(self.spec["data"], evaluation, bundles, timings)
+
+
+def experiment_summary(
+    data: str, evaluation, bundles: Mapping[str, str], timings: Mapping[str, float]
+) -> dict[str, Any]:
+    """One evaluation's summary: every row's 2D test silhouette, the best SENSE variant, the
+    plain AE / VAE (reconstruction only), the baselines and the clustering-loss gaps."""
+    rows = {row.name: row.scores["silhouette_2d_test_mean"] for row in evaluation.rows}
+    encoders = [r for r in evaluation.rows if r.kind == "encoder"]
+    reconstruction_only = [r for r in encoders if r.details.get("losses") == ["recon"]]
+    plain = [r.name for r in reconstruction_only if r.details.get("architecture") != "conv-vae"]
+    plain_vae = [r.name for r in reconstruction_only if r.name not in plain]
+    sense = [r.name for r in encoders if r.name not in plain and r.name not in plain_vae]
+    return {
+        "data": data,
+        "silhouette_2d_test": rows,
+        "best_sense": max((rows[n] for n in sense), default=None),
+        "best_sense_name": max(sense, key=lambda n: rows[n]) if sense else None,
+        "plain_ae": max((rows[n] for n in plain), default=None),
+        "plain_vae": max((rows[n] for n in plain_vae), default=None),
+        "umap_raw": rows.get("umap_raw"),
+        "pca_raw": rows.get("pca_raw"),
+        "cluster_gap": {
+            row.name: {
+                part: _cluster_gap(bundles[row.name], part) for part in ("selected", "final")
+            }
+            for row in encoders
+        },
+        "sense_variants": sense,
+        "training_seconds": dict(timings),
+    }
+
+
+def _training_metric(bundle_dir: str, record: str, key: str) -> float | None:
+    """A value of the encoder's selected / final epoch record, as stored in sense.json."""
+    from sense_core.bundle import read_manifest
+
+    manifest = read_manifest(bundle_dir) or {}
+    metrics = manifest.get("training", {}).get("encoder", {}).get("metrics", {})
+    value = metrics.get(record, {}).get(key)
+    return None if value is None else round(float(value), 4)
+
+
+def _cluster_gap(bundle_dir: str, record: str) -> float | None:
+    """val − train silhouette loss of an epoch (the monitored one when no clustering loss)."""
+    gap = _training_metric(bundle_dir, record, "cluster_gap")
+    return gap if gap is not None else _training_metric(bundle_dir, record, "cluster_monitor_gap")
