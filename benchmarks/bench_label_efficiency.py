@@ -1,0 +1,334 @@
+"""Label efficiency: how good are the pseudo-labels and the map when a scientist hand-labels only
+a few members? For each ensemble, hand-labeled fraction and seed, the benchmark hides the labels of
+all other members (their true labels stay with the benchmark, ``sense fit`` never sees them), runs
+``sense fit``'s pipeline (library :func:`sense_training.pipeline.fit`) on what is left and scores:
+
+- ``pseudo_accuracy``: accuracy of the bundle's labeler on the members whose labels were hidden
+  (what becomes the pseudo-labels that shape the encoder's clustering loss);
+- ``labeler_test_accuracy``: the labeler on the hand-labeled test members (``fit``'s own split);
+- ``silhouette_2d_test``: SENSE's 2D test silhouette (mean over the evaluation's UMAP seeds), with
+  UMAP on raw fields beside it.
+
+Beside it, on the same members, the baselines anyone can run in five lines, fitted on all
+hand-labeled members and scored on the hidden ones: logistic regression and 5-NN on the raw fields
+(standardised), and logistic regression on SENSE's own latent vectors (``latent_logreg``).
+
+Ensembles: ``digits`` (scikit-learn's 1,797 handwritten digits, 8x8 upscaled x4 to 32x32), the
+built-in generators ``channels`` and ``drops``, ``crops`` (of the images in --crops-images, when
+given), and the held-out ensembles of ``benchmarks/heldout_ensembles.py`` (``ising``,
+``grayscott``, ``textures``) that no SENSE default was tuned on. Fractions: a number in (0, 1] or
+``10pc`` (10 members per class). With a fraction so small that ``fit`` refuses (too few members per
+split), the row records ``fit``'s message instead of figures: that is what a user would meet.
+
+Run (full table, hours on 2 cores):
+``.venv/bin/python benchmarks/bench_label_efficiency.py --out out/label_efficiency``; a subset:
+``--ensembles ising,textures --fractions 0.05,0.15 --seeds 0``. Cells already done (their JSON in
+``--out``/cells) are read back, so an interrupted run continues. The table is printed and written
+as Markdown (``--markdown``) and JSON (``--json``), the plot to ``--plot``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+BUILTIN = ("digits", "channels", "drops", "crops")
+HELDOUT = ("ising", "grayscott", "textures")
+FRACTIONS = ("0.01", "0.05", "0.15", "0.5", "10pc")
+METHODS = ("raw_logreg", "raw_knn5", "sense_labeler", "latent_logreg")
+
+
+def make_ensemble(name: str, count: int, size: int, seed: int, crops_images: Sequence[Path]):
+    """The fully labeled ensemble ``name`` (every member's true class kept)."""
+    from sense_core.ensemble import Ensemble
+
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        fields = np.kron(digits.images.astype(np.float32) / 16.0, np.ones((4, 4), np.float32))
+        names = [str(d) for d in range(10)]
+        return Ensemble(fields=fields, labels=digits.target, class_names=names)
+    if name in ("channels", "drops"):
+        from sense_core.generators import generate
+
+        return generate(name, n=count, size=size, labeled_fraction=1.0, seed=seed)
+    if name == "crops":
+        if not crops_images:
+            raise ValueError("crops needs --crops-images")
+        from sense_core.generators import generate
+
+        return generate(
+            name, n=count, size=size, labeled_fraction=1.0, seed=seed, images=list(crops_images)
+        )
+    import heldout_ensembles
+
+    return heldout_ensembles.HELDOUT[name](count=count, size=size, seed=seed)
+
+
+def hand_labeled(truth: np.ndarray, fraction: str, seed: int) -> np.ndarray:
+    """Which members the 'scientist' labels: a random ``fraction`` of them, or 10 per class."""
+    rng = np.random.default_rng(seed)
+    chosen = np.zeros(len(truth), dtype=bool)
+    if fraction.endswith("pc"):
+        per_class = int(fraction[:-2])
+        for label in np.unique(truth):
+            members = np.flatnonzero(truth == label)
+            chosen[rng.choice(members, min(per_class, len(members)), replace=False)] = True
+        return chosen
+    count = max(1, int(round(float(fraction) * len(truth))))
+    chosen[rng.choice(len(truth), count, replace=False)] = True
+    return chosen
+
+
+def raw_baselines(fields: np.ndarray, truth: np.ndarray, labeled: np.ndarray) -> dict[str, Any]:
+    """Logistic regression and 5-NN on standardised raw fields: hidden members' accuracy."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    flat = fields.reshape(len(fields), -1)
+    return {
+        "raw_logreg": _score(
+            make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)), flat, truth, labeled
+        ),
+        "raw_knn5": _score(
+            make_pipeline(StandardScaler(), KNeighborsClassifier(5)), flat, truth, labeled
+        ),
+    }
+
+
+def _score(model, features: np.ndarray, truth: np.ndarray, labeled: np.ndarray) -> float | None:
+    if len(np.unique(truth[labeled])) < 2:
+        return None
+    if hasattr(model, "n_neighbors") or hasattr(model[-1], "n_neighbors"):
+        model[-1].n_neighbors = min(model[-1].n_neighbors, int(labeled.sum()))
+    model.fit(features[labeled], truth[labeled])
+    return float(np.mean(model.predict(features[~labeled]) == truth[~labeled]))
+
+
+def run_cell(ensemble, name: str, fraction: str, seed: int, out: Path, profile: str) -> dict:
+    """One (ensemble, fraction, seed): fit on the hand-labeled part and score every method."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from sense_core.embedding import embed_ensemble
+    from sense_core.ensemble import UNLABELED, Ensemble
+    from sense_core.errors import SenseError
+    from sense_training.pipeline import fit
+
+    truth = np.asarray(ensemble.labels)
+    labeled = hand_labeled(truth, fraction, seed)
+    hidden = Ensemble(
+        fields=ensemble.fields,
+        labels=np.where(labeled, truth, UNLABELED),
+        class_names=ensemble.class_names,
+        member_ids=ensemble.member_ids,
+        metadata=ensemble.metadata,
+    )
+    row: dict[str, Any] = {
+        "ensemble": name,
+        "fraction": fraction,
+        "seed": seed,
+        "members": len(truth),
+        "hand_labeled": int(labeled.sum()),
+        "classes": len(ensemble.class_names),
+        "classes_hand_labeled": int(len(np.unique(truth[labeled]))),
+        **raw_baselines(np.asarray(ensemble.fields), truth, labeled),
+    }
+    bundle = out / "bundles" / f"{name}_{fraction}_s{seed}"
+    started = time.perf_counter()
+    log = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(log):
+            report = fit(hidden, bundle, profile=profile, overwrite=True)
+    except SenseError as error:
+        row["fit_error"] = str(error)
+        row["fit_seconds"] = round(time.perf_counter() - started, 1)
+        return row
+    row["fit_seconds"] = round(time.perf_counter() - started, 1)
+    embedding = embed_ensemble(hidden, bundle)
+    hidden_members = ~labeled
+    predicted = embedding.predicted_labels
+    row["sense_labeler"] = float(np.mean(predicted[hidden_members] == truth[hidden_members]))
+    row["labeler_test_accuracy"] = report.labeler.get("test_accuracy")
+    row["pseudo_labeled_by_fit"] = report.pseudo_labels.get("pseudo")
+    silhouettes = report.silhouette_2d_test
+    row["silhouette_2d_test"] = (silhouettes.get("sense") or {}).get("mean")
+    row["silhouette_2d_test_umap_raw"] = (silhouettes.get("umap_raw") or {}).get("mean")
+    latent_model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    row["latent_logreg"] = _score(latent_model, embedding.latents, truth, labeled)
+    return row
+
+
+def _mean_sd(values: list[float]) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """One line per (ensemble, fraction): mean ± sd over seeds of every figure."""
+    columns = (
+        *METHODS,
+        "labeler_test_accuracy",
+        "silhouette_2d_test",
+        "silhouette_2d_test_umap_raw",
+    )
+    header = ["ensemble", "hand-labeled", "seeds", *columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["ensemble"], row["fraction"]), []).append(row)
+    for (name, fraction), group in groups.items():
+        labeled = int(np.mean([r["hand_labeled"] for r in group]))
+        cells = [name, f"{fraction} ({labeled})", str(len(group))]
+        failed = [r for r in group if "fit_error" in r]
+        for column in columns:
+            text = _mean_sd([r.get(column) for r in group])
+            if failed and column in (
+                "sense_labeler",
+                "latent_logreg",
+                "labeler_test_accuracy",
+                "silhouette_2d_test",
+                "silhouette_2d_test_umap_raw",
+            ):
+                text += f" (fit failed {len(failed)}×)"
+            cells.append(text)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Pseudo-label accuracy against hand-labeled members, one panel per ensemble."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(r["ensemble"] for r in rows))
+    figure, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.0), squeeze=False)
+    for axis, name in zip(axes[0], names):
+        mine = [r for r in rows if r["ensemble"] == name]
+        for method in METHODS:
+            points: dict[int, list[float]] = {}
+            for r in mine:
+                if r.get(method) is not None:
+                    points.setdefault(r["hand_labeled"], []).append(r[method])
+            if points:
+                xs = sorted(points)
+                axis.plot(xs, [np.mean(points[x]) for x in xs], marker="o", label=method)
+        axis.set_xscale("log")
+        axis.set_title(name)
+        axis.set_xlabel("hand-labeled members")
+        axis.set_ylim(0, 1)
+    axes[0][0].set_ylabel("accuracy on the hidden members")
+    axes[0][-1].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--ensembles",
+        default=",".join(BUILTIN + HELDOUT),
+        help="comma-separated ensembles (default: all)",
+    )
+    parser.add_argument(
+        "--fractions",
+        default=",".join(FRACTIONS),
+        help="comma-separated hand-labeled fractions, or Npc = N per class",
+    )
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    parser.add_argument("--n", type=int, default=1200, help="members per generated ensemble")
+    parser.add_argument("--size", type=int, default=32, help="field size of generated ensembles")
+    parser.add_argument("--profile", default="quick", help="sense fit profile (default quick)")
+    parser.add_argument(
+        "--crops-images",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="source images of the crops ensemble (skipped without)",
+    )
+    parser.add_argument("--out", type=Path, default=Path("out/label_efficiency"))
+    parser.add_argument("--json", type=Path, help="write the rows and the machine to this file")
+    parser.add_argument("--markdown", type=Path, help="write the table to this file")
+    parser.add_argument("--plot", type=Path, help="write the accuracy plot to this PNG")
+    args = parser.parse_args(argv)
+
+    names = [n for n in args.ensembles.split(",") if n]
+    if "crops" in names and not args.crops_images:
+        print("crops skipped: no --crops-images given")
+        names.remove("crops")
+    fractions = [f for f in args.fractions.split(",") if f]
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    cells = args.out / "cells"
+    cells.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()
+    rows = []
+    for name in names:
+        ensemble = None
+        for fraction in fractions:
+            for seed in seeds:
+                path = cells / f"{name}_{fraction}_s{seed}.json"
+                if path.is_file():
+                    rows.append(json.loads(path.read_text()))
+                    continue
+                if ensemble is None:
+                    ensemble = make_ensemble(name, args.n, args.size, 0, args.crops_images)
+                started = time.perf_counter()
+                row = run_cell(ensemble, name, fraction, seed, args.out, args.profile)
+                row["load_after"] = round(os.getloadavg()[0], 2)
+                path.write_text(json.dumps(row, indent=1) + "\n")
+                rows.append(row)
+                print(
+                    f"{name} {fraction} seed {seed}: "
+                    + ", ".join(f"{m} {row[m]:.3f}" for m in METHODS if row.get(m) is not None)
+                    + f" ({time.perf_counter() - started:.0f} s)"
+                    + (f" fit failed: {row['fit_error']}" if "fit_error" in row else ""),
+                    flush=True,
+                )
+    table = markdown_table(rows)
+    print(table)
+    machine = {
+        "machine": platform.node(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "load_before": [round(x, 2) for x in load_before],
+        "load_after": [round(x, 2) for x in os.getloadavg()],
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+    }
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine, "rows": rows}, indent=1) + "\n")
+    if args.markdown:
+        args.markdown.write_text(table)
+    if args.plot:
+        plot(rows, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

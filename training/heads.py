@@ -1,0 +1,235 @@
+"""Labelers on the encoder's latent space, for few hand labels.
+
+A labeler that trains a CNN from scratch on a few dozen images per class is weak; the encoder,
+trained on *all* members, already separates them (a logistic regression on its latent vectors
+beat the CNN labeler on every held-out ensemble of the label-efficiency benchmark). Candidates:
+
+- ``linear``: a logistic regression on the standardised latents of the hand-labeled members;
+- ``propagation``: label spreading over the k-NN graph of all members' latents (hand labels
+  spread along the data's own neighbourhoods), then a logistic regression on the hand labels
+  plus the propagated labels whose confidence reaches ``threshold`` (self-training), so that the
+  result is again a linear head that labels new members.
+
+Both end as a :class:`LinearHead`: logits = latent @ weights.T + bias, exported to ONNX with
+the latent vector as input, so labeling costs one matrix product after the encoder.
+:func:`choose_head` scores the candidates by stratified cross-validation on the hand labels
+(the held-out fold's labels are hidden from propagation too) and keeps the best, with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sense_core.ensemble import UNLABELED
+from sense_core.errors import SenseError
+
+CANDIDATES = ("linear", "propagation")
+# Label spreading (Zhou et al. 2004) as scikit-learn implements it; 10 neighbours and alpha 0.2
+# (the share of a member's label taken from its neighbours per iteration) are scikit-learn's
+# defaults for alpha and a common k for graphs of a few thousand points.
+NEIGHBOURS = 10
+ALPHA = 0.2
+MAX_FOLDS = 5
+
+
+@dataclass
+class LinearHead:
+    """A linear classifier on latent vectors: ``logits = latents @ weights.T + bias``."""
+
+    weights: np.ndarray  # float32 (K, D)
+    bias: np.ndarray  # float32 (K,)
+
+    @classmethod
+    def fit(
+        cls, latents: np.ndarray, labels: np.ndarray, classes: int, seed: int = 0
+    ) -> LinearHead:
+        """Logistic regression (L2, C = 1) on standardised latents, folded into one linear map.
+
+        Classes absent from ``labels`` get a bias of -30 (never predicted, finite logits)."""
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.preprocessing import StandardScaler
+
+        latents = np.asarray(latents, dtype=np.float64)
+        labels = np.asarray(labels, dtype=np.int64)
+        present = np.unique(labels)
+        weights = np.zeros((classes, latents.shape[1]))
+        bias = np.full(classes, -30.0)
+        if len(present) == 1:
+            bias[present[0]] = 0.0
+            return cls(weights.astype(np.float32), bias.astype(np.float32))
+        scaler = StandardScaler().fit(latents)
+        model = LogisticRegression(max_iter=5000, random_state=seed)
+        model.fit(scaler.transform(latents), labels)
+        coef, intercept = model.coef_, model.intercept_
+        if len(present) == 2:  # scikit-learn keeps one row for two classes: logit of the second
+            coef = np.vstack([-coef / 2, coef / 2])
+            intercept = np.array([-intercept[0] / 2, intercept[0] / 2])
+        scaled = coef / scaler.scale_
+        weights[present] = scaled
+        bias[present] = intercept - scaled @ scaler.mean_
+        return cls(weights.astype(np.float32), bias.astype(np.float32))
+
+    def logits(self, latents: np.ndarray) -> np.ndarray:
+        return np.asarray(latents, dtype=np.float32) @ self.weights.T + self.bias
+
+    def predict(self, latents: np.ndarray) -> np.ndarray:
+        return self.logits(latents).argmax(axis=1)
+
+    def export_onnx(
+        self,
+        path: str | os.PathLike,
+        input_name: str = "latent",
+        output_name: str = "logits",
+        opset: int = 18,
+    ) -> Path:
+        """Write the head as an ONNX graph (Gemm): input (B, D) latents, output (B, K) logits.
+
+        Built with onnx.helper: one Gemm node needs neither torch's exporter nor skl2onnx."""
+        import onnx
+        from onnx import TensorProto, helper, numpy_helper
+
+        classes, dim = self.weights.shape
+        graph = helper.make_graph(
+            [helper.make_node("Gemm", [input_name, "weights", "bias"], [output_name], transB=1)],
+            "sense_latent_head",
+            [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["batch", dim])],
+            [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", classes])],
+            initializer=[
+                numpy_helper.from_array(self.weights.astype(np.float32), "weights"),
+                numpy_helper.from_array(self.bias.astype(np.float32), "bias"),
+            ],
+        )
+        model = helper.make_model(
+            graph, producer_name="sense", opset_imports=[helper.make_opsetid("", opset)]
+        )
+        onnx.checker.check_model(model)
+        path = Path(path)
+        onnx.save(model, path)
+        return path
+
+
+@dataclass
+class Propagation:
+    """Labels of every member spread from the hand labels over the latent k-NN graph."""
+
+    labels: np.ndarray  # int64 (N,)
+    confidence: np.ndarray  # float64 (N,): the spread label's share of the member's label mass
+
+
+def propagate(latents: np.ndarray, labels: np.ndarray, seed: int = 0) -> Propagation:
+    """Label spreading over the k-NN graph of the standardised latents (``labels`` -1 = none)."""
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.semi_supervised import LabelSpreading
+
+    scaled = StandardScaler().fit_transform(np.asarray(latents, dtype=np.float64))
+    neighbours = min(NEIGHBOURS, len(scaled) - 1)
+    model = LabelSpreading(kernel="knn", n_neighbors=neighbours, alpha=ALPHA, max_iter=100)
+    model.fit(scaled, np.asarray(labels, dtype=np.int64))
+    distributions = np.nan_to_num(model.label_distributions_)
+    best = distributions.argmax(axis=1)
+    return Propagation(model.classes_[best], distributions.max(axis=1))
+
+
+def fit_candidate(
+    name: str,
+    latents: np.ndarray,
+    labels: np.ndarray,
+    classes: int,
+    threshold: float = 0.9,
+    seed: int = 0,
+) -> LinearHead:
+    """Train candidate ``name`` on ``latents`` of all members, ``labels`` -1 where unknown."""
+    labels = np.asarray(labels, dtype=np.int64)
+    known = labels != UNLABELED
+    if name == "linear":
+        return LinearHead.fit(latents[known], labels[known], classes, seed)
+    if name == "propagation":
+        spread = propagate(latents, labels, seed)
+        chosen = known | (spread.confidence >= threshold)
+        targets = np.where(known, labels, spread.labels)
+        return LinearHead.fit(latents[chosen], targets[chosen], classes, seed)
+    raise SenseError(f"unknown latent labeler {name!r}; choose from {', '.join(CANDIDATES)}")
+
+
+def cross_validation_folds(
+    labels: np.ndarray, seed: int = 0
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified folds over the hand-labeled members (indices into ``labels``): as many as the
+    rarest class allows, at most :data:`MAX_FOLDS`; none when a class has a single member."""
+    from sklearn.model_selection import StratifiedKFold
+
+    counts = np.bincount(labels)
+    counts = counts[counts > 0]
+    folds = int(min(MAX_FOLDS, counts.min())) if len(counts) > 1 else 0
+    if folds < 2:
+        return []
+    splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    return list(splitter.split(np.zeros(len(labels)), labels))
+
+
+@dataclass
+class HeadChoice:
+    """The chosen latent labeler, every candidate's cross-validated accuracy, and why."""
+
+    name: str
+    head: LinearHead
+    scores: dict[str, dict[str, Any]] = field(default_factory=dict)
+    reason: str = ""
+
+    def record(self) -> dict[str, Any]:
+        """JSON-ready: what ``sense.json`` and the fit report keep of the choice."""
+        return {"chosen": self.name, "candidates": self.scores, "reason": self.reason}
+
+
+def choose_head(
+    latents: np.ndarray,
+    labels: np.ndarray,
+    classes: int,
+    candidates: Sequence[str] = CANDIDATES,
+    threshold: float = 0.9,
+    seed: int = 0,
+) -> HeadChoice:
+    """Score ``candidates`` by cross-validation on the hand labels and train the best on all.
+
+    In each fold the held-out hand labels are hidden (set to -1) for every candidate, so a
+    candidate that uses the unlabeled members (propagation) is scored as it will be used.
+    Ties go to the earlier candidate (the simpler one comes first)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    known = np.flatnonzero(labels != UNLABELED)
+    if len(known) == 0:
+        raise SenseError("no hand-labeled member: a latent labeler needs at least one label")
+    folds = cross_validation_folds(labels[known], seed)
+    scores: dict[str, dict[str, Any]] = {}
+    for name in candidates:
+        accuracies = []
+        for _, held in folds:
+            hidden = labels.copy()
+            hidden[known[held]] = UNLABELED
+            head = fit_candidate(name, latents, hidden, classes, threshold, seed)
+            predicted = head.predict(latents[known[held]])
+            accuracies.append(float(np.mean(predicted == labels[known[held]])))
+        scores[name] = {
+            "cv_accuracy": float(np.mean(accuracies)) if accuracies else None,
+            "cv_sd": float(np.std(accuracies)) if accuracies else None,
+            "folds": len(folds),
+        }
+    if folds:
+        name = max(candidates, key=lambda c: (scores[c]["cv_accuracy"], -candidates.index(c)))
+        reason = (
+            f"highest {len(folds)}-fold cross-validated accuracy on {len(known)} hand labels "
+            f"({scores[name]['cv_accuracy']:.3f})"
+        )
+    else:
+        name = candidates[0]
+        reason = (
+            f"{len(known)} hand labels leave a class with one member: no cross-validation "
+            f"possible, the first candidate ({name}) is used"
+        )
+    head = fit_candidate(name, latents, labels, classes, threshold, seed)
+    return HeadChoice(name, head, scores, reason)
