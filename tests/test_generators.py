@@ -110,7 +110,7 @@ def test_drops_change_smoothly_across_the_splash_boundary():
     delta = np.full(3, 0.1)
     oh = np.full(3, 1e-2)
     k_splash = dr.splash_threshold(0.1)
-    weber = np.array([0.97, 1.03, 3.0]) * k_splash * oh**0.4
+    weber = np.array([0.97, 1.03, 2.5]) * k_splash * oh**0.4  # 3.0 would sit on PROMPT_FACTOR
     params = {"weber": weber, "ohnesorge": oh, "delta": delta, "tau": np.full(3, 0.6)}
     params["regime"] = dr.regime_of(weber, oh, delta)
     assert params["regime"].tolist() == [dr.CROWN, dr.SPLASH, dr.SPLASH]
