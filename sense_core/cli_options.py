@@ -1,8 +1,17 @@
-"""Command-line options shared by every ``sense`` subcommand that reads an ensemble."""
+"""Command-line options shared by every ``sense`` subcommand that reads an ensemble, and the
+guard of every subcommand that writes an output (:func:`guard_output`)."""
 
 from __future__ import annotations
 
 import argparse
+import functools
+import os
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+Handler = Callable[[argparse.Namespace], Any]
+# an option's name on the parsed arguments, or a function of them giving paths
+PathOption = str | Callable[[argparse.Namespace], Iterable[Any]]
 
 
 def add_reader_options(parser: argparse.ArgumentParser) -> None:
@@ -29,3 +38,59 @@ def open_from_args(path, args: argparse.Namespace):
     return open_ensemble(
         path, nan_policy=args.nan_policy, fill_value=args.fill_value, array_name=args.array
     )
+
+
+def _paths(args: argparse.Namespace, options: Sequence[PathOption]) -> list:
+    paths: list = []
+    for option in options:
+        value = list(option(args)) if callable(option) else getattr(args, option, None)
+        if isinstance(value, list | tuple):
+            paths += [v for v in value if v]
+        elif value:
+            paths.append(value)
+    return paths
+
+
+def _other_rank() -> bool:
+    """Whether this process is a rank other than 0 of a ``torchrun`` run (those write nothing;
+    rank 0 holds the lock)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE") or 1) > 1 and int(os.environ.get("RANK") or 0) != 0
+    except ValueError:
+        return False
+
+
+def guard_output(
+    handler: Handler,
+    *,
+    out: PathOption = "out",
+    inputs: Sequence[PathOption] = (),
+    bundles: Sequence[PathOption] = (),
+    replaces: bool = False,
+    writes: Callable[[argparse.Namespace], Iterable[Any]] | None = None,
+) -> Handler:
+    """``handler`` (a subcommand that writes the output ``args.<out>``, or ``out(args)``) made
+    safe to run: first the output is checked against the inputs (options ``inputs`` and
+    ``bundles``; see :func:`sense_core.io.atomic.check_output_outside_inputs` for ``replaces``
+    and ``writes``), then the handler runs holding the output's lock, so that its "already
+    exists" checks and its writes cannot interleave with another SENSE process writing the same
+    output (that one stops at once with "another SENSE process is writing ...")."""
+
+    @functools.wraps(handler)
+    def guarded(args: argparse.Namespace) -> Any:
+        from sense_core.io.atomic import check_output_outside_inputs, output_lock
+
+        target = out(args) if callable(out) else getattr(args, out)
+        check_output_outside_inputs(
+            target,
+            _paths(args, inputs),
+            bundles=_paths(args, bundles),
+            replaces=replaces,
+            writes=writes(args) if writes is not None else (),
+        )
+        if _other_rank():
+            return handler(args)
+        with output_lock(target):
+            return handler(args)
+
+    return guarded

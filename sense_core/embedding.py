@@ -14,7 +14,6 @@ know is appended after them, so no label is lost or renumbered silently.
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
 import json
 import os
@@ -31,7 +30,8 @@ import numpy as np
 from sense_core.bundle import bundle_checksum
 from sense_core.ensemble import UNLABELED, MemberStore
 from sense_core.errors import SenseError, SignalGate, WriteError
-from sense_core.io.atomic import atomic_path
+from sense_core.io.atomic import atomic_path, output_lock
+from sense_core.io.escape import csv_writer, md_cell, md_code
 from sense_core.projection import ProjectionOptions, project
 
 EMBEDDING_FORMAT = "sense-embedding"
@@ -340,8 +340,11 @@ def write_npz(embedding: Embedding, path: str | os.PathLike, atomic: bool = True
 
 def read_embedding(path: str | os.PathLike) -> Embedding:
     """An :class:`Embedding` from a ``.npz`` written by :func:`write_npz`."""
+    from sense_core.io.npz import check_npz_entries
+
     path = Path(path)
     try:
+        check_npz_entries(path)  # entries' sizes within the memory guard, before np.load
         with np.load(path, allow_pickle=False) as data:
             keys = set(data.files)
             needed = {"member_ids", "latent", "x", "y", "label", "label_source", "confidence"}
@@ -377,7 +380,9 @@ def read_embedding(path: str | os.PathLike) -> Embedding:
 
 def write_csv(embedding: Embedding, path: str | os.PathLike, atomic: bool = True) -> Path:
     """CSV, one row per member: member_id, x, y, label, class_name, label_source, confidence,
-    [predicted_label, predicted_confidence,] latent_0 ... latent_{D-1}. Written atomically."""
+    [predicted_label, predicted_confidence,] latent_0 ... latent_{D-1}. Written atomically; a
+    member id or class name that a spreadsheet would run as a formula is escaped
+    (:mod:`sense_core.io.escape`)."""
     dim = embedding.latents.shape[1]
     header = ["member_id", "x", "y", "label", "class_name", "label_source", "confidence"]
     with_prediction = embedding.predicted_labels is not None
@@ -390,7 +395,7 @@ def write_csv(embedding: Embedding, path: str | os.PathLike, atomic: bool = True
 
     path = Path(path)
     with _target(path, atomic) as tmp, open(tmp, "w", newline="", encoding="utf-8") as stream:
-        writer = csv.writer(stream)
+        writer = csv_writer(stream)
         writer.writerow(header)
         for i, member_id in enumerate(embedding.member_ids):
             label = int(embedding.labels[i])
@@ -410,6 +415,32 @@ def write_csv(embedding: Embedding, path: str | os.PathLike, atomic: bool = True
                 ]
             row += [number(v) for v in embedding.latents[i]]
             writer.writerow(row)
+    return path
+
+
+def write_columns_csv(columns: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Per-member ``columns`` (name -> array; an (N, D) array becomes name_0 ... name_{D-1}) as
+    CSV, member_id first, floats with 7 significant digits (blank where not finite), through
+    the same escaping writer as :func:`write_csv`. Written atomically. ParaView's batch script
+    writes its embedding table with it, so that no SENSE CSV bypasses the escaping."""
+    header, cells = [], []
+    for name in sorted(columns, key=lambda name: name != "member_id"):  # stable: member_id first
+        values = np.asarray(columns[name])
+        if values.ndim == 1:
+            header.append(name)
+            values = values[:, None]
+        else:
+            header += [f"{name}_{k}" for k in range(values.shape[1])]
+        for part in values.T:
+            if part.dtype.kind == "f":
+                cells.append(["" if not np.isfinite(v) else f"{v:.7g}" for v in part])
+            else:
+                cells.append(part.tolist())
+    path = Path(path)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as stream:
+        writer = csv_writer(stream)
+        writer.writerow(header)
+        writer.writerows(zip(*cells))
     return path
 
 
@@ -466,13 +497,21 @@ def write_scatter_png(
 
 
 def _table(rows: list[tuple[str, str]]) -> str:
+    """A two-column Markdown table; keys and values are cell text already (see :func:`md_cell`,
+    :func:`md_code`)."""
     lines = ["| | |", "|---|---|"]
     lines += [f"| {key} | {value} |" for key, value in rows]
     return "\n".join(lines)
 
 
+def _plain(rows: list[tuple[Any, Any]]) -> list[tuple[str, str]]:
+    return [(md_cell(key), md_cell(value)) for key, value in rows]
+
+
 def report_markdown(embedding: Embedding, files: dict[str, str] | None = None) -> str:
-    """A short Markdown report: inputs, provider, projection, counts, metrics, timings."""
+    """A short Markdown report: inputs, provider, projection, counts, metrics, timings. Every
+    table cell goes through :func:`sense_core.io.escape.md_cell` (or ``md_code``), so a class
+    name with ``|`` or a line break cannot break a table."""
     prov = embedding.provenance
     inference = prov.get("inference", {})
     projection = prov.get("projection", {})
@@ -480,34 +519,39 @@ def report_markdown(embedding: Embedding, files: dict[str, str] | None = None) -
     bundle = prov.get("bundle", {})
     parts = ["# SENSE embedding", ""]
     rows = [
-        ("ensemble", f"`{prov.get('ensemble', {}).get('path', '')}`"),
-        ("members", str(len(embedding))),
-        ("member shape (C, H, W)", str(tuple(prov.get("ensemble", {}).get("member_shape", [])))),
-        ("bundle", f"`{bundle.get('path', '')}`"),
-        ("bundle checksum (sense.json SHA-256)", f"`{bundle.get('checksum', '')}`"),
-        ("latent size", str(embedding.latents.shape[1])),
+        ("ensemble", md_code(prov.get("ensemble", {}).get("path", ""))),
+        ("members", md_cell(len(embedding))),
+        (
+            "member shape (C, H, W)",
+            md_cell(tuple(prov.get("ensemble", {}).get("member_shape", []))),
+        ),
+        ("bundle", md_code(bundle.get("path", ""))),
+        ("bundle checksum (sense.json SHA-256)", md_code(bundle.get("checksum", ""))),
+        ("latent size", md_cell(embedding.latents.shape[1])),
         (
             "execution provider",
-            f"{inference.get('provider', '')} (asked: {inference.get('device')})",
+            md_cell(f"{inference.get('provider', '')} (asked: {inference.get('device')})"),
         ),
     ]
     notes = {m.get("device_note") for m in inference.get("models", {}).values()} - {"", None}
-    rows += [("device note", note) for note in sorted(notes)]
+    rows += _plain([("device note", note) for note in sorted(notes)])
     params = ", ".join(f"{k}={v}" for k, v in projection.get("params", {}).items())
-    rows.append(("projection", f"{projection.get('method', '')} ({params})"))
+    rows += _plain([("projection", f"{projection.get('method', '')} ({params})")])
     parts += [_table(rows), "", "## Members per class", ""]
     counts = embedding.class_counts()
     lines = ["| class | hand-labeled | predicted |", "|---|---|---|"]
     for name in embedding.class_names:
-        lines.append(f"| {name} | {counts['manual'][name]} | {counts['predicted'][name]} |")
+        lines.append(
+            f"| {md_cell(name)} | {counts['manual'][name]} | {counts['predicted'][name]} |"
+        )
     lines.append(f"| (unlabeled) | | {counts['none']['unlabeled']} |")
     parts += lines
     if prov.get("notes"):
-        parts += ["", "## Notes", ""] + [f"- {note}" for note in prov["notes"]]
+        parts += ["", "## Notes", ""] + [f"- {md_cell(note)}" for note in prov["notes"]]
     metrics = prov.get("metrics")
     if metrics:
         parts += ["", "## Metrics (hand-labeled members)", ""]
-        parts += [_table([(k, str(v)) for k, v in metrics.items()])]
+        parts += [_table(_plain(list(metrics.items())))]
         parts += [
             "",
             "`*_test`: the labeled test split (`sense info` shows it); the labeler's agreement on "
@@ -516,7 +560,7 @@ def report_markdown(embedding: Embedding, files: dict[str, str] | None = None) -
     timing_rows = [(k, f"{v} s") for k, v in seconds.items()]
     if inference.get("members_per_second"):
         timing_rows.append(("inference rate", f"{inference['members_per_second']} members/s"))
-    parts += ["", "## Timings", "", _table(timing_rows)]
+    parts += ["", "## Timings", "", _table(_plain(timing_rows))]
     if files:
         parts += ["", "## Files", ""] + [f"- {what}: `{name}`" for what, name in files.items()]
     return "\n".join(parts) + "\n"
@@ -550,10 +594,18 @@ def write_outputs(
     """Write embedding.npz, embedding.csv, scatter.png (unless ``plot`` is off) and report.md
     into ``out_dir`` (created if needed), all or nothing: every file is written under a
     temporary name first, and they are renamed into place only when all are complete, so a
-    failure (disk full, interruption) leaves the previous outputs as they were."""
+    failure (disk full, interruption) leaves the previous outputs as they were. The folder is
+    locked meanwhile (:func:`~sense_core.io.atomic.output_lock`): a second writer stops at
+    once, so two runs never mix their files."""
     check_outputs(out_dir, overwrite, plot)
+    with output_lock(out_dir):
+        check_outputs(out_dir, overwrite, plot)  # again under the lock: one may have finished
+        return _write_outputs(embedding, Path(out_dir), plot)
+
+
+def _write_outputs(embedding: Embedding, out_dir: Path, plot: bool) -> dict[str, Path]:
     try:
-        Path(out_dir).mkdir(exist_ok=True)
+        out_dir.mkdir(exist_ok=True)
     except OSError as exc:
         raise SenseError(f"{out_dir}: cannot create the folder ({exc.strerror or exc})") from exc
     paths = output_paths(out_dir, plot)

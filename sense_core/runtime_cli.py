@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sense_core.cli_options import add_reader_options, open_from_args
+from sense_core.cli_options import add_reader_options, guard_output, open_from_args
 from sense_core.errors import SenseError
 from sense_core.options import add_options, config_from_args
 from sense_core.projection import ProjectionOptions
@@ -90,6 +90,13 @@ def _print_result(embedding, paths: dict[str, Path], encoded: bool = True) -> No
         print(f"  {what:7s} {path}")
 
 
+def _written(args: argparse.Namespace) -> list[Path]:
+    """The files ``sense embed``/``project`` write into --out (none may be an input)."""
+    from sense_core.embedding import output_paths
+
+    return list(output_paths(args.out, not args.no_plot).values())
+
+
 def _run_embed(args: argparse.Namespace) -> int:
     from sense_core.embedding import check_outputs, embed_ensemble, write_outputs
 
@@ -166,7 +173,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     _add_projection_options(embed, EMBED_PROJECTION)
     add_reader_options(embed)
-    embed.set_defaults(handler=_run_embed)
+    # --out may not be (or be inside) the ensemble, nor be the bundle; the run holds its lock
+    embed.set_defaults(
+        handler=guard_output(_run_embed, inputs=("ensemble",), bundles=("bundle",), writes=_written)
+    )
 
     project = commands.add_parser(
         "project",
@@ -183,7 +193,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--device", choices=("auto", "cpu", "cuda"), default="cpu", help="projector device (cpu)"
     )
     _add_projection_options(project, PROJECT_PROJECTION, "--method")
-    project.set_defaults(handler=_run_project)
+    project.set_defaults(handler=guard_output(_run_project, bundles=("bundle",)))
 
     warm = commands.add_parser(
         "warmup",

@@ -27,7 +27,6 @@ Outputs (:func:`write_report`): ``evaluation.json``, ``evaluation.csv``, ``evalu
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import os
@@ -41,7 +40,8 @@ import numpy as np
 
 from sense_core.ensemble import UNLABELED, MemberStore, split_hand_labeled
 from sense_core.errors import SenseError
-from sense_core.io.atomic import atomic_path, atomic_write_text
+from sense_core.io.atomic import atomic_path, atomic_write_text, output_lock
+from sense_core.io.escape import csv_writer, md_cell
 from sense_training.config import DEVICES, ConfigSection, option
 
 BASELINES = ("pca_raw", "umap_raw")
@@ -401,7 +401,8 @@ def _format(value: Any) -> str:
 
 
 def markdown_table(evaluation: Evaluation) -> str:
-    """The results as a Markdown table (one row per method)."""
+    """The results as a Markdown table (one row per method); a method name with ``|`` or a line
+    break is escaped (:func:`sense_core.io.escape.md_cell`)."""
     header = [
         "method",
         "2D test silhouette (mean ± sd)",
@@ -415,7 +416,7 @@ def markdown_table(evaluation: Evaluation) -> str:
     for row in evaluation.rows:
         s = row.scores
         cells = [
-            row.name,
+            md_cell(row.name),
             f"{_format(s['silhouette_2d_test_mean'])} ± {_format(s['silhouette_2d_test_sd'])}",
             *(_format(s.get(c)) for c in COLUMNS[2:]),
         ]
@@ -424,8 +425,10 @@ def markdown_table(evaluation: Evaluation) -> str:
 
 
 def csv_table(evaluation: Evaluation) -> str:
+    """The results as CSV (one row per method), every cell escaped against spreadsheet formulas
+    (:func:`sense_core.io.escape.csv_writer`)."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    writer = csv_writer(buffer, lineterminator="\n")
     writer.writerow(["method", "kind", *COLUMNS, "silhouette_2d_test_per_seed"])
     for row in evaluation.rows:
         writer.writerow(
@@ -475,9 +478,15 @@ def plot_maps(evaluation: Evaluation, path: str | os.PathLike, title: str = "") 
 
 
 def write_report(evaluation: Evaluation, out_dir: str | os.PathLike, title: str = "") -> dict:
-    """``evaluation.json``, ``.csv``, ``.md`` and ``maps.png`` in ``out_dir``; returns paths."""
+    """``evaluation.json``, ``.csv``, ``.md`` and ``maps.png`` in ``out_dir``; returns paths.
+    The folder is locked meanwhile, so two reports written into it at once cannot mix."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    with output_lock(out_dir):
+        return _write_report(evaluation, out_dir, title)
+
+
+def _write_report(evaluation: Evaluation, out_dir: Path, title: str) -> dict:
     paths = {
         "json": out_dir / "evaluation.json",
         "csv": out_dir / "evaluation.csv",
@@ -488,9 +497,9 @@ def write_report(evaluation: Evaluation, out_dir: str | os.PathLike, title: str 
     atomic_write_text(paths["csv"], csv_table(evaluation))
     settings = evaluation.settings
     intro = (
-        f"{title or 'Evaluation'}: {settings['test_members']} hand-labeled test members, map "
-        f"fitted on {settings['fit_members']} members ({settings['projection']}, seeds "
-        f"{settings['seeds']}).\n\n"
+        f"{md_cell(title or 'Evaluation')}: {settings['test_members']} hand-labeled test "
+        f"members, map fitted on {settings['fit_members']} members "
+        f"({settings['projection']}, seeds {settings['seeds']}).\n\n"
     )
     atomic_write_text(paths["md"], intro + markdown_table(evaluation))
     plot_maps(evaluation, paths["png"], title)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sense_core.cli_options import guard_output
+from sense_core.errors import SenseError
 from sense_core.generators import DEFAULT_LABELED_FRACTION, GENERATORS, generate_with_info
 
 DESCRIPTION = """\
@@ -81,7 +83,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar=("TRAIN", "VAL", "TEST"),
         help="region widths (0.7 0.15 0.15)",
     )
-    parser.set_defaults(handler=run)
+    # --out is replaced as a whole: it may not hold the crops' source images; the run holds its lock
+    parser.set_defaults(handler=guard_output(run, inputs=("images",), replaces=True))
 
 
 GENERATOR_OPTIONS = {
@@ -120,8 +123,7 @@ def run(args: argparse.Namespace) -> int:
     if n is None and not (args.name == "crops" and args.per_image):
         n = 1000
     if args.out.exists() and not args.overwrite:
-        print(f"error: {args.out} exists (use --overwrite)", file=sys.stderr)
-        return 2
+        raise SenseError(f"{args.out}: exists (use --overwrite)")
 
     started = time.perf_counter()
     ensemble, info = generate_with_info(
@@ -179,8 +181,6 @@ def main(argv: list[str] | None = None) -> int:
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_parser(subparsers)
     args = parser.parse_args(["generate", *(sys.argv[1:] if argv is None else argv)])
-    from sense_core.errors import SenseError
-
     try:
         return args.handler(args)
     except SenseError as exc:

@@ -6,7 +6,11 @@
 ENSEMBLE: an .npz or member folder (read by the SENSE reader) or a .vtm / .pvd. Writes
 OUT_DIR/embedding.csv (one row per member), OUT_DIR/selection.vtm (the selected members'
 mosaic, mean and std), and OUT_DIR/layout.png (the linked layout: scatter | members). A failed
-SENSE filter (bad input, unusable bundle) ends the script with its message and exit status 1.
+SENSE filter (bad input, unusable bundle), an OUT_DIR that is the ensemble, or one that another
+SENSE process is writing ends the script with its message and exit status 1.
+
+embedding.csv is written by SENSE's own CSV writer (not ParaView's SaveData), so that a member id
+or class name that a spreadsheet would run as a formula is escaped like in every SENSE CSV.
 """
 
 import argparse
@@ -14,10 +18,13 @@ import sys
 from pathlib import Path
 
 import paraview.simple as simple
-from paraview import servermanager
 from paraview.simple import LoadPlugin, OpenDataFile, SaveData, SaveScreenshot
 
+from sense_core.embedding import write_columns_csv
+from sense_core.errors import SenseError
+from sense_core.io.atomic import check_output_outside_inputs, output_lock
 from sense_paraview import FilterError, plugin_file, show_linked_layout, update_or_raise
+from sense_paraview.linking import embedding_columns
 
 PROJECTIONS = {"auto": "Auto", "umap": "UMAP", "projector": "Parametric projector", "pca": "PCA"}
 
@@ -37,7 +44,15 @@ def main(argv):
     if not hasattr(simple, "SENSEEmbedding"):  # not started through `sense pvbatch`
         LoadPlugin(str(plugin_file()))
     out = Path(args.out_dir)
+    written = [out / name for name in ("embedding.csv", "selection.vtm", "layout.png")]
+    check_output_outside_inputs(out, [args.ensemble], bundles=[args.bundle], writes=written)
     out.mkdir(parents=True, exist_ok=True)
+    with output_lock(out):  # another SENSE process writing OUT_DIR stops this one at once
+        embed(args, out)
+
+
+def embed(args, out: Path) -> None:
+    """Embed, select and save into ``out`` (see the module doc)."""
     if args.ensemble.endswith((".vtm", ".pvd")):
         ensemble = OpenDataFile(args.ensemble)
     else:
@@ -45,7 +60,7 @@ def main(argv):
     linked = show_linked_layout(
         ensemble, bundle=args.bundle, Projection=PROJECTIONS[args.projection], Seed=args.seed
     )
-    SaveData(str(out / "embedding.csv"), proxy=servermanager.OutputPort(linked.embedding, 1))
+    write_columns_csv(embedding_columns(linked.embedding), out / "embedding.csv")
     if args.select:
         selected = linked.select_where(args.select)
     elif args.ids:
@@ -68,6 +83,6 @@ def main(argv):
 if __name__ == "__main__":
     try:
         main(sys.argv[1:])
-    except FilterError as exc:
+    except (FilterError, SenseError) as exc:
         print(f"embed_ensemble.py: error: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -4,7 +4,8 @@
 
 ENSEMBLE is an .npz, a member folder, or a .vtm. The picture shows the members tiled, with the
 mean and standard deviation of the selection to the right, coloured with one shared range.
-A failed SENSE filter ends the script with its message and exit status 1.
+A failed SENSE filter, or an OUT.png that is or is inside the ensemble (a .png in a member folder
+would become a member), ends the script with its message and exit status 1.
 """
 
 import sys
@@ -21,6 +22,8 @@ from paraview.simple import (
     Show,
 )
 
+from sense_core.errors import SenseError
+from sense_core.io.atomic import check_output_outside_inputs
 from sense_paraview import FilterError, plugin_file, update_or_raise
 
 
@@ -28,6 +31,7 @@ def main(argv):
     if len(argv) < 3:
         raise SystemExit(__doc__)
     path, out, member_ids = argv[0], argv[1], argv[2:]
+    check_output_outside_inputs(out, [path])
     if not hasattr(simple, "SENSEMemberView"):  # not started through `sense pvbatch`
         LoadPlugin(str(plugin_file()))
     if path.endswith(".vtm"):
@@ -57,6 +61,6 @@ def main(argv):
 if __name__ == "__main__":
     try:
         main(sys.argv[1:])
-    except FilterError as exc:
+    except (FilterError, SenseError) as exc:
         print(f"render_members.py: error: {exc}", file=sys.stderr)
         sys.exit(1)
