@@ -17,8 +17,8 @@ from importlib.metadata import entry_points
 import numpy as np
 
 from sense_core import __version__
-from sense_core.cli_options import add_reader_options, open_from_args
-from sense_core.errors import Interrupted, SenseError, stop_on_signals
+from sense_core.cli_options import add_reader_options, guard_output, open_from_args
+from sense_core.errors import Interrupted, SenseError, describe_exception, stop_on_signals
 
 # Packages add their subcommands through this entry-point group (see pyproject.toml): each entry
 # names an ``add_parser(commands)`` function whose module imports nothing heavy at module level
@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert.add_argument("--overwrite", action="store_true", help="replace an existing output")
     add_reader_options(convert)
-    convert.set_defaults(handler=_run_convert)
+    convert.set_defaults(handler=guard_output(_run_convert, inputs=("path",), replaces=True))
 
     for entry in entry_points(group=COMMANDS_GROUP):
         try:
@@ -199,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with stop_on_signals():
             return int(args.handler(args) or 0)
     except SenseError as exc:
-        print(f"sense: error: {exc}", file=sys.stderr)
+        print(f"sense: error: {describe_exception(exc)}", file=sys.stderr)
         return 2
     except OSError as exc:  # disk full, no permission, ... outside SENSE's own checks
         print(f"sense: error: {describe_os_error(exc)}", file=sys.stderr)

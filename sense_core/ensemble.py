@@ -26,16 +26,23 @@ UNLABELED = -1
 # Metadata key of a split decided by whoever made the ensemble (see split_labeled).
 PRESET_SPLIT_KEY = "split"
 
-_MEMBER_ID_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+\-]*$")
+_MEMBER_ID_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+\-]*")
+# Without class names, labels name classes class_0 .. class_<max label>: more classes than this
+# (or than members) means a corrupt label, not a class list worth building.
+MAX_IMPLIED_CLASSES = 10_000
+# Bytes of bookkeeping per member (its id string, label, index entries), for the memory guard.
+MEMBER_BOOKKEEPING_BYTES = 128
 
 
 def check_member_id(member_id: str, where: str = "") -> str:
     """Return ``member_id`` if it is usable as a file stem; raise a clear error otherwise.
 
-    Member ids become file names when an ensemble is written as a folder, so they may not
-    contain path separators, spaces or start with a dot.
+    The one id rule of every reader and writer. Member ids become file names when an ensemble
+    is written as a folder, so they may not contain path separators, spaces or line breaks, or
+    start with a dot. The whole id must match (``fullmatch``: a ``$`` anchor would let an id
+    ending in a newline through).
     """
-    if not isinstance(member_id, str) or not _MEMBER_ID_PATTERN.match(member_id):
+    if not isinstance(member_id, str) or not _MEMBER_ID_PATTERN.fullmatch(member_id):
         prefix = f"{where}: " if where else ""
         raise EnsembleError(
             f"{prefix}member id {member_id!r} is not valid: use letters, digits and _ . + - "
@@ -47,6 +54,58 @@ def check_member_id(member_id: str, where: str = "") -> str:
 def natural_key(text: str) -> list:
     """Sort key that orders 'm2' before 'm10'."""
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def check_class_names(class_names: Iterable[object], where: str = "") -> tuple[str, ...]:
+    """Return the class names as a tuple if every name is a non-blank string and no name repeats
+    (two classes of one name would silently merge); raise naming ``where`` otherwise."""
+    prefix = f"{where}: " if where else ""
+    names = tuple(class_names)
+    seen: set[str] = set()
+    for index, name in enumerate(names):
+        if not isinstance(name, str):
+            raise EnsembleError(
+                f"{prefix}class name #{index} is {name!r} ({type(name).__name__}), not a string"
+            )
+        if not name.strip():
+            raise EnsembleError(f"{prefix}class name #{index} is empty ({name!r})")
+        if name in seen:
+            raise EnsembleError(
+                f"{prefix}class names are not unique: {name!r} appears more than once (two "
+                "classes of one name would merge)"
+            )
+        seen.add(name)
+    return tuple(str(name) for name in names)
+
+
+def class_limit(count: int) -> int:
+    """The most classes an ensemble of ``count`` members may have (see MAX_IMPLIED_CLASSES)."""
+    return max(MAX_IMPLIED_CLASSES, int(count))
+
+
+def implied_class_names(top: int, count: int, where: str = "") -> tuple[str, ...]:
+    """``class_0 .. class_<top>`` for integer labels (largest ``top``) given without class
+    names; a label implying more than :func:`class_limit` classes is refused before any name is
+    built."""
+    if top + 1 > class_limit(count):
+        prefix = f"{where}: " if where else ""
+        raise EnsembleError(
+            f"{prefix}label {top} implies {top + 1} classes for {count} members (at most "
+            f"{class_limit(count)} without class names); the labels are corrupt, or give the "
+            "class names"
+        )
+    return tuple(f"class_{i}" for i in range(top + 1))
+
+
+def check_member_count(count: int, where: str = "") -> None:
+    """Refuse, before building ids and labels, a member count whose bookkeeping alone would not
+    fit in memory (a header may claim any number of members)."""
+    check_memory(
+        int(count) * MEMBER_BOOKKEEPING_BYTES,
+        f"the ids and labels of {count} members",
+        where,
+        "is the member count in the file right?",
+    )
 
 
 def default_member_ids(count: int) -> tuple[str, ...]:
@@ -122,8 +181,9 @@ def check_memory(nbytes: int, what: str, where: str = "", hint: str = "") -> Non
 
 
 def member_nbytes(shape: Sequence[int], count: int = 1) -> int:
-    """float32 bytes of ``count`` members of (C, H, W) ``shape``."""
-    return int(count) * int(np.prod([int(s) for s in shape], dtype=np.int64)) * 4
+    """float32 bytes of ``count`` members of (C, H, W) ``shape`` (in Python integers: a shape
+    from a file's header cannot overflow the product and slip past the memory guard)."""
+    return int(count) * int(np.prod([int(s) for s in shape], dtype=object)) * 4
 
 
 class MemberStore(abc.ABC):
@@ -188,24 +248,52 @@ class MemberStore(abc.ABC):
         return {name: int(count) for name, count in zip(self.class_names, counts)}
 
 
-def validate_labels(
-    labels: np.ndarray, class_names: Sequence[str], count: int, where: str = ""
-) -> np.ndarray:
-    """Check labels against the class list; return them as int64 (N,)."""
+def label_values(labels: object, count: int, where: str = "") -> np.ndarray:
+    """Labels as int64 (N,): integers, or floats with integral values; -1 = unlabeled. Strings,
+    booleans, complex numbers, objects, fractions and non-finite values are refused naming
+    ``where``."""
     prefix = f"{where}: " if where else ""
     labels = np.asarray(labels)
     if labels.shape != (count,):
         raise EnsembleError(f"{prefix}labels have shape {labels.shape}, expected ({count},)")
-    if labels.size and not np.issubdtype(labels.dtype, np.integer):
-        if not np.all(np.equal(np.mod(labels, 1), 0)):
-            raise EnsembleError(f"{prefix}labels must be integers (-1 = unlabeled)")
-    labels = labels.astype(np.int64)
+    kind = labels.dtype.kind
+    if kind not in "iuf":
+        raise EnsembleError(
+            f"{prefix}'labels' must be integers (-1 = unlabeled), got {labels.dtype} values"
+        )
+    if labels.size == 0:
+        return labels.astype(np.int64)
+    if kind == "f":
+        bad = ~np.isfinite(labels)
+        bad[~bad] = np.mod(labels[~bad], 1) != 0
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            raise EnsembleError(
+                f"{prefix}label {labels[first]!r} of member #{first} is not an integer "
+                "(labels must be integers, -1 = unlabeled)"
+            )
+    out_of_range = (labels < -(2**62)) | (labels > 2**62)
+    if out_of_range.any():
+        first = int(np.flatnonzero(out_of_range)[0])
+        raise EnsembleError(f"{prefix}label {labels[first]} of member #{first} is out of range")
+    return labels.astype(np.int64)
+
+
+def validate_labels(
+    labels: np.ndarray, class_names: Sequence[str], count: int, where: str = ""
+) -> np.ndarray:
+    """Check labels (see :func:`label_values`) against the class list (see
+    :func:`check_class_names`); return them as int64 (N,)."""
+    prefix = f"{where}: " if where else ""
+    class_names = check_class_names(class_names, where)
+    labels = label_values(labels, count, where)
     bad = (labels < UNLABELED) | (labels >= len(class_names))
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
+        shown = list(class_names[:20]) + (["..."] if len(class_names) > 20 else [])
         raise EnsembleError(
             f"{prefix}label {int(labels[first])} of member #{first} is outside "
-            f"-1..{len(class_names) - 1} ({len(class_names)} classes: {list(class_names)})"
+            f"-1..{len(class_names) - 1} ({len(class_names)} classes: {shown})"
         )
     return labels
 
@@ -254,9 +342,7 @@ class Ensemble(MemberStore):
             dup = next(m for m in member_ids if m in seen or seen.add(m))
             raise EnsembleError(f"member id {dup!r} appears more than once")
 
-        class_names = tuple(str(c) for c in self.class_names)
-        if len(set(class_names)) != len(class_names):
-            raise EnsembleError(f"class names are not unique: {list(class_names)}")
+        class_names = check_class_names(self.class_names)
         labels = np.full(count, UNLABELED) if self.labels is None else self.labels
         labels = validate_labels(labels, class_names, count)
 

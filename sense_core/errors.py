@@ -23,6 +23,24 @@ class WriteError(SenseError, OSError):
     output and says that its previous version, if any, is unchanged."""
 
 
+def describe_exception(exc: BaseException, where: str = "") -> str:
+    """One line for the user about ``exc``, never empty.
+
+    A :class:`SenseError` already names its file and says what went wrong: its message is
+    kept. Any other exception (a bug, or a library's error SENSE did not translate) is shown as
+    ``<where>: <type>: <message>``; its message may be empty (``MemoryError()`` is), so the type
+    name is always there, and an out-of-memory error says what to do."""
+    message = " ".join(str(exc).split())
+    if isinstance(exc, SenseError) and message:
+        return message
+    if isinstance(exc, MemoryError):
+        detail = "out of memory" + (f" ({message})" if message else "")
+        detail += "; use smaller batches, fewer or smaller members, or more memory"
+    else:
+        detail = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    return f"{where}: {detail}" if where else detail
+
+
 class Interrupted(KeyboardInterrupt):
     """The process was asked to stop by a signal (SIGTERM, SIGHUP).
 

@@ -21,7 +21,7 @@ from xml.sax.saxutils import escape, quoteattr
 from vtkmodules.util.vtkAlgorithm import VTKPythonAlgorithmBase
 
 from sense_core.projection import ProjectionOptions
-from sense_paraview.failures import report_error
+from sense_paraview.failures import describe_failure, report_error
 
 # Drop-down choices: (value used by SENSE, text shown in ParaView). The position is what a
 # ParaView state file stores, so new entries go at the end.
@@ -77,7 +77,7 @@ class _SenseAlgorithm(VTKPythonAlgorithmBase):
         try:
             return self.execute(request, inInfo, outInfo)
         except Exception as exc:  # noqa: BLE001 - reported and failed, never a crashed ParaView
-            report_error(str(exc))
+            report_error(describe_failure(exc, self))
             return 0
 
     def execute(self, request, inInfo, outInfo) -> int:

@@ -9,9 +9,11 @@ failed filter, so pvpython/pvbatch scripts call :func:`update_or_raise` instead,
 
 from __future__ import annotations
 
-from sense_core.errors import SenseError
+from sense_core.errors import SenseError, describe_exception
 
 PREFIX = "SENSE: "
+# Attributes of SENSE algorithms that name what they read, for errors that name nothing.
+_INPUT_ATTRIBUTES = ("_file_name", "_bundle")
 
 
 class FilterError(SenseError):
@@ -23,6 +25,18 @@ def report_error(message: str) -> None:
     from vtkmodules.vtkCommonCore import vtkOutputWindow
 
     vtkOutputWindow.GetInstance().DisplayErrorText(f"{PREFIX}{message}\n")
+
+
+def describe_failure(exc: BaseException, algorithm: object = None) -> str:
+    """The one line a failed ``algorithm`` reports for ``exc``: a SENSE error's message (it
+    names the file), else the exception's type and message after the algorithm and the files it
+    was reading, so that an exception without a message (``MemoryError()``) never shows as an
+    empty ``SENSE: ``."""
+    if algorithm is None:
+        return describe_exception(exc)
+    inputs = [str(v) for v in (getattr(algorithm, a, None) for a in _INPUT_ATTRIBUTES) if v]
+    where = type(algorithm).__name__ + (f" reading {', '.join(inputs)}" if inputs else "")
+    return describe_exception(exc, where)
 
 
 def update_or_raise(proxy, time: float | None = None) -> None:

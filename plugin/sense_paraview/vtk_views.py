@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from sense_core.errors import SenseError
+from sense_core.errors import SenseError, describe_exception
 from sense_core.io.vti import FIELD_ARRAY, composite_members, member_to_image, store_member_image
 from sense_core.projection import ProjectionOptions
 from sense_core.selection import selection_statistics, tile_members
@@ -167,7 +167,7 @@ def member_view_blocks_distributed(
             wanted = set(member_ids)
             held = {m: f for m, f in zip(local.member_ids, local.fields) if m in wanted}
         except Exception as exc:  # noqa: BLE001 - raised on rank 0 below, never a hang
-            error = str(exc)
+            error = describe_exception(exc)
     gathered = comm.gather((held, error), root=0)
     if comm.Get_rank() != 0:
         return _named_blocks([(name, None) for name in MEMBER_VIEW_BLOCKS])
@@ -401,7 +401,7 @@ def embed_images_distributed(
             fields, ids, labels = local.fields, list(local.member_ids), list(local.labels)
             bundle = bundle or str(find_shipped_bundle(local.member_shape, local.class_names))
         except Exception as exc:  # noqa: BLE001 - raised on every rank below, never a hang
-            error = str(exc)
+            error = describe_exception(exc)
     errors = [e for e in comm.allgather(error) if e]
     if errors:
         raise SenseError(errors[0])

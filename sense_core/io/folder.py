@@ -28,14 +28,18 @@ import numpy as np
 from sense_core.ensemble import (
     UNLABELED,
     MemberStore,
+    check_class_names,
     check_member_id,
     check_memory,
+    format_bytes,
+    implied_class_names,
     member_nbytes,
     natural_key,
     validate_labels,
 )
 from sense_core.errors import EnsembleError
 from sense_core.io.atomic import atomic_directory
+from sense_core.io.escape import csv_writer, unescape_cell
 from sense_core.io.members import MEMBER_SUFFIXES, read_member_file
 from sense_core.progress import batches_with_progress
 
@@ -46,6 +50,10 @@ FOLDER_FORMAT = "sense-ensemble-folder"
 FOLDER_FORMAT_VERSION = 1
 _SIDE_FILES = {LABELS_FILE, METADATA_FILE, DESCRIPTION_FILE}
 _IGNORED_SUFFIXES = {".vtm", ".pvd", ".md", ".txt"}
+# Memory a side file's text may take once parsed, per byte of the file (the memory guard).
+SIDE_FILE_MEMORY_FACTOR = 8
+# dtypes ensemble.json may give for numeric metadata columns (the writer records these)
+_METADATA_DTYPES = frozenset(np.dtype(code).name for code in "?bBhHiIlLqQefdg")
 
 
 def list_member_files(folder: Path) -> list[Path]:
@@ -71,15 +79,43 @@ def list_member_files(folder: Path) -> list[Path]:
     return members
 
 
-def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+def _read_side_file(path: Path) -> str:
+    """The text of a side file, refused before reading when parsing it would not fit in memory."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        size = path.stat().st_size
+        check_memory(
+            SIDE_FILE_MEMORY_FACTOR * size,
+            f"reading {path.name} ({format_bytes(size)})",
+            str(path),
+            "is it the right file?",
+        )
+        return path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise EnsembleError(f"{path}: cannot read ({exc})") from exc
-    rows = [(n, row) for n, row in enumerate(csv.reader(io.StringIO(text)), start=1) if row]
+
+
+def _read_csv(
+    path: Path, max_rows: int | None = None
+) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """Header and non-empty rows (with their line numbers); more than ``max_rows`` rows after
+    the header (one per member) is refused as soon as it is seen."""
+    text = _read_side_file(path)
+    reader = csv.reader(io.StringIO(text))
+    rows = []
+    try:
+        for n, row in enumerate(reader, start=1):
+            if not row:
+                continue
+            rows.append((n, row))
+            if max_rows is not None and len(rows) > max_rows + 1:
+                raise EnsembleError(
+                    f"{path}, line {n}: more rows than the {max_rows} members (one row each)"
+                )
+    except csv.Error as exc:
+        raise EnsembleError(f"{path}, line {reader.line_num}: not valid CSV ({exc})") from exc
     if not rows:
         raise EnsembleError(f"{path}: empty file (expected a header row)")
-    header = [cell.strip() for cell in rows[0][1]]
+    header = [unescape_cell(cell.strip()) for cell in rows[0][1]]
     return header, rows[1:]
 
 
@@ -87,7 +123,7 @@ def _member_rows(path: Path, rows, index_of: dict[str, int]):
     """Yield (line, member index, row) and reject unknown or repeated member ids."""
     seen: dict[str, int] = {}
     for line, row in rows:
-        member_id = row[0].strip()
+        member_id = unescape_cell(row[0].strip())
         if member_id not in index_of:
             raise EnsembleError(f"{path}, line {line}: unknown member {member_id!r} (no such file)")
         if member_id in seen:
@@ -107,19 +143,19 @@ def read_labels_csv(
     A label is a class name, a class index, or blank (unlabeled). Without known class names,
     all-integer labels name classes class_0, class_1, ...; otherwise the distinct names, sorted.
     """
-    header, rows = _read_csv(path)
+    header, rows = _read_csv(path, len(member_ids))
     if [cell.lower() for cell in header[:2]] != ["member_id", "label"]:
         raise EnsembleError(f"{path}: header must be 'member_id,label', found {','.join(header)}")
     index_of = {m: i for i, m in enumerate(member_ids)}
     raw: list[tuple[int, int, str]] = []
     for line, index, row in _member_rows(path, rows, index_of):
-        value = row[1].strip() if len(row) > 1 else ""
+        value = unescape_cell(row[1].strip()) if len(row) > 1 else ""
         if value and value != str(UNLABELED):
             raw.append((line, index, value))
     if class_names is None:
         if all(_is_int(v) for _, _, v in raw):
-            top = max((int(v) for _, _, v in raw), default=-1)
-            class_names = tuple(f"class_{i}" for i in range(top + 1))
+            line, top = max(((n, int(v)) for n, _, v in raw), key=lambda t: t[1], default=(0, -1))
+            class_names = implied_class_names(top, len(member_ids), f"{path}, line {line}")
         else:
             class_names = tuple(sorted({v for _, _, v in raw}, key=natural_key))
     class_names = tuple(class_names)
@@ -149,15 +185,23 @@ def read_metadata_csv(
     path: Path, member_ids: Sequence[str], dtypes: dict[str, str] | None = None
 ) -> dict[str, np.ndarray]:
     """Per-member metadata columns; numeric columns become numbers, others strings."""
-    header, rows = _read_csv(path)
+    header, rows = _read_csv(path, len(member_ids))
     if not header or header[0].lower() != "member_id":
         raise EnsembleError(f"{path}: the first column must be 'member_id'")
     names = header[1:]
+    repeated = sorted({name for name in names if names.count(name) > 1 or not name})
+    if repeated:
+        raise EnsembleError(f"{path}: column names must be unique and not empty: {repeated}")
+    check_memory(
+        16 * len(names) * len(member_ids),
+        f"{len(names)} metadata columns for {len(member_ids)} members",
+        str(path),
+    )
     index_of = {m: i for i, m in enumerate(member_ids)}
     columns = {name: [""] * len(member_ids) for name in names}
     for _, index, row in _member_rows(path, rows, index_of):
         for name, cell in zip(names, row[1:]):
-            columns[name][index] = cell.strip()
+            columns[name][index] = unescape_cell(cell.strip())
     metadata = {}
     for name, cells in columns.items():
         dtype = (dtypes or {}).get(name)
@@ -230,8 +274,8 @@ class MemberFolderSource(MemberStore):
         if not path.exists():
             return {}
         try:
-            description = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            description = json.loads(_read_side_file(path))
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, or a huge number
             raise EnsembleError(f"{path}: not valid JSON ({exc})") from exc
         if not isinstance(description, dict) or description.get("format") != FOLDER_FORMAT:
             raise EnsembleError(f"{path}: not a SENSE ensemble description")
@@ -244,6 +288,15 @@ class MemberFolderSource(MemberStore):
         names = description.get("class_names", [])
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise EnsembleError(f"{path}: 'class_names' must be a list of strings")
+        check_class_names(names, f"{path}: class_names")
+        dtypes = description.get("metadata_dtypes", {})
+        if not isinstance(dtypes, dict) or not all(
+            isinstance(v, str) and v in _METADATA_DTYPES for v in dtypes.values()
+        ):
+            raise EnsembleError(
+                f"{path}: 'metadata_dtypes' must map column names to numeric dtypes "
+                f"({', '.join(sorted(_METADATA_DTYPES))})"
+            )
         return description
 
     def _read(self, index: int) -> np.ndarray:
@@ -302,7 +355,7 @@ def write_member_folder(
     if member_format not in ("vti", "npy"):
         raise ValueError(f"member_format must be 'vti' or 'npy', got {member_format!r}")
     path = Path(path)
-    files = [f"{member_id}.{member_format}" for member_id in store.member_ids]
+    files = [f"{check_member_id(m, str(path))}.{member_format}" for m in store.member_ids]
     with atomic_directory(path, overwrite=overwrite) as tmp:
         for indices, batch in batches_with_progress(store, batch_size, progress, "writing members"):
             for index, member in zip(indices, batch):
@@ -319,20 +372,18 @@ def write_member_folder(
 
 def _write_side_files(store: MemberStore, folder: Path, member_format: str) -> None:
     with open(folder / LABELS_FILE, "w", newline="", encoding="utf-8") as stream:
-        writer = csv.writer(stream)
+        writer = csv_writer(stream)  # cells that a spreadsheet would run are escaped
         writer.writerow(["member_id", "label"])
         for member_id, label in zip(store.member_ids, store.labels):
             writer.writerow([member_id, store.class_names[label] if label != UNLABELED else ""])
     names = list(store.metadata)
     if names:
         with open(folder / METADATA_FILE, "w", newline="", encoding="utf-8") as stream:
-            writer = csv.writer(stream)
+            writer = csv_writer(stream)
             writer.writerow(["member_id", *names])
             columns = [np.asarray(store.metadata[n]).tolist() for n in names]
             for i, member_id in enumerate(store.member_ids):
-                writer.writerow(
-                    [member_id, *(repr(c[i]) if isinstance(c[i], float) else c[i] for c in columns)]
-                )
+                writer.writerow([member_id, *(c[i] for c in columns)])  # floats as repr()
     description = {
         "format": FOLDER_FORMAT,
         "version": FOLDER_FORMAT_VERSION,

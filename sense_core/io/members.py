@@ -6,13 +6,16 @@ later, from training statistics. Non-finite values follow the reader's ``nan_pol
 
 from __future__ import annotations
 
+import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
-from sense_core.ensemble import check_finite, check_memory, member_nbytes
-from sense_core.errors import EnsembleError, SenseError
+from sense_core.ensemble import check_finite, check_memory, format_bytes, member_nbytes
+from sense_core.errors import EnsembleError, SenseError, describe_exception
 
 MEMBER_SUFFIXES = (".npy", ".png", ".tif", ".tiff", ".vti")
 NAN_POLICIES = ("raise", "fill")
@@ -60,9 +63,91 @@ def check_member_memory(path: Path, shape: tuple[int, ...]) -> None:
     )
 
 
+@dataclass(frozen=True)
+class NpyHeader:
+    """What a ``.npy`` header says: shape, memory order, dtype, and where the values start."""
+
+    shape: tuple[int, ...]
+    fortran: bool
+    dtype: np.dtype
+    offset: int
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the values (Python integers: a huge shape cannot overflow)."""
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+# Values are read this many bytes at a time (a file shorter than its header says ends the read).
+NPY_CHUNK_BYTES = 16 * 2**20
+
+
+def read_npy_header(stream: BinaryIO, where: str) -> NpyHeader:
+    """Parse the ``.npy`` header at the stream's position; reads nothing else. Negative
+    dimensions, object arrays (they would need pickle) and structured dtypes are refused."""
+    try:
+        version = np.lib.format.read_magic(stream)
+        read_header = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, fortran, dtype = read_header(stream)
+    except (ValueError, TypeError, EOFError, OSError) as exc:
+        raise EnsembleError(f"{where}: not a valid .npy array ({describe_exception(exc)})") from exc
+    if any(n < 0 for n in shape):
+        raise EnsembleError(f"{where}: the header has a negative dimension, shape {shape}")
+    if dtype.hasobject:
+        raise EnsembleError(f"{where}: an array of Python objects (never read: it needs pickle)")
+    if dtype.fields is not None or dtype.subdtype is not None:
+        raise EnsembleError(f"{where}: a structured array (dtype {dtype}); SENSE reads plain ones")
+    return NpyHeader(tuple(int(n) for n in shape), bool(fortran), dtype, int(stream.tell()))
+
+
+def read_npy_values(stream: BinaryIO, header: NpyHeader, where: str, available: int) -> np.ndarray:
+    """The values after ``header``, copied into a new array in chunks (never memory-mapped: a
+    file truncated while it is read gives an error here, not a SIGBUS that kills the process).
+
+    ``available`` is the number of bytes the file holds after the header; a header that claims
+    more is refused before anything is allocated. Check the memory guard before calling."""
+    if available < header.nbytes:
+        raise EnsembleError(
+            f"{where}: the header says {header.dtype} values of shape {header.shape} "
+            f"({format_bytes(header.nbytes)}) but only {format_bytes(max(available, 0))} follow "
+            "it: the file is truncated or its header is wrong"
+        )
+    values = np.empty(header.shape[::-1] if header.fortran else header.shape, header.dtype)
+    view = memoryview(values.reshape(-1).view(np.uint8))
+    position = 0
+    while position < header.nbytes:
+        count = stream.readinto(view[position : position + NPY_CHUNK_BYTES])
+        if not count:
+            raise EnsembleError(
+                f"{where}: the file changed or was truncated while being read (got "
+                f"{position} of {header.nbytes} bytes of values)"
+            )
+        position += count
+    return values.T if header.fortran else values
+
+
 def _read_npy(path: Path) -> np.ndarray:
-    values = np.load(path, allow_pickle=False, mmap_mode="r")  # maps the file, reads nothing
-    check_member_memory(path, values.shape)
+    with open(path, "rb", buffering=0) as stream:
+        before = os.fstat(stream.fileno())
+        header = read_npy_header(stream, str(path))
+        if len(header.shape) not in (2, 3):
+            raise EnsembleError(
+                f"{path}: expected a 2D field or (C, H, W), got shape {header.shape}"
+            )
+        if header.dtype.kind not in "biuf":
+            what = "complex values are" if header.dtype.kind == "c" else f"dtype {header.dtype} is"
+            raise EnsembleError(f"{path}: {what} not supported (values must be real numbers)")
+        if min(header.shape) == 0:
+            raise EnsembleError(f"{path}: the member is empty, shape {header.shape}")
+        check_member_memory(path, header.shape)
+        values = read_npy_values(stream, header, str(path), before.st_size - header.offset)
+        after = os.fstat(stream.fileno())
+    if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+        raise EnsembleError(f"{path}: the file changed while being read; read it again")
     return _as_chw(values, path)
 
 
@@ -133,7 +218,7 @@ def read_member_file(
     except FileNotFoundError as exc:
         raise EnsembleError(f"{path}: file not found") from exc
     except Exception as exc:  # noqa: BLE001 - any decoder failure means the file is unreadable
-        raise EnsembleError(f"{path}: cannot read member ({type(exc).__name__}: {exc})") from exc
+        raise EnsembleError(f"{path}: cannot read member ({describe_exception(exc)})") from exc
     return apply_nan_policy(member, member_id or path.stem, nan_policy, fill_value, where=str(path))
 
 

@@ -8,7 +8,9 @@ archive, so listing and batch reads need memory for one batch only. Loading neve
 
 from __future__ import annotations
 
+import math
 import os
+import struct
 import zipfile
 import zlib
 from collections.abc import Sequence
@@ -19,15 +21,27 @@ import numpy as np
 from sense_core.ensemble import (
     UNLABELED,
     MemberStore,
+    check_class_names,
+    check_member_count,
     check_member_id,
     check_memory,
+    class_limit,
     default_member_ids,
+    format_bytes,
+    implied_class_names,
+    label_values,
     member_nbytes,
     validate_labels,
 )
-from sense_core.errors import EnsembleError
+from sense_core.errors import EnsembleError, SenseError, describe_exception
 from sense_core.io.atomic import atomic_path
-from sense_core.io.members import FLOAT32_MAX, apply_nan_policy
+from sense_core.io.members import (
+    FLOAT32_MAX,
+    NpyHeader,
+    apply_nan_policy,
+    read_npy_header,
+    read_npy_values,
+)
 from sense_core.progress import batches_with_progress
 
 METADATA_PREFIX = "meta_"
@@ -35,8 +49,31 @@ METADATA_PREFIX = "meta_"
 IN_MEMORY_LIMIT_BYTES = 512 * 2**20
 
 
+# Errors of zipfile/zlib/numpy on a damaged (or changing) archive.
+ARCHIVE_ERRORS = (
+    OSError,
+    EOFError,
+    ValueError,
+    RuntimeError,  # an encrypted entry
+    NotImplementedError,  # an unknown compression method
+    struct.error,
+    zipfile.BadZipFile,
+    zlib.error,
+)
+# Values of the entries SENSE reads besides ``fields``: dtype kinds allowed, and in words.
+_STRINGS = ("US", "strings")
+_IDS = ("USiu", "strings")
+_LABELS = ("iuf", "integers (-1 = unlabeled)")
+_METADATA = ("biufUS", "numbers or strings")
+
+
 class NpzSource(MemberStore):
-    """An ensemble ``.npz`` file, read lazily."""
+    """An ensemble ``.npz`` file, read lazily.
+
+    Nothing is allocated from what the archive claims before it is checked: every entry's
+    ``.npy`` header is read first, its shape checked against the member count and its size
+    against the entry's size and the memory guard (:func:`~sense_core.ensemble.check_memory`),
+    then the values are copied in chunks (never memory-mapped)."""
 
     def __init__(
         self, path: str | os.PathLike, nan_policy: str = "raise", fill_value: float = 0.0
@@ -47,86 +84,74 @@ class NpzSource(MemberStore):
         self.fill_value = fill_value
         self._cache: np.ndarray | None = None
         self._stream_position = 0
+        where = str(self.path)
         if not self.path.is_file():
-            raise EnsembleError(f"{self.path}: file not found")
+            raise EnsembleError(f"{where}: file not found")
         try:
             with open(self.path, "rb") as stream:
-                self._read_index(stream, str(self.path))
-        except (OSError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
-            raise EnsembleError(f"{self.path}: not a readable .npz archive ({exc})") from exc
+                if stream.read(6) == b"\x93NUMPY":
+                    raise EnsembleError(f"{where}: a single .npy array, not an .npz archive")
+                stream.seek(0)
+                with zipfile.ZipFile(stream) as archive:
+                    self._read_index(archive, where)
+        except EnsembleError:
+            raise
+        except MemoryError as exc:
+            raise EnsembleError(describe_exception(exc, f"{where}: reading the archive")) from exc
+        except ARCHIVE_ERRORS as exc:
+            raise EnsembleError(
+                f"{where}: not a readable .npz archive ({describe_exception(exc)})"
+            ) from exc
 
-    def _read_index(self, stream, where: str) -> None:
+    def _read_index(self, archive: zipfile.ZipFile, where: str) -> None:
         """Read everything but the fields: keys, labels, ids, class names, metadata, header."""
-        try:
-            archive = np.load(stream, allow_pickle=False)
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-            raise EnsembleError(f"{where}: not a readable .npz archive ({exc})") from exc
-        if not isinstance(archive, np.lib.npyio.NpzFile):
-            raise EnsembleError(f"{where}: a single .npy array, not an .npz archive")
-        with archive:
-            keys = set(archive.files)
-            if "fields" not in keys:
-                raise EnsembleError(f"{where}: no 'fields' array (keys: {sorted(keys)})")
-            self._shape, self._dtype, self._offset, self._fortran = self._fields_header(where)
-            count = self._shape[0]
-            if count == 0:
-                raise EnsembleError(f"{where}: ensemble is empty (fields has 0 members)")
-            try:
-                self.class_names = self._strings(archive, "class_names", None)
-                member_ids = self._strings(archive, "member_ids", None)
-                labels = archive["labels"] if "labels" in keys else np.full(count, UNLABELED)
-                self.metadata = {
-                    key[len(METADATA_PREFIX) :]: archive[key]
-                    for key in sorted(keys)
-                    if key.startswith(METADATA_PREFIX)
-                }
-            except ValueError as exc:  # object arrays would need pickle
-                raise EnsembleError(f"{where}: unreadable array ({exc})") from exc
-            except (OSError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
-                raise EnsembleError(f"{where}: damaged archive ({exc})") from exc
-        if self.class_names is None:
-            top = int(labels.max()) if labels.size else -1
-            self.class_names = tuple(f"class_{i}" for i in range(top + 1))
-        self.member_ids = default_member_ids(count) if member_ids is None else member_ids
-        if len(self.member_ids) != count:
-            raise EnsembleError(f"{where}: {len(self.member_ids)} member_ids for {count} members")
+        keys = {name[:-4] for name in archive.namelist() if name.endswith(".npy")}
+        if "fields" not in keys:
+            raise EnsembleError(f"{where}: no 'fields' array (keys: {sorted(keys)})")
+        self._fields = fields = self._fields_header(archive, where)
+        self._shape = (
+            fields.shape if len(fields.shape) == 4 else (fields.shape[0], 1, *fields.shape[1:])
+        )
+        self._dtype, self._offset, self._fortran = fields.dtype, fields.offset, fields.fortran
+        count = self._shape[0]
+        check_member_count(count, where)
+        limit = class_limit(count)
+        names = _read_entry(archive, "class_names", where, _STRINGS, max_items=limit)
+        ids = _read_entry(archive, "member_ids", where, _IDS, shape=(count,))
+        labels = _read_entry(archive, "labels", where, _LABELS, shape=(count,))
+        self.metadata = {
+            key[len(METADATA_PREFIX) :]: _read_entry(
+                archive, key, where, _METADATA, first_dimension=count
+            )
+            for key in sorted(keys)
+            if key.startswith(METADATA_PREFIX)
+        }
+        labels = np.full(count, UNLABELED) if labels is None else label_values(labels, count, where)
+        self.class_names = (
+            implied_class_names(int(labels.max()), count, where)
+            if names is None
+            else check_class_names(_strings(names), f"{where}: class_names")
+        )
+        self.member_ids = default_member_ids(count) if ids is None else _strings(ids)
         for member_id in self.member_ids:
             check_member_id(member_id, where)
         if len(set(self.member_ids)) != count:
             raise EnsembleError(f"{where}: member_ids are not unique")
         self.labels = validate_labels(labels, self.class_names, count, where)
-        for key, values in self.metadata.items():
-            if values.shape[:1] != (count,):
-                raise EnsembleError(f"{where}: metadata {key!r} does not have {count} values")
 
     @staticmethod
-    def _strings(archive, key: str, default):
-        if key not in archive.files:
-            return default
-        return tuple(str(v) for v in np.asarray(archive[key]).reshape(-1))
-
-    def _fields_header(self, where: str):
-        with zipfile.ZipFile(self.path) as archive, archive.open("fields.npy") as stream:
-            try:
-                version = np.lib.format.read_magic(stream)
-                read_header = (
-                    np.lib.format.read_array_header_1_0
-                    if version == (1, 0)
-                    else np.lib.format.read_array_header_2_0
-                )
-                shape, fortran, dtype = read_header(stream)
-            except ValueError as exc:
-                raise EnsembleError(f"{where}: 'fields' is not a valid array ({exc})") from exc
-            offset = stream.tell()
-        if len(shape) == 3:
-            shape = (shape[0], 1, *shape[1:])
-        if len(shape) != 4:
+    def _fields_header(archive: zipfile.ZipFile, where: str) -> NpyHeader:
+        header, _ = _entry_header(archive, "fields", where)
+        shape = header.shape
+        if len(shape) not in (3, 4):
             raise EnsembleError(f"{where}: fields must be (N, C, H, W) or (N, H, W), got {shape}")
-        if not (np.issubdtype(dtype, np.number) or dtype == np.bool_) or dtype.hasobject:
-            raise EnsembleError(f"{where}: fields must be numeric, got dtype {dtype}")
+        if shape[0] == 0:
+            raise EnsembleError(f"{where}: ensemble is empty (fields has 0 members)")
+        if header.dtype.kind not in "biuf":
+            raise EnsembleError(f"{where}: fields must be numeric, got dtype {header.dtype}")
         if min(shape[1:]) == 0:
             raise EnsembleError(f"{where}: members have an empty shape {shape[1:]}")
-        return tuple(int(s) for s in shape), dtype, offset, fortran
+        return header
 
     @property
     def member_shape(self) -> tuple[int, int, int]:
@@ -137,8 +162,17 @@ class NpzSource(MemberStore):
 
     def _load_all(self) -> np.ndarray:
         if self._cache is None:
-            with open(self.path, "rb") as stream, np.load(stream, allow_pickle=False) as archive:
-                self._cache = np.asarray(archive["fields"]).reshape(self._shape)
+            where = str(self.path)
+            with zipfile.ZipFile(self.path) as archive:
+                header, available = _entry_header(archive, "fields", where)
+                if header != self._fields:
+                    raise EnsembleError(
+                        f"{where}: the file changed while being read; read it again"
+                    )
+                with archive.open("fields.npy") as stream:
+                    stream.seek(header.offset)
+                    values = read_npy_values(stream, header, f"{where}: 'fields'", available)
+            self._cache = values.reshape(self._shape)
         return self._cache
 
     def _read_streamed(self, index: int) -> np.ndarray:
@@ -180,8 +214,11 @@ class NpzSource(MemberStore):
                 raw = np.empty((len(indices), *self.member_shape), dtype=self._dtype)
                 for slot in np.argsort(indices, kind="stable"):
                     raw[slot] = self._read_streamed(int(indices[slot]))
-        except (OSError, zipfile.BadZipFile, EOFError, ValueError, zlib.error) as exc:
-            raise EnsembleError(f"{self.path}: cannot read 'fields' ({exc})") from exc
+        except ARCHIVE_ERRORS as exc:
+            raise EnsembleError(
+                f"{self.path}: cannot read 'fields' ({describe_exception(exc)}); was the file "
+                "changed or truncated while being read?"
+            ) from exc
         self._check_range(raw, indices)
         out[:] = raw
         for slot, index in enumerate(indices):
@@ -219,6 +256,88 @@ class NpzSource(MemberStore):
 
     def __del__(self) -> None:
         self.close()
+
+
+def _entry_header(archive: zipfile.ZipFile, key: str, where: str) -> tuple[NpyHeader, int]:
+    """The ``.npy`` header of entry ``key`` and the bytes of values its entry holds (its size
+    in the zip directory, a bound on what reading it can produce), refusing a header whose values
+    would not fit in them. Reads the header only."""
+    name = f"{key}.npy"
+    size = archive.getinfo(name).file_size
+    with archive.open(name) as stream:
+        header = read_npy_header(stream, f"{where}: {key!r}")
+    available = size - header.offset
+    if header.nbytes != available:
+        raise EnsembleError(
+            f"{where}: {key!r} claims {header.dtype} values of shape {header.shape} "
+            f"({format_bytes(header.nbytes)}) but its entry holds "
+            f"{format_bytes(max(available, 0))}: the archive is damaged"
+        )
+    return header, available
+
+
+def _read_entry(
+    archive: zipfile.ZipFile,
+    key: str,
+    where: str,
+    values: tuple[str, str],
+    shape: tuple[int, ...] | None = None,
+    first_dimension: int | None = None,
+    max_items: int | None = None,
+) -> np.ndarray | None:
+    """Entry ``key`` (None if absent), its header checked before its values are read: dtype
+    kind in ``values[0]`` (``values[1]`` says it in words), the ``shape`` or
+    ``first_dimension`` expected, at most ``max_items`` values, and bytes within the memory
+    guard."""
+    if f"{key}.npy" not in archive.namelist():
+        return None
+    header, available = _entry_header(archive, key, where)
+    kinds, expected = values
+    if header.dtype.kind not in kinds:
+        raise EnsembleError(f"{where}: {key!r} must be {expected}, got {header.dtype} values")
+    if shape is not None and header.shape != shape:
+        raise EnsembleError(f"{where}: {key!r} has shape {header.shape}, expected {shape}")
+    if first_dimension is not None and header.shape[:1] != (first_dimension,):
+        raise EnsembleError(
+            f"{where}: {key!r} has shape {header.shape}, expected {first_dimension} value(s), one "
+            "per member"
+        )
+    if max_items is not None and math.prod(header.shape) > max_items:
+        raise EnsembleError(
+            f"{where}: {key!r} has {math.prod(header.shape)} values, more than {max_items}"
+        )
+    check_memory(
+        2 * header.nbytes, f"reading {key!r} ({header.dtype}, shape {header.shape})", where
+    )
+    with archive.open(f"{key}.npy") as stream:
+        stream.seek(header.offset)
+        return read_npy_values(stream, header, f"{where}: {key!r}", available)
+
+
+def _strings(values: np.ndarray) -> tuple[str, ...]:
+    """Text values as str (bytes are decoded as UTF-8)."""
+    flat = values.reshape(-1)
+    if flat.dtype.kind == "S":
+        return tuple(v.decode("utf-8", errors="replace") for v in flat.tolist())
+    return tuple(str(v) for v in flat.tolist())
+
+
+def check_npz_entries(path: str | os.PathLike) -> None:
+    """Refuse an ``.npz`` file whose entries are damaged or claim more memory than the guard
+    allows (a small file can inflate to gigabytes), before ``np.load`` reads any of them."""
+    where = str(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for name in archive.namelist():
+                if name.endswith(".npy"):
+                    header, _ = _entry_header(archive, name[:-4], where)
+                    check_memory(2 * header.nbytes, f"reading {name[:-4]!r}", where)
+    except (SenseError, FileNotFoundError):
+        raise
+    except ARCHIVE_ERRORS as exc:
+        raise EnsembleError(
+            f"{where}: not a readable .npz archive ({describe_exception(exc)})"
+        ) from exc
 
 
 def _write_npy(archive: zipfile.ZipFile, name: str, array: np.ndarray) -> None:
