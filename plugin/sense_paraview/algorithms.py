@@ -32,24 +32,39 @@ PROJECTIONS = (
     ("projector", "Parametric projector"),
     ("pca", "PCA"),
 )
-NAN_POLICIES = (("raise", "Reject members with NaN/Inf"), ("fill", "Replace NaN/Inf by 0"))
+NAN_POLICIES = (
+    ("raise", "Reject members with NaN/Inf"),
+    ("fill", "Replace NaN/Inf by the fill value"),
+)
 DEFAULT_PROJECTION = ProjectionOptions()
 DEFAULT_BATCH_SIZE = 64
 
 
 def enumeration_xml(
-    name: str, command: str, choices: Sequence[tuple[str, str]], default: str, documentation: str
+    name: str,
+    command: str,
+    choices: Sequence[tuple[str, str]],
+    default: str,
+    documentation: str = "",
+    *,
+    label: str | None = None,
 ) -> str:
-    """Server-manager XML of an integer property shown as a drop-down of ``choices``."""
+    """Server-manager XML of an integer property shown as a drop-down of ``choices``, with
+    the panel ``label`` (the plugin's panel declaration adds the documentation when
+    ``documentation`` is empty)."""
     entries = "".join(
         f'<Entry value="{index}" text={quoteattr(text)}/>'
         for index, (_, text) in enumerate(choices)
     )
     default_index = [value for value, _ in choices].index(default)
+    label_attribute = f" label={quoteattr(label)}" if label else ""
+    documentation_xml = (
+        f"<Documentation>{escape(documentation)}</Documentation>" if documentation else ""
+    )
     return (
-        f'<IntVectorProperty name="{name}" command="{command}" number_of_elements="1" '
-        f'default_values="{default_index}"><EnumerationDomain name="enum">{entries}'
-        f"</EnumerationDomain><Documentation>{escape(documentation)}</Documentation>"
+        f'<IntVectorProperty name="{name}" command="{command}"{label_attribute} '
+        f'number_of_elements="1" default_values="{default_index}">'
+        f'<EnumerationDomain name="enum">{entries}</EnumerationDomain>{documentation_xml}'
         "</IntVectorProperty>"
     )
 
@@ -85,20 +100,24 @@ class _SenseAlgorithm(VTKPythonAlgorithmBase):
 
 
 class EnsembleReader(_SenseAlgorithm):
-    """Opens a SENSE ensemble (.npz, or a folder of members) as a multiblock of images, one
-    block per member named by its member id, with label and class name as field data. Under MPI
-    each rank reads its share of the members (blocks elsewhere are empty)."""
+    """Opens a SENSE ensemble (.npz, or a folder of members) as a multiblock of images. One
+    block per member, named by its member id, with label and class name as field data. Under
+    MPI each rank reads its share of the members (blocks elsewhere are empty)."""
 
     def __init__(self):
         super().__init__(nInputPorts=0, nOutputPorts=1, outputType="vtkMultiBlockDataSet")
         self._file_name = None
         self._nan_policy = NAN_POLICIES[0][0]
+        self._fill_value = 0.0
 
     def SetFileName(self, name):
         self._set("_file_name", name)
 
     def SetNaNPolicy(self, value):
         self._set("_nan_policy", choice(NAN_POLICIES, value))
+
+    def SetFillValue(self, value):
+        self._set("_fill_value", float(value))
 
     def RequestInformation(self, request, inInfo, outInfo):
         from vtkmodules.vtkCommonExecutionModel import vtkAlgorithm
@@ -123,14 +142,14 @@ class EnsembleReader(_SenseAlgorithm):
             if info.Has(sddp.UPDATE_NUMBER_OF_PIECES())
             else 1
         )
-        store = open_ensemble(self._file_name, self._nan_policy)
+        store = open_ensemble(self._file_name, self._nan_policy, self._fill_value)
         output = vtkMultiBlockDataSet.GetData(outInfo, 0)
         output.ShallowCopy(store_piece_to_multiblock(store, piece, pieces))
         return 1
 
 
 class MemberView(_SenseAlgorithm):
-    """The selected members of an ensemble: a tiled mosaic of their fields (block "mosaic",
+    """Shows the selected members of an ensemble: a tiled mosaic of their fields (block "mosaic",
     with "tile_labels" points carrying the member ids), their pixel-wise mean and standard
     deviation (blocks "mean" and "std", to the right of the mosaic) and block "titles" (each
     member id, "mean" and "std" in its image's top-left corner). No member: an empty output."""
@@ -225,11 +244,11 @@ class TimeSeriesCollector:
 
 
 class Embedding(_SenseAlgorithm):
-    """Embeds every member of an ensemble (a multiblock of images, or a time series of images
-    where each time step is a member) with a SENSE model bundle and projects it to 2D.
-    Output 0: one point (x, y, 0) per member with member_id, label, class_name, label_source,
-    confidence and the latent vector, for a scatter in a render view coloured by class.
-    Output 1: the same as a table. The provider used (CUDA/CPU) and timings are field data.
+    """Embeds every member of an ensemble with a SENSE model bundle and maps it to 2D. The
+    ensemble: a multiblock of images, or a time series of images where each time step is a
+    member. Output 0: one point (x, y, 0) per member with member_id, label, class_name,
+    label_source, confidence and the latent vector, for a scatter in a render view coloured by
+    class. Output 1: the same as a table. The provider used (CUDA/CPU) and timings are field data.
     A new seed or projection for the same input re-projects the cached latents."""
 
     def __init__(self):

@@ -3,7 +3,9 @@
     sense pvpython --no-xvfb plugin/sense_paraview/scripts/generate_plugin_xml.py OUT.xml
 
 ParaView 5.11's ``paraview_add_plugin(PYTHON_MODULES ...)`` only embeds the module; the proxies
-come from XML, which ParaView's own ``get_plugin_xmls`` derives from the decorators.
+come from XML, which ParaView's own ``get_plugin_xmls`` derives from the decorators (as laid out
+by ``sense_paraview.panel.layout``: labels, order, groups, documentation). The build also turns
+that documentation into the library's help pages when Qt 5's help tools are there.
 """
 
 import importlib
