@@ -41,6 +41,31 @@ class DeviceError(SenseError):
     """The requested device cannot be used; the message says why and what to install."""
 
 
+class NonFiniteOutputError(SenseError):
+    """A model gave NaN or Inf; ``rows`` marks the inputs of the batch it happened for."""
+
+    def __init__(self, message: str, rows: np.ndarray) -> None:
+        super().__init__(message)
+        self.rows = rows
+
+
+def non_finite_rows(output: np.ndarray) -> np.ndarray:
+    """Per row of ``output`` (B, ...): does it hold NaN or Inf?"""
+    output = np.asarray(output)
+    if output.dtype.kind not in "fc" or output.ndim == 0:
+        return np.zeros(output.shape[:1], dtype=bool)
+    return ~np.isfinite(output.reshape(len(output), -1)).all(axis=1)
+
+
+def non_finite_error(path: Path, rows: np.ndarray, what: str = "input(s)") -> NonFiniteOutputError:
+    """The error for a model ``path`` whose outputs hold NaN/Inf in ``rows``."""
+    return NonFiniteOutputError(
+        f"{path}: the model gives NaN/Inf for {int(rows.sum())} of {len(rows)} {what} (a broken "
+        "or diverged model, or inputs far outside what it was trained on)",
+        rows,
+    )
+
+
 def _onnxruntime():
     try:
         import onnxruntime
@@ -221,8 +246,10 @@ class OnnxModel:
         """The intra-op thread count asked for (0 = onnxruntime's default, one per core)."""
         return int(self.session.get_session_options().intra_op_num_threads)
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        """The model's output for one batch (float32, contiguous)."""
+    def run(self, batch: np.ndarray, check_finite: bool = True) -> np.ndarray:
+        """The model's output for one batch (float32, contiguous). An output with NaN or Inf
+        raises :class:`NonFiniteOutputError` naming the model file (``check_finite``: the
+        caller checks the rows that matter itself)."""
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         try:
             (output,) = self.session.run([self.output_name], {self.input_name: batch})
@@ -230,6 +257,10 @@ class OnnxModel:
             raise SenseError(
                 f"{self.path}: inference failed on a batch of shape {batch.shape}: {exc}"
             ) from exc
+        if check_finite:
+            rows = non_finite_rows(output)
+            if rows.any():
+                raise non_finite_error(self.path, rows)
         return output
 
     def describe(self) -> dict[str, Any]:
@@ -380,6 +411,19 @@ class StoreRun:
         return self.members / total if total > 0 else float("nan")
 
 
+def _run_naming_members(
+    model: OnnxModel, batch: np.ndarray, store: MemberStore, chunk: Sequence[int]
+) -> np.ndarray:
+    """``model.run(batch)``; NaN/Inf outputs are refused naming the first member concerned."""
+    output = model.run(batch, check_finite=False)
+    rows = non_finite_rows(output)
+    if rows.any():
+        first = store.member_ids[int(np.asarray(chunk)[np.flatnonzero(rows)[0]])]
+        error = non_finite_error(model.path, rows, "member(s) of a batch")
+        raise NonFiniteOutputError(f"{error} (first: member {first})", rows)
+    return output
+
+
 def run_over_store(
     store: MemberStore,
     encoder: Encoder | None,
@@ -429,14 +473,14 @@ def run_over_store(
             rows = slice(position, position + len(chunk))
             if encoder is not None:
                 tick = time.perf_counter()
-                out = encoder.model.run(normalized)
+                out = _run_naming_members(encoder.model, normalized, store, chunk)
                 seconds["encoder"] += time.perf_counter() - tick
                 if latents is None:
                     latents = np.empty((count, *out.shape[1:]), dtype=np.float32)
                 latents[rows] = out
             if labeler is not None:
                 tick = time.perf_counter()
-                out = labeler.model.run(normalized)
+                out = _run_naming_members(labeler.model, normalized, store, chunk)
                 seconds["labeler"] += time.perf_counter() - tick
                 labeler.check_logits(out)
                 if logits is None:

@@ -25,7 +25,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from sense_core.errors import SenseError
+
 UNLABELED = -1
+
+
+class NonFinitePointsError(SenseError, ValueError):
+    """Points with NaN or Inf: no score is defined for them (one line for the user, not
+    scikit-learn's traceback)."""
 
 
 def _points(points: np.ndarray, name: str = "points") -> np.ndarray:
@@ -34,6 +41,12 @@ def _points(points: np.ndarray, name: str = "points") -> np.ndarray:
         array = array[:, None]
     if array.ndim != 2:
         raise ValueError(f"{name} must be (N, D), got shape {array.shape}")
+    finite = np.isfinite(array).all(axis=1)
+    if not finite.all():
+        raise NonFinitePointsError(
+            f"{int((~finite).sum())} of {len(array)} {name} hold NaN/Inf; the metrics are not "
+            "defined for them"
+        )
     return array
 
 

@@ -311,7 +311,10 @@ class ParametricProjector:
         return self.model.provider
 
     def transform(self, latents: np.ndarray) -> np.ndarray:
-        """Map coordinates (N, 2) float32 of latents (N, D)."""
+        """Map coordinates (N, 2) float32 of latents (N, D); NaN/Inf in the projector's output
+        are refused naming its file."""
+        from sense_core.inference import non_finite_error, non_finite_rows
+
         points = _as_points(latents)
         if self.latent_dim is not None and points.shape[1] != self.latent_dim:
             raise SenseError(
@@ -324,12 +327,15 @@ class ParametricProjector:
             rows = points[start : start + self.CHUNK]
             padded[: len(rows)] = rows
             padded[len(rows) :] = 0.0
-            result = self.model.run(padded)
+            result = self.model.run(padded, check_finite=False)  # padding rows do not count
             if result.shape != (self.CHUNK, 2):
                 raise SenseError(
                     f"{self.model.path}: the projector gives outputs of shape {result.shape[1:]},"
                     " expected (2,)"
                 )
+            bad = non_finite_rows(result[: len(rows)])
+            if bad.any():
+                raise non_finite_error(self.model.path, bad, "latent vector(s) of a batch")
             out[start : start + len(rows)] = result[: len(rows)]
         return out
 

@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from sense_core.cli_options import add_reader_options, open_from_args
+from sense_core.cli_options import add_reader_options, guard_output, open_from_args
 from sense_core.errors import SenseError
 from sense_core.options import add_options, config_from_args, option_dest
 from sense_core.pseudo_labels import PseudoLabelOptions
@@ -77,7 +77,10 @@ to <out>/fit_report.json. Profiles: quick (minutes on 2 cores for ~2,000 members
 and paper (the paper's settings: beta-VAE, latent 256, 100 epochs). Encoder and labeler options
 override the profile's settings (the defaults shown are the quick profile's); --seed, --threads
 and --device also apply to the labeler unless --labeler-... is given, and the labeler uses the
-encoder's split.
+encoder's split. A fit stopped at any stage (SIGTERM, Ctrl-C, SIGKILL, power cut) continues
+with the same command and --resume: finished stages are kept (<out>/fit_run records them), the
+interrupted one continues from its checkpoint, and the bundle is the one an uninterrupted fit
+gives; other options or data are refused. --overwrite starts over.
 """
 
 EXPERIMENT_DESCRIPTION = """\
@@ -166,7 +169,7 @@ def _add_train_labeler(commands: argparse._SubParsersAction) -> None:
         help="replace the bundle's labeler and start the run folder over",
     )
     _add_progress_option(parser)
-    parser.set_defaults(handler=_run_train_labeler)
+    parser.set_defaults(handler=guard_output(_run_train_labeler, inputs=("data",)))
 
 
 def _run_train_labeler(args: argparse.Namespace) -> int:
@@ -236,7 +239,11 @@ def _add_pseudo_label(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--summary-json", default=None, help="also write the summary here")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     _add_progress_option(parser)
-    parser.set_defaults(handler=_run_pseudo_label)
+    parser.set_defaults(
+        handler=guard_output(
+            _run_pseudo_label, inputs=("data",), bundles=("bundle",), replaces=True
+        )
+    )
 
 
 def _run_pseudo_label(args: argparse.Namespace) -> int:
@@ -301,7 +308,7 @@ def _add_train_encoder(commands: argparse._SubParsersAction) -> None:
     )
     add_options(parser, EncoderConfig(), group_title="encoder")
     _add_evaluation_options(parser)
-    parser.set_defaults(handler=_run_train_encoder)
+    parser.set_defaults(handler=guard_output(_run_train_encoder, out="bundle", inputs=("data",)))
 
 
 def _run_train_encoder(args: argparse.Namespace) -> int:
@@ -355,7 +362,13 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", required=True, help="report folder")
     _add_evaluation_options(parser)
-    parser.set_defaults(handler=_run_evaluate)
+    parser.set_defaults(
+        handler=guard_output(
+            _run_evaluate,
+            inputs=("data",),
+            bundles=(lambda args: _parse_bundles(args.bundle).values(),),
+        )
+    )
 
 
 def _parse_bundles(values: list[str]) -> dict[str, str]:
@@ -396,7 +409,15 @@ def _add_fit(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--profile", choices=tuple(PROFILES), default="quick", help="named settings (quick)"
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace models in --out")
+    restart = parser.add_mutually_exclusive_group()
+    restart.add_argument("--overwrite", action="store_true", help="replace models in --out")
+    restart.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a fit that was stopped (SIGTERM, SIGKILL, power cut) at any stage: give "
+        "the same options and data; finished stages are kept, the interrupted one continues "
+        "from its checkpoint, and the bundle is the one an uninterrupted fit gives",
+    )
     parser.add_argument(
         "--compress-labeler",
         action="store_true",
@@ -423,7 +444,7 @@ def _add_fit(commands: argparse._SubParsersAction) -> None:
         aliases={"architecture": ("--labeler-arch",)},
     )
     _add_evaluation_options(parser)
-    parser.set_defaults(handler=_run_fit)
+    parser.set_defaults(handler=guard_output(_run_fit, inputs=("data",)))
 
 
 def fit_configs(args: argparse.Namespace):
@@ -447,21 +468,41 @@ def _run_fit(args: argparse.Namespace) -> int:
 
     labeler, encoder = fit_configs(args)
     options = config_from_args(PseudoLabelOptions(), args)
-    fit(
-        _open_data(args),
-        args.out,
-        profile=args.profile,
-        labeler=labeler,
-        encoder=encoder,
-        evaluation=config_from_args(EvaluationConfig(), args),
-        threshold=options.threshold,
-        overwrite=args.overwrite,
-        compress_labeler=args.compress_labeler,
-        projector=not args.no_projector,
-        projector_points=getattr(args, option_dest(("max_points",))),
-        command=_command(args),
-    )
+    try:
+        fit(
+            _open_data(args),
+            args.out,
+            profile=args.profile,
+            labeler=labeler,
+            encoder=encoder,
+            evaluation=config_from_args(EvaluationConfig(), args),
+            threshold=options.threshold,
+            overwrite=args.overwrite,
+            resume=args.resume,
+            compress_labeler=args.compress_labeler,
+            projector=not args.no_projector,
+            projector_points=getattr(args, option_dest(("max_points",))),
+            command=_command(args),
+        )
+    except KeyboardInterrupt as exc:
+        raise _fit_interrupted(exc, _command(args)) from None
     return 0
+
+
+def _fit_interrupted(exc: KeyboardInterrupt, command: list[str]) -> KeyboardInterrupt:
+    """The interruption of a fit (SIGTERM, SIGHUP, Ctrl-C), its message naming the command
+    that continues it (``sense`` prints it as ``sense: interrupted by SIGTERM (...): ...``)."""
+    import shlex
+    import signal
+
+    from sense_core.errors import Interrupted
+    from sense_training.pipeline import resume_command
+
+    interrupted = Interrupted(getattr(exc, "signum", signal.SIGINT))
+    interrupted.args = (
+        f"{interrupted.args[0]} (continue this fit with: {shlex.join(resume_command(command))})",
+    )
+    return interrupted
 
 
 # --------------------------------------------------------------------------- experiment
@@ -473,7 +514,19 @@ def _add_experiment(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--config", required=True, help="grid TOML file")
     parser.add_argument("--overwrite", action="store_true", help="retrain existing variants")
-    parser.set_defaults(handler=_run_experiment)
+    parser.set_defaults(
+        handler=guard_output(
+            _run_experiment,
+            out=lambda args: _experiment_spec(args)["out"],
+            inputs=(lambda args: [_experiment_spec(args)["data"]],),
+        )
+    )
+
+
+def _experiment_spec(args: argparse.Namespace) -> dict:
+    from sense_training.pipeline import load_experiment
+
+    return load_experiment(args.config)
 
 
 def _run_experiment(args: argparse.Namespace) -> int:

@@ -30,10 +30,14 @@ one wrote the file.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
+import shutil
+import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,8 +45,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from sense_core.errors import SenseError
-from sense_core.io.atomic import atomic_path
+from sense_core.errors import SenseError, SignalGate
+from sense_core.io.atomic import atomic_path, remove_stale_temporaries
 
 EXPORTERS = ("dynamo", "torchscript")
 DEFAULT_EXPORTER = "dynamo"
@@ -58,6 +62,65 @@ PARITY_BATCH_SIZES = (1, 3)
 
 class ExportError(SenseError):
     """An export that failed or does not reproduce the torch model; names the file."""
+
+
+# Scratch folders of earlier versions had no process id in their name (tempfile's
+# ``.<role>-export-XXXXXXXX``): removed when older than this (an export takes seconds to minutes).
+LEGACY_SCRATCH_AGE = 3600.0
+
+
+@contextlib.contextmanager
+def scratch_folder(parent: str | os.PathLike, name: str) -> Iterator[Path]:
+    """A hidden temporary folder ``<parent>/.<name>.<pid>.<random>.part`` for the duration of
+    the block (exports write their ONNX file there before it is added to the bundle).
+
+    A SIGKILL leaves such a folder behind; the next scratch folder of the same ``name`` removes
+    those whose process is gone (:func:`sense_core.io.atomic.remove_stale_temporaries`), and
+    the pid-less ones of earlier versions once they are an hour old."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(parent / name)
+    _remove_legacy_scratch(parent, name)
+    path: Path | None = None
+    try:
+        with SignalGate() as gate:  # a SIGTERM waits until ``path`` names the folder to remove
+            gate.close()
+            path = Path(
+                tempfile.mkdtemp(prefix=f".{name}.{os.getpid()}.", suffix=".part", dir=parent)
+            )
+        yield path
+    finally:
+        if path is not None:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+# The scratch folders SENSE's exports make in a bundle folder (see scratch_folder).
+SCRATCH_NAMES = tuple(
+    f"{role}-{step}" for role in ("labeler", "encoder") for step in ("export", "compress")
+) + ("projector",)
+
+
+def remove_stale_scratch(parent: str | os.PathLike) -> None:
+    """Remove the scratch folders that killed exports left in the bundle folder ``parent``
+    (every kind, not only the one about to be written: a resumed fit may export none)."""
+    parent = Path(parent)
+    if not parent.is_dir():
+        return
+    for name in SCRATCH_NAMES:
+        remove_stale_temporaries(parent / name)
+        _remove_legacy_scratch(parent, name)
+
+
+def _remove_legacy_scratch(parent: Path, name: str) -> None:
+    now = time.time()
+    for old in parent.glob(f".{name}-*"):
+        with contextlib.suppress(OSError):
+            if (
+                old.is_dir()
+                and not old.is_symlink()
+                and now - old.stat().st_mtime > LEGACY_SCRATCH_AGE
+            ):
+                shutil.rmtree(old)
 
 
 @dataclass
@@ -192,7 +255,6 @@ def export_onnx(
     the checker or the parity check fails; ``path`` is then left as it was.
     """
     import onnx
-    import onnxruntime
 
     from sense_training.common import training_versions
 
@@ -238,11 +300,7 @@ def export_onnx(
         batch_dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
         dynamic_batch = bool(batch_dim.dim_param) or not batch_dim.HasField("dim_value")
 
-        options = onnxruntime.SessionOptions()
-        options.log_severity_level = 3
-        session = onnxruntime.InferenceSession(
-            str(tmp), options, providers=["CPUExecutionProvider"]
-        )
+        session = _session(tmp, path)
         figures = _verified_parity(
             model, example, session, random_inputs, real, input_name, tolerance, path
         )
@@ -273,6 +331,20 @@ def export_onnx(
             if k in ("torch", "onnx", "onnxscript", "onnxruntime")
         },
     )
+
+
+def _session(path: Path, name: Path | None = None):
+    """An onnxruntime CPU session of ``path``; a model it cannot load is an
+    :class:`ExportError` naming ``name`` (default ``path``)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's own exception types (InvalidProtobuf, ...)
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise ExportError(f"{name or path}: onnxruntime cannot load the model: {reason}") from exc
 
 
 def _verified_parity(
@@ -341,7 +413,11 @@ def compress_weights_int8(
     from onnx import TensorProto, helper, numpy_helper
 
     source, target = Path(source), Path(target)
-    model = onnx.load(str(source))
+    try:
+        model = onnx.load(str(source))
+    except Exception as exc:  # onnx raises DecodeError and others for a file that is not ONNX
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise SenseError(f"{source}: not an ONNX model ({reason})") from exc
     graph = model.graph
     consumers: dict[str, list[tuple[str, int]]] = {}
     for node in graph.node:
@@ -416,10 +492,6 @@ def compress_bundle_model(
     (``models.<role>.compression``): sizes, the largest output difference from the float model
     on ``inputs`` (normalised model inputs), the share of equal argmax (for classifiers) and,
     with ``labels``, the accuracy of both models on them. Returns that record."""
-    import tempfile
-
-    import onnxruntime
-
     from sense_core.bundle import Bundle, add_model, read_manifest
 
     folder = Path(folder)
@@ -431,16 +503,12 @@ def compress_bundle_model(
         raise SenseError(f"{folder}: {entry['file']} is compressed already")
     source = folder / entry["file"]
     inputs = np.ascontiguousarray(inputs, dtype=np.float32)
-    with tempfile.TemporaryDirectory(dir=folder, prefix=f".{role}-compress-") as scratch:
+    with scratch_folder(folder, f"{role}-compress") as scratch:
         target = Path(scratch) / entry["file"]
         record = compress_weights_int8(source, target, min_elements=min_elements)
         outputs = []
         for path in (source, target):
-            options = onnxruntime.SessionOptions()
-            options.log_severity_level = 3
-            session = onnxruntime.InferenceSession(
-                str(path), options, providers=["CPUExecutionProvider"]
-            )
+            session = _session(path, source)
             outputs.append(
                 np.concatenate(
                     [

@@ -36,7 +36,6 @@ import math
 import os
 import shlex
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -73,7 +72,12 @@ from sense_training.distributed import (
     launched_rank,
     shutdown,
 )
-from sense_training.export import ExportReport, export_onnx
+from sense_training.export import (
+    ExportReport,
+    export_onnx,
+    remove_stale_scratch,
+    scratch_folder,
+)
 
 CHECKPOINT = "checkpoint.pt"
 HISTORY = "history.json"
@@ -242,9 +246,13 @@ def run_training(
     out = Path(out)
     run_dir = Path(run_dir) if run_dir is not None else out / trainer.run_folder
     log = log if launched_rank() == 0 else _quiet
-    state, config = _resume_state(trainer, run_dir / CHECKPOINT, config, resume, overwrite, log)
+    try:
+        state, config = _resume_state(trainer, run_dir / CHECKPOINT, config, resume, overwrite, log)
+    except SenseError as exc:
+        raise SenseError(f"{exc}{_fit_hint(out)}") from exc
     if export:
         manifest = bundle_manifest(out, store, trainer.role, overwrite, resume)
+        remove_stale_scratch(out)  # of exports killed by SIGKILL
     else:
         manifest = read_manifest(out)
     if state is None and (run_dir / CHECKPOINT).is_file() and not overwrite:
@@ -267,7 +275,7 @@ def run_training(
         raise SenseError(
             f"{run.checkpoint_path}: the checkpoint was made with other members or labels than "
             f"{getattr(store, 'path', None) or 'this ensemble'}; resume with the same data or "
-            "start over with overwrite"
+            f"start over with overwrite{_fit_hint(out)}"
         )
     trainer.build(run)
     if state is not None:
@@ -282,6 +290,26 @@ def run_training(
         atomic_write_text(run_dir / METRICS, json.dumps(metrics, indent=2) + "\n")
     shutdown(context)
     return trainer.result(run, bundle, metrics)
+
+
+def _fit_hint(out: Path) -> str:
+    """For a refused resume in a bundle that `sense fit` writes: how to continue that fit (its
+    encoder trains on the fit's pseudo-labels, which the plain ensemble does not have)."""
+    from sense_training.pipeline import FIT_RUN, FIT_STATE, FitState, resume_command
+
+    if not (out / FIT_RUN / FIT_STATE).is_file():
+        return ""
+    try:
+        record = FitState.read(out) or {}
+    except SenseError:
+        return ""
+    if record.get("finished"):
+        return ""
+    command = shlex.join(resume_command(record.get("command") or ["sense", "fit"]))
+    return (
+        f". This run belongs to an interrupted `sense fit` (its encoder trains on the fit's "
+        f"pseudo-labels): continue it with: {command}"
+    )
 
 
 def _resume_state(
@@ -448,7 +476,7 @@ def export_to_bundle(
     """Export ``module`` to ONNX (verified against torch on ``real_inputs``) and add it to the
     bundle with its ``details`` and the run's training record."""
     run.out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=run.out, prefix=f".{run.role}-export-") as tmp:
+    with scratch_folder(run.out, f"{run.role}-export") as tmp:
         onnx_path = Path(tmp) / f"{run.role}.onnx"
         report = export_onnx(
             module, example, onnx_path, input_name, output_name, real_inputs=real_inputs, seed=seed

@@ -173,74 +173,163 @@ def fit(
     evaluation: EvaluationConfig | None = None,
     threshold: float = 0.0,
     overwrite: bool = False,
+    resume: bool = False,
     compress_labeler: bool = False,
     projector: bool = True,
     projector_points: int | None = None,
+    projector_config: ProjectorConfig | None = None,
     command: Sequence[str] | None = None,
     log: Log = print,
 ) -> FitReport:
     """Train the labeler on the hand labels, pseudo-label the other members, train the encoder
     with them, map its training latents with UMAP and train the projector that reproduces the map,
     evaluate; everything into the bundle folder ``out``. ``labeler``/``encoder`` default to the
-    ``profile``'s configurations; the report is also written to ``<out>/fit_report.json``."""
-    from sense_core.pseudo_labels import pseudo_label, pseudo_labeled_store
-    from sense_training.encoder import train_encoder
-    from sense_training.labeler import train_labeler
+    ``profile``'s configurations (``projector_config`` to its projector's, ``projector_points``
+    replacing its ``max_points``); the report is also written to ``<out>/fit_report.json``.
+
+    ``<out>/fit_run/state.json`` records the fit's options, a fingerprint of its data and each
+    finished stage (with the pseudo-labels in ``fit_run/pseudo_labels.npz``). ``resume``
+    continues a fit stopped at any stage (SIGTERM, SIGKILL, power cut): finished stages are
+    kept, the interrupted one continues from its last checkpoint (labeler and encoder) or runs
+    again (pseudo-labels, projector, evaluation; all seeded), and the bundle is the one an
+    uninterrupted fit gives. Resuming with other options or data is refused; without
+    ``resume`` an interrupted fit in ``out`` is refused unless ``overwrite`` starts over."""
+    from sense_core.bundle import Bundle
+    from sense_core.pseudo_labels import pseudo_labeled_store
+    from sense_training.export import remove_stale_scratch
 
     configs = profile_configs(profile)
     labeler, encoder = labeler or configs.labeler, encoder or configs.encoder
+    if projector_config is not None:
+        configs.projector = projector_config
     if projector_points is not None:
         configs.projector = configs.projector.updated(max_points=projector_points)
+    evaluation = evaluation or EvaluationConfig()
     out, command = Path(out), list(command or ["sense", "fit"])
+    options = {
+        "profile": profile,
+        "labeler": labeler.to_dict(),
+        "encoder": encoder.to_dict(),
+        "threshold": float(threshold),
+        "compress_labeler": bool(compress_labeler),
+        "projector": configs.projector.to_dict() if projector else None,
+        "evaluation": evaluation.to_dict(),
+    }
+    state = FitState.open(
+        out, options, data_fingerprint(store), command, resume=resume, overwrite=overwrite, log=log
+    )
+    remove_stale_scratch(out)  # a SIGKILL during an export leaves its scratch folder
+    command = state.command  # the first run's: one command recorded however often resumed
     clock, load_before, steps = _StageClock(), _load_average(), 5 if projector else 4
+
     log(f"[1/{steps}] labeler ({profile} profile)")
-    with clock("labeler"):
-        labeled = train_labeler(store, out, labeler, overwrite=overwrite, command=command)
-        compression = _compress_labeler(store, out, labeler, log) if compress_labeler else None
+    labeled = state.kept("labeler", clock, log)
+    if labeled is None:
+        labeled = _labeler_stage(store, out, labeler, state, clock, command, compress_labeler, log)
+    bundle = Bundle.load(out)
+
     log(f"[2/{steps}] pseudo-labels (confidence >= {threshold})")
-    with clock("pseudo_labels"):
-        result = pseudo_label(store, out, threshold)
-        pseudo = result.summary(labeled.bundle.class_names)
-        log(
-            f"  {pseudo['pseudo']} pseudo-labelled, {pseudo['none']} left unlabelled, agreement "
-            f"with hand labels {pseudo['agreement_with_manual_labels']}"
-        )
-        relabeled = pseudo_labeled_store(store, result, labeled.bundle)
+    result = state.pseudo_labels() if state.kept("pseudo_labels", clock, log) else None
+    if result is None:
+        result = _pseudo_label_stage(store, bundle, threshold, state, clock)
+    pseudo = result.summary(bundle.class_names)
+    log(
+        f"  {pseudo['pseudo']} pseudo-labelled, {pseudo['none']} left unlabelled, agreement "
+        f"with hand labels {pseudo['agreement_with_manual_labels']}"
+    )
+    relabeled = pseudo_labeled_store(store, result, bundle)
+
     log(f"[3/{steps}] encoder")
-    with clock("encoder"):
-        trained = train_encoder(relabeled, out, encoder, overwrite=True, command=command)
+    trained = state.kept("encoder", clock, log)
+    if trained is None:
+        trained = _encoder_stage(relabeled, out, encoder, state, clock, command, log)
+    parts = _training_parts(relabeled, encoder)
+
     fitted = None
     if projector:
-        fitted = _projector_stage(relabeled, out, trained, encoder, configs, command, clock, log)
+        kept = state.kept("projector", clock, log)
+        fitted = kept.get("record") if kept is not None else None
+        if kept is None:
+            fitted = _projector_stage(relabeled, out, parts, encoder, configs, command, clock, log)
+            fitted = None if fitted is None else fitted.record()
+            state.finish("projector", clock, record=fitted)
     else:
         _drop_projector(out)  # an earlier run's projector imitates another encoder's map
     log(f"[{steps}/{steps}] evaluation")
-    with clock("evaluation"):
-        evaluate_and_report(relabeled, {"sense": out}, out / "evaluation", evaluation, log=log)
+    if state.kept("evaluation", clock, log) is None:
+        with clock("evaluation"):
+            evaluate_and_report(relabeled, {"sense": out}, out / "evaluation", evaluation, log=log)
+        state.finish("evaluation", clock)
     report = _fit_report(
-        relabeled, out, profile, command, clock, load_before, labeled, compression, pseudo, trained
+        relabeled, out, profile, command, clock, load_before, labeled, pseudo, trained
     )
     if fitted is not None:
-        report.seconds["projector_parts"] = fitted.seconds
+        report.seconds["projector_parts"] = fitted["seconds"]
         report.projector = {
-            **fitted.record(),
-            "silhouette_2d_test": _projector_test_silhouette(
-                relabeled, out, trained.parts.split.test
-            ),
+            **fitted,
+            "silhouette_2d_test": _projector_test_silhouette(relabeled, out, parts.split.test),
         }
     report.write(out)
+    state.finish_fit()
     _log_fit_summary(report, clock, load_before, out, log)
     return report
 
 
-def _projector_stage(
-    store, out: Path, trained, encoder: EncoderConfig, configs, command, clock, log
-):
+def _labeler_stage(
+    store, out: Path, config: LabelerConfig, state: FitState, clock, command, compress, log
+) -> dict[str, Any]:
+    """Train (or continue training) the labeler, compress it if asked; its stage record."""
+    from sense_training.labeler import RUN_FOLDER, train_labeler
+
+    resumes = state.start("labeler", out / RUN_FOLDER)
+    with clock("labeler"):
+        labeled = train_labeler(
+            store, out, config, resume=resumes, overwrite=not resumes, command=command, log=log
+        )
+        compression = _compress_labeler(store, out, config, log) if compress else None
+    return state.finish("labeler", clock, metrics=labeled.metrics, compression=compression)
+
+
+def _pseudo_label_stage(store, bundle, threshold: float, state: FitState, clock):
+    """The bundle's labeler over every member; the result is kept for a resumed fit."""
+    from sense_core.pseudo_labels import pseudo_label
+
+    state.start("pseudo_labels")
+    with clock("pseudo_labels"):
+        result = pseudo_label(store, bundle, threshold)
+        state.save_pseudo_labels(result)
+    state.finish("pseudo_labels", clock)
+    return result
+
+
+def _encoder_stage(
+    store, out: Path, config: EncoderConfig, state: FitState, clock, command, log
+) -> dict[str, Any]:
+    """Train (or continue training) the encoder on the pseudo-labelled ensemble."""
+    from sense_training.encoder import RUN_FOLDER, train_encoder
+
+    resumes = state.start("encoder", out / RUN_FOLDER)
+    with clock("encoder"):
+        trained = train_encoder(
+            store, out, config, resume=resumes, overwrite=not resumes, command=command, log=log
+        )
+    return state.finish("encoder", clock, metrics=trained.metrics)
+
+
+def _training_parts(store, config: EncoderConfig):
+    """The encoder's training / validation / test members (deterministic: recomputed when the
+    encoder stage of a resumed fit was finished before)."""
+    from sense_training.encoder import training_parts
+
+    return training_parts(store, config)
+
+
+def _projector_stage(store, out: Path, parts, encoder: EncoderConfig, configs, command, clock, log):
     """Fit the bundle's projector on the encoder's training members, or say why not."""
     from sense_training.projector import MIN_POINTS, fit_bundle_projector
 
     _drop_projector(out)  # an earlier run's projector imitates another encoder's map
-    members = len(trained.parts.train)
+    members = len(parts.train)
     if members < MIN_POINTS:
         log(
             f"[4/5] projector skipped: {members} training members, at least {MIN_POINTS} are "
@@ -252,18 +341,285 @@ def _projector_stage(
         return fit_bundle_projector(
             store,
             out,
-            trained.parts.train,
-            max_points=configs.projector.max_points,
+            parts.train,
+            configs.projector,
             seed=encoder.run.seed,
             command=shlex.join(command),
+            log=log,
+        )
+
+
+# --------------------------------------------------------------------------- fit state (resume)
+FIT_RUN = "fit_run"
+FIT_STATE = "state.json"
+PSEUDO_LABELS = "pseudo_labels.npz"
+FIT_STATE_FORMAT = 1
+STAGES = ("labeler", "pseudo_labels", "encoder", "projector", "evaluation")
+# options a resumed fit may change: they do not change what is computed (as in the loop)
+RESUMABLE_OPTIONS = frozenset({"labeler.run.threads", "encoder.run.threads"})
+
+
+def resume_command(command: Sequence[str]) -> list[str]:
+    """``command`` (a ``sense fit`` command line) as it continues that fit: ``--overwrite``
+    (also abbreviated) dropped, ``--resume`` added."""
+    kept = [a for a in command if not (len(a) >= 4 and "--overwrite".startswith(a))]
+    if not any(len(a) >= 5 and "--resume".startswith(a) for a in kept):
+        kept.append("--resume")
+    return kept
+
+
+def data_fingerprint(store: MemberStore) -> dict[str, Any]:
+    """What identifies an ensemble for resuming a fit: its size, member shape and classes, a
+    SHA-256 of the member ids, labels and metadata, and one of the values of up to 8 members
+    spread over it (cheap, and catches an ensemble rewritten with other values)."""
+    import hashlib
+
+    import numpy as np
+
+    digest = hashlib.sha256()
+    for member, label in zip(store.member_ids, np.asarray(store.labels).tolist()):
+        digest.update(f"{member}\t{label}\n".encode())
+    for key in sorted(store.metadata):
+        values = "\x1f".join(map(str, np.asarray(store.metadata[key]).tolist()))
+        digest.update(f"{key}={values}\n".encode())
+    sample = np.unique(np.linspace(0, len(store) - 1, num=min(8, len(store))).astype(np.int64))
+    fields = np.ascontiguousarray(store.read_members(sample), dtype=np.float32)
+    return {
+        "source": store_path(store),
+        "members": len(store),
+        "member_shape": list(store.member_shape),
+        "class_names": list(store.class_names),
+        "ids_labels_metadata_sha256": digest.hexdigest(),
+        "sampled_values_sha256": hashlib.sha256(fields.tobytes()).hexdigest(),
+    }
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(value, dict):
+        return {prefix: value}
+    flat: dict[str, Any] = {}
+    for key, item in value.items():
+        flat.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+@dataclass
+class FitState:
+    """``<out>/fit_run/state.json``: one fit's options, data fingerprint, first command line
+    and finished stages, written after every stage (see :func:`fit`)."""
+
+    folder: Path
+    record: dict[str, Any]
+    resuming: bool = False
+
+    @property
+    def path(self) -> Path:
+        return self.folder / FIT_STATE
+
+    @property
+    def command(self) -> list[str]:
+        return list(self.record["command"])
+
+    @classmethod
+    def read(cls, out: str | os.PathLike) -> dict[str, Any] | None:
+        """The state of the fit in ``out`` (None when there is none)."""
+        path = Path(out) / FIT_RUN / FIT_STATE
+        if not path.exists():
+            return None
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise SenseError(
+                f"{path}: cannot be read ({exc}); start over with --overwrite"
+            ) from exc
+        if not isinstance(record, dict) or record.get("format") != FIT_STATE_FORMAT:
+            raise SenseError(
+                f"{path}: not a fit state of this SENSE version; start over with --overwrite"
+            )
+        return record
+
+    @classmethod
+    def open(
+        cls,
+        out: Path,
+        options: dict[str, Any],
+        data: dict[str, Any],
+        command: list[str],
+        *,
+        resume: bool,
+        overwrite: bool,
+        log: Log,
+    ) -> FitState:
+        """The state to continue (``resume``) or a new one; refuses what cannot be done."""
+        options = json.loads(json.dumps(options))  # as it reads back from the file
+        if resume and overwrite:
+            raise SenseError(
+                "--resume continues an interrupted fit and --overwrite starts over: pass one"
+            )
+        previous = cls.read(out)
+        if resume and previous is not None:
+            state = cls(out / FIT_RUN, previous, resuming=True)
+            state._check_same(options, data)
+            done = [stage for stage in STAGES if stage in previous["stages"]]
+            log(
+                f"resuming the fit in {out} (first run: {shlex.join(state.command)}); finished "
+                f"before: {', '.join(done) or 'no stage'}"
+            )
+            return state
+        if resume:
+            log(f"resume: no interrupted fit in {out}; starting a new one")
+        elif previous is not None and not previous.get("finished") and not overwrite:
+            raise SenseError(
+                f"{out}: an interrupted sense fit is there; continue it with: "
+                f"{shlex.join(resume_command(command))} (or start over with --overwrite)"
+            )
+        if not overwrite:
+            _check_nothing_to_replace(out)
+        state = cls(
+            out / FIT_RUN,
+            {
+                "format": FIT_STATE_FORMAT,
+                "command": list(command),
+                "options": options,
+                "data": data,
+                "started": [],
+                "stages": {},
+                "finished": False,
+            },
+        )
+        state.folder.mkdir(parents=True, exist_ok=True)
+        (state.folder / PSEUDO_LABELS).unlink(missing_ok=True)
+        state.save()
+        return state
+
+    def _check_same(self, options: dict[str, Any], data: dict[str, Any]) -> None:
+        """Refuse to resume with other options or data than the interrupted fit's."""
+        old, new = _flatten(self.record["options"]), _flatten(options)
+        changed = sorted(
+            key
+            for key in old.keys() | new.keys()
+            if old.get(key) != new.get(key) and key not in RESUMABLE_OPTIONS
+        )
+        again = (
+            f"resume with the same options and data ({shlex.join(resume_command(self.command))})"
+        )
+        if changed:
+            raise SenseError(
+                f"{self.path}: the interrupted fit ran with other options ("
+                + ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
+                + f"); {again} or start over with --overwrite"
+            )
+        before = self.record["data"]
+        differ = sorted(
+            k for k in before.keys() | data.keys() if k != "source" and before.get(k) != data.get(k)
+        )
+        if differ:
+            raise SenseError(
+                f"{self.path}: the interrupted fit ran on other data ({before.get('source')}; "
+                f"{data.get('source')} differs in: {', '.join(differ)}); {again} or start over "
+                "with --overwrite"
+            )
+
+    def save(self) -> None:
+        atomic_write_text(self.path, json.dumps(self.record, indent=1) + "\n")
+
+    def start(self, stage: str, run_folder: Path | None = None) -> bool:
+        """Mark ``stage`` as started; return whether it continues a checkpoint in
+        ``run_folder`` (only this fit's: an earlier run's is removed when the stage starts)."""
+        from sense_training.loop import CHECKPOINT
+
+        checkpoint = None if run_folder is None else run_folder / CHECKPOINT
+        if stage in self.record["started"]:
+            return checkpoint is not None and checkpoint.is_file()
+        if checkpoint is not None:
+            checkpoint.unlink(missing_ok=True)
+        self.record["started"].append(stage)
+        self.save()
+        return False
+
+    def finish(self, stage: str, clock: _StageClock, **record: Any) -> dict[str, Any]:
+        """Record ``stage`` as finished (with ``record``, what later stages and the report
+        need of it) and return that record."""
+        entry = {"seconds": round(clock.seconds.get(stage, 0.0), 3), **record}
+        self.record["stages"][stage] = json.loads(json.dumps(entry))
+        self.save()
+        return self.record["stages"][stage]
+
+    def kept(self, stage: str, clock: _StageClock, log: Log) -> dict[str, Any] | None:
+        """The record of ``stage`` when a resumed fit finished it before (its seconds go to
+        ``clock``), else None."""
+        entry = self.record["stages"].get(stage) if self.resuming else None
+        if entry is not None:
+            clock.seconds[stage] = float(entry.get("seconds") or 0.0)
+            log(f"  {stage.replace('_', '-')}: finished before, kept")
+        return entry
+
+    def save_pseudo_labels(self, result) -> None:
+        """Keep the pseudo-labels (a resumed fit trains the encoder on exactly these)."""
+        import numpy as np
+
+        from sense_core.io.atomic import atomic_path
+
+        with atomic_path(self.folder / PSEUDO_LABELS) as tmp, open(tmp, "wb") as stream:
+            np.savez(
+                stream,
+                predicted=result.predicted,
+                probability=result.probability,
+                labels=result.labels,
+                source=result.source,
+                manual=result.manual,
+                threshold=np.float64(result.threshold),
+                provider=np.str_(result.provider),
+                seconds=np.float64(result.seconds),
+            )
+
+    def pseudo_labels(self):
+        """The kept pseudo-labels, or None when they cannot be read (the stage then runs again)."""
+        import numpy as np
+
+        from sense_core.pseudo_labels import PseudoLabels
+
+        try:
+            with np.load(self.folder / PSEUDO_LABELS, allow_pickle=False) as data:
+                return PseudoLabels(
+                    predicted=data["predicted"],
+                    probability=data["probability"],
+                    labels=data["labels"],
+                    source=data["source"],
+                    manual=data["manual"],
+                    threshold=float(data["threshold"]),
+                    provider=str(data["provider"]),
+                    seconds=float(data["seconds"]),
+                )
+        except (OSError, ValueError, KeyError):
+            self.record["stages"].pop("pseudo_labels", None)
+            return None
+
+    def finish_fit(self) -> None:
+        self.record["finished"] = True
+        self.save()
+
+
+def _check_nothing_to_replace(out: Path) -> None:
+    """A new fit without overwrite: refuse a bundle that has a labeler or a labeler run."""
+    from sense_core.bundle import read_manifest
+    from sense_training.labeler import RUN_FOLDER
+    from sense_training.loop import CHECKPOINT
+
+    manifest = read_manifest(out) or {}
+    if "labeler" in (manifest.get("models") or {}) or (out / RUN_FOLDER / CHECKPOINT).is_file():
+        raise SenseError(
+            f"{out}: the bundle already has a labeler or a labeler run (pass --overwrite to "
+            "replace it)"
         )
 
 
 def _fit_report(
-    store, out, profile, command, clock, load_before, labeled, compression, pseudo, trained
+    store, out, profile, command, clock, load_before, labeled, pseudo, trained
 ) -> FitReport:
-    """The report of one fit from its stages' results (projector figures added by the caller)."""
-    labeler_metrics, encoder_metrics = labeled.metrics, trained.metrics
+    """The report of one fit from its stages' records (projector figures added by the
+    caller)."""
+    labeler_metrics, encoder_metrics = labeled["metrics"], trained["metrics"]
     return FitReport(
         command=shlex.join(command),
         profile=profile,
@@ -281,9 +637,9 @@ def _fit_report(
             "architecture": labeler_metrics.get("architecture"),
             "epochs_run": labeler_metrics.get("epochs_run"),
             "best_epoch": labeler_metrics.get("best_epoch"),
-            "validation_accuracy": labeler_metrics.get("validation", {}).get("accuracy"),
-            "test_accuracy": labeler_metrics.get("test", {}).get("accuracy"),
-            "compression": compression,
+            "validation_accuracy": (labeler_metrics.get("validation") or {}).get("accuracy"),
+            "test_accuracy": (labeler_metrics.get("test") or {}).get("accuracy"),
+            "compression": labeled.get("compression"),
         },
         pseudo_labels={
             k: pseudo.get(k) for k in ("pseudo", "none", "agreement_with_manual_labels")
@@ -378,14 +734,14 @@ def _compress_labeler(store: MemberStore, out: Path, config: LabelerConfig, log:
 
 def _drop_projector(out: Path) -> None:
     """Remove the bundle's projector (entry in sense.json, then the file), if it has one."""
-    from sense_core.bundle import MANIFEST, read_manifest
+    from sense_core.bundle import MANIFEST, manifest_text, read_manifest
 
     manifest = read_manifest(out)
     if manifest is None or "projector" not in manifest.get("models", {}):
         return
     entry = manifest["models"].pop("projector")
     manifest.get("training", {}).pop("projector", None)
-    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    atomic_write_text(out / MANIFEST, manifest_text(manifest))
     (out / entry.get("file", "projector.onnx")).unlink(missing_ok=True)
 
 

@@ -23,7 +23,6 @@ trustworthiness of both maps with respect to the latents, and RMSE relative to t
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -314,7 +313,7 @@ def add_projector_to_bundle(
     map it imitates. The bundle's encoder, if any, must produce latents of the same size.
     Returns the reloaded :class:`~sense_core.bundle.Bundle`."""
     from sense_core.bundle import add_model, read_manifest
-    from sense_training.export import DEFAULT_OPSET, export_onnx
+    from sense_training.export import DEFAULT_OPSET, export_onnx, scratch_folder
 
     folder = Path(bundle_folder)
     manifest = read_manifest(folder)
@@ -328,7 +327,7 @@ def add_projector_to_bundle(
             f"{fit.model.latent_dim}"
         )
     latents = np.asarray(latents, dtype=np.float32)
-    with tempfile.TemporaryDirectory(dir=folder, prefix=".projector-") as scratch:
+    with scratch_folder(folder, "projector") as scratch:
         path = Path(scratch) / "projector.onnx"
         report = export_onnx(
             fit.model,
