@@ -33,6 +33,7 @@ DEVICES = ("auto", "cpu", "cuda")
 CPU_PROVIDER = "CPUExecutionProvider"
 CUDA_PROVIDER = "CUDAExecutionProvider"
 DEFAULT_BATCH_SIZE = 64
+LATENT_INPUT = "latent"  # sense.json details of a model that reads latent vectors
 
 log = logging.getLogger("sense")
 
@@ -292,16 +293,19 @@ class _FieldModel:
         self.bundle = bundle
         self.entry: ModelEntry = bundle.model(self.role)
         self.batch_size = int(batch_size)
+        self.requested_threads = threads
         self.model = OnnxModel(
             self.entry.path, self.entry.input_name, self.entry.output_name, device, threads
         )
-        declared = self.model.input_shape
+        self._check_input(self.model.input_shape)
+
+    def _check_input(self, declared: tuple[int | None, ...]) -> None:
         if len(declared) != 3 or any(
-            d is not None and d != e for d, e in zip(declared, bundle.input_shape)
+            d is not None and d != e for d, e in zip(declared, self.bundle.input_shape)
         ):
             raise SenseError(
                 f"{self.entry.path}: the model's input is (B, {', '.join(map(str, declared))}) "
-                f"but sense.json says members are {bundle.input_shape}"
+                f"but sense.json says members are {self.bundle.input_shape}"
             )
 
     @property
@@ -366,13 +370,61 @@ class Prediction:
         return cls(labels, probabilities.max(axis=1), probabilities)
 
 
+def takes_latents(entry: ModelEntry) -> bool:
+    """Whether a bundle model reads the encoder's latent vectors instead of the fields
+    (``"input": "latent"`` in its sense.json details: a labeler head on the latent space)."""
+    return entry.details.get("input") == LATENT_INPUT
+
+
 class Labeler(_FieldModel):
-    """The bundle's labeler: raw member fields -> class logits (B, K), K = the bundle's classes."""
+    """The bundle's labeler: raw member fields -> class logits (B, K), K = the bundle's classes.
+
+    A labeler whose sense.json entry says ``"input": "latent"`` is a head on the encoder's latent
+    vectors (B, D): it labels the encoder's output, so embedding a member runs the encoder once
+    and the head on its latent (:func:`run_over_store`); given fields, it encodes them first."""
 
     role = "labeler"
 
+    def _check_input(self, declared: tuple[int | None, ...]) -> None:
+        self.takes_latents = takes_latents(self.entry)
+        self._encoder: Encoder | None = None
+        if not self.takes_latents:
+            super()._check_input(declared)
+            return
+        latent_dim = self.bundle.model("encoder").details.get("latent_dim")
+        if len(declared) != 1 or (
+            declared[0] is not None and latent_dim is not None and declared[0] != latent_dim
+        ):
+            raise SenseError(
+                f"{self.entry.path}: a labeler on the latent space must take (B, "
+                f"{latent_dim or 'D'}) latent vectors, but its input is (B, "
+                f"{', '.join(map(str, declared))})"
+            )
+
+    @property
+    def encoder(self) -> Encoder:
+        """The bundle's encoder, whose latents a latent-space labeler reads (made once)."""
+        if self._encoder is None:
+            self._encoder = Encoder(
+                self.bundle, self.model.device_requested, self.requested_threads, self.batch_size
+            )
+        return self._encoder
+
     def logits(self, fields: np.ndarray) -> np.ndarray:
+        if self.takes_latents:
+            return self.logits_of_latents(self.encoder.encode(fields))
         logits = self._raw(fields)
+        self.check_logits(logits)
+        return logits
+
+    def logits_of_latents(self, latents: np.ndarray) -> np.ndarray:
+        """Class logits of latent vectors (N, D) (a latent-space labeler only)."""
+        latents = np.asarray(latents, dtype=np.float32)
+        outputs = [
+            self.model.run(latents[start : start + self.batch_size])
+            for start in range(0, len(latents), self.batch_size)
+        ]
+        logits = np.concatenate(outputs) if outputs else np.empty((0, 0), np.float32)
         self.check_logits(logits)
         return logits
 
@@ -441,6 +493,9 @@ def run_over_store(
     models = [m for m in (encoder, labeler) if m is not None]
     if not models:
         raise ValueError("run_over_store needs an encoder or a labeler")
+    wanted_latents = encoder is not None
+    if labeler is not None and labeler.takes_latents and encoder is None:
+        encoder = labeler.encoder  # the head reads the encoder's latents
     bundle = models[0].bundle
     where = str(getattr(store, "path", "") or "the ensemble")
     bundle.check_compatible(store, where)
@@ -480,7 +535,8 @@ def run_over_store(
                 latents[rows] = out
             if labeler is not None:
                 tick = time.perf_counter()
-                out = _run_naming_members(labeler.model, normalized, store, chunk)
+                inputs = latents[rows] if labeler.takes_latents else normalized
+                out = _run_naming_members(labeler.model, inputs, store, chunk)
                 seconds["labeler"] += time.perf_counter() - tick
                 labeler.check_logits(out)
                 if logits is None:
@@ -494,4 +550,5 @@ def run_over_store(
             bar.close()
     seconds["total"] = time.perf_counter() - started
     prediction = Prediction.from_logits(logits) if logits is not None else None
+    latents = latents if wanted_latents else None
     return StoreRun(latents, prediction, count, {k: round(v, 4) for k, v in seconds.items()})

@@ -104,3 +104,51 @@ def test_exported_head_gives_the_same_logits_in_onnxruntime(tmp_path):
     (logits,) = session.run(None, {"latent": latents})
     assert logits.shape == (len(latents), 4)
     np.testing.assert_allclose(logits, head.logits(latents), atol=1e-4)
+
+
+def test_a_latent_head_is_the_bundles_labeler_and_runs_on_the_encoders_latents(tmp_path):
+    """Embedding runs the encoder once and the head on its latents; pseudo-labelling (labeler
+    alone) encodes first; both give the head's classes of the encoder's latents."""
+    from helpers import make_ensemble, make_runtime_bundle
+
+    from sense_core.bundle import Bundle
+    from sense_core.embedding import embed_ensemble
+    from sense_core.inference import Encoder, Labeler
+    from sense_core.pseudo_labels import pseudo_label
+    from sense_training.heads import add_head_to_bundle
+
+    folder = tmp_path / "bundle"
+    make_runtime_bundle(folder, labeler=False)
+    ensemble = make_ensemble(count=30)
+    latents = Encoder(Bundle.load(folder)).encode(ensemble.fields)
+    truth = (latents[:, 0] > np.median(latents[:, 0])).astype(np.int64)
+    head = LinearHead.fit(latents, truth, classes=3)
+    bundle = add_head_to_bundle(folder, head, record={"chosen": "linear"})
+    assert bundle.model("labeler").details["input"] == "latent"
+    assert bundle.model("labeler").details["choice"] == {"chosen": "linear"}
+
+    expected = head.predict(latents)
+    assert np.mean(expected == truth) > 0.9
+    embedding = embed_ensemble(ensemble, folder, projection=None)
+    np.testing.assert_array_equal(embedding.predicted_labels, expected)
+    labeler = Labeler(Bundle.load(folder))
+    assert labeler.takes_latents
+    np.testing.assert_allclose(labeler.logits(ensemble.fields), head.logits(latents), atol=1e-4)
+    result = pseudo_label(ensemble, folder)
+    np.testing.assert_array_equal(result.predicted, expected)
+
+
+def test_a_latent_head_of_the_wrong_width_is_refused_naming_the_file(tmp_path):
+    from helpers import make_runtime_bundle
+
+    from sense_core.bundle import Bundle
+    from sense_core.errors import SenseError
+    from sense_core.inference import Labeler
+    from sense_training.heads import add_head_to_bundle
+
+    folder = tmp_path / "bundle"
+    make_runtime_bundle(folder, labeler=False, latent_dim=6)
+    wrong = LinearHead(np.zeros((3, 4), np.float32), np.zeros(3, np.float32))
+    add_head_to_bundle(folder, wrong)
+    with pytest.raises(SenseError, match=r"labeler\.onnx.*\(B, 6\) latent vectors"):
+        Labeler(Bundle.load(folder))

@@ -19,7 +19,8 @@ the latent vector as input, so labeling costs one matrix product after the encod
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -233,3 +234,41 @@ def choose_head(
         )
     head = fit_candidate(name, latents, labels, classes, threshold, seed)
     return HeadChoice(name, head, scores, reason)
+
+
+def add_head_to_bundle(
+    folder: str | os.PathLike,
+    head: LinearHead,
+    *,
+    record: Mapping[str, Any] | None = None,
+    training: Mapping[str, Any] | None = None,
+    opset: int = 18,
+):
+    """Make ``head`` the bundle's labeler: ``labeler.onnx`` reads the encoder's latent vectors
+    (``"input": "latent"`` in sense.json), so labeling a member costs the encoder pass only.
+    ``record`` (e.g. :meth:`HeadChoice.record`) goes into the model's details."""
+    from sense_core.bundle import add_model, read_manifest
+    from sense_core.inference import LATENT_INPUT
+
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    if manifest is None or "encoder" not in manifest.get("models", {}):
+        raise SenseError(f"{folder}: a latent labeler needs the bundle's encoder first")
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".labeler-head.") as scratch:
+        path = head.export_onnx(Path(scratch) / "head.onnx", opset=opset)
+        return add_model(
+            folder,
+            "labeler",
+            path,
+            manifest,
+            input_name="latent",
+            output_name="logits",
+            opset=opset,
+            details={
+                "input": LATENT_INPUT,
+                "architecture": "linear head on the encoder's latent space",
+                "latent_dim": int(head.weights.shape[1]),
+                **({"choice": dict(record)} if record else {}),
+            },
+            training=training,
+        )
