@@ -3,15 +3,19 @@ a few members? For each ensemble, hand-labeled fraction and seed, the benchmark 
 all other members (their true labels stay with the benchmark, ``sense fit`` never sees them), runs
 ``sense fit``'s pipeline (library :func:`sense_training.pipeline.fit`) on what is left and scores:
 
-- ``pseudo_accuracy``: accuracy of the bundle's labeler on the members whose labels were hidden
-  (what becomes the pseudo-labels that shape the encoder's clustering loss);
-- ``labeler_test_accuracy``: the labeler on the hand-labeled test members (``fit``'s own split);
-- ``silhouette_2d_test``: SENSE's 2D test silhouette (mean over the evaluation's UMAP seeds), with
-  UMAP on raw fields beside it.
+- ``sense_<method>``: accuracy of the bundle's labeler on the members whose labels were hidden
+  (what the pseudo-labels that shape the encoder's clustering loss are drawn from), for each
+  ``--labeler-method`` of ``sense fit`` (``cnn``: EfficientNetV2 on the hand labels; ``latent``:
+  heads on an encoder's latent space);
+- ``labeler_test_accuracy_<method>``: the labeler on the hand-labeled test members (``fit``'s
+  own split);
+- ``silhouette_2d_test_<method>``: SENSE's 2D test silhouette (mean over the evaluation's UMAP
+  seeds), with UMAP on raw fields beside it.
 
 Beside it, on the same members, the baselines anyone can run in five lines, fitted on all
 hand-labeled members and scored on the hidden ones: logistic regression and 5-NN on the raw fields
-(standardised), and logistic regression on SENSE's own latent vectors (``latent_logreg``).
+(standardised), and logistic regression on the latent vectors of the ``cnn`` fit's encoder
+(``latent_logreg_cnn``).
 
 Ensembles: ``digits`` (scikit-learn's 1,797 handwritten digits, 8x8 upscaled x4 to 32x32), the
 built-in generators ``channels`` and ``drops``, ``crops`` (of the images in --crops-images, when
@@ -49,7 +53,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 BUILTIN = ("digits", "channels", "drops", "crops")
 HELDOUT = ("ising", "grayscott", "textures")
 FRACTIONS = ("0.01", "0.05", "0.15", "0.5", "10pc")
-METHODS = ("raw_logreg", "raw_knn5", "sense_labeler", "latent_logreg")
+METHODS = ("raw_logreg", "raw_knn5", "sense_cnn", "latent_logreg_cnn", "sense_latent")
 
 
 def make_ensemble(name: str, count: int, size: int, seed: int, crops_images: Sequence[Path]):
@@ -122,16 +126,18 @@ def _score(model, features: np.ndarray, truth: np.ndarray, labeled: np.ndarray) 
     return float(np.mean(model.predict(features[~labeled]) == truth[~labeled]))
 
 
-def run_cell(ensemble, name: str, fraction: str, seed: int, out: Path, profile: str) -> dict:
+def run_cell(
+    ensemble,
+    name: str,
+    fraction: str,
+    seed: int,
+    out: Path,
+    profile: str,
+    labeler_methods: Sequence[str] = ("cnn", "latent"),
+) -> dict:
     """One (ensemble, fraction, seed): fit on the hand-labeled part and score every method."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
-    from sense_core.embedding import embed_ensemble
     from sense_core.ensemble import UNLABELED, Ensemble
-    from sense_core.errors import SenseError
-    from sense_training.pipeline import fit
 
     truth = np.asarray(ensemble.labels)
     labeled = hand_labeled(truth, fraction, seed)
@@ -152,28 +158,43 @@ def run_cell(ensemble, name: str, fraction: str, seed: int, out: Path, profile: 
         "classes_hand_labeled": int(len(np.unique(truth[labeled]))),
         **raw_baselines(np.asarray(ensemble.fields), truth, labeled),
     }
-    bundle = out / "bundles" / f"{name}_{fraction}_s{seed}"
+    for method in labeler_methods:
+        row.update(
+            _fit_and_score(hidden, truth, labeled, name, fraction, seed, out, profile, method)
+        )
+    return row
+
+
+def _fit_and_score(hidden, truth, labeled, name, fraction, seed, out: Path, profile, method):
+    """``fit`` with one labeler method; its figures, keyed ``<figure>_<method>``."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from sense_core.embedding import embed_ensemble
+    from sense_core.errors import SenseError
+    from sense_training.pipeline import fit
+
+    bundle = out / "bundles" / f"{name}_{fraction}_s{seed}_{method}"
     started = time.perf_counter()
-    log = io.StringIO()
+    row: dict[str, Any] = {}
     try:
-        with contextlib.redirect_stdout(log):
-            report = fit(hidden, bundle, profile=profile, overwrite=True)
+        with contextlib.redirect_stdout(io.StringIO()):
+            report = fit(hidden, bundle, profile=profile, overwrite=True, labeler_method=method)
     except SenseError as error:
-        row["fit_error"] = str(error)
-        row["fit_seconds"] = round(time.perf_counter() - started, 1)
+        row[f"fit_error_{method}"] = str(error)
         return row
-    row["fit_seconds"] = round(time.perf_counter() - started, 1)
+    row[f"fit_seconds_{method}"] = round(time.perf_counter() - started, 1)
     embedding = embed_ensemble(hidden, bundle)
-    hidden_members = ~labeled
     predicted = embedding.predicted_labels
-    row["sense_labeler"] = float(np.mean(predicted[hidden_members] == truth[hidden_members]))
-    row["labeler_test_accuracy"] = report.labeler.get("test_accuracy")
-    row["pseudo_labeled_by_fit"] = report.pseudo_labels.get("pseudo")
+    row[f"sense_{method}"] = float(np.mean(predicted[~labeled] == truth[~labeled]))
+    row[f"labeler_test_accuracy_{method}"] = report.labeler.get("test_accuracy")
+    row[f"labeler_{method}"] = report.labeler.get("architecture")
     silhouettes = report.silhouette_2d_test
-    row["silhouette_2d_test"] = (silhouettes.get("sense") or {}).get("mean")
+    row[f"silhouette_2d_test_{method}"] = (silhouettes.get("sense") or {}).get("mean")
     row["silhouette_2d_test_umap_raw"] = (silhouettes.get("umap_raw") or {}).get("mean")
     latent_model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    row["latent_logreg"] = _score(latent_model, embedding.latents, truth, labeled)
+    row[f"latent_logreg_{method}"] = _score(latent_model, embedding.latents, truth, labeled)
     return row
 
 
@@ -190,11 +211,13 @@ def markdown_table(rows: list[dict]) -> str:
     """One line per (ensemble, fraction): mean ± sd over seeds of every figure."""
     columns = (
         *METHODS,
-        "labeler_test_accuracy",
-        "silhouette_2d_test",
+        "labeler_test_accuracy_cnn",
+        "labeler_test_accuracy_latent",
+        "silhouette_2d_test_cnn",
+        "silhouette_2d_test_latent",
         "silhouette_2d_test_umap_raw",
     )
-    header = ["ensemble", "hand-labeled", "seeds", *columns]
+    header = ["ensemble", "hand-labeled", "seeds", *columns, "notes"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     groups: dict[tuple[str, str], list[dict]] = {}
     for row in rows:
@@ -202,18 +225,10 @@ def markdown_table(rows: list[dict]) -> str:
     for (name, fraction), group in groups.items():
         labeled = int(np.mean([r["hand_labeled"] for r in group]))
         cells = [name, f"{fraction} ({labeled})", str(len(group))]
-        failed = [r for r in group if "fit_error" in r]
         for column in columns:
-            text = _mean_sd([r.get(column) for r in group])
-            if failed and column in (
-                "sense_labeler",
-                "latent_logreg",
-                "labeler_test_accuracy",
-                "silhouette_2d_test",
-                "silhouette_2d_test_umap_raw",
-            ):
-                text += f" (fit failed {len(failed)}×)"
-            cells.append(text)
+            cells.append(_mean_sd([r.get(column) for r in group]))
+        errors = sorted({v for r in group for k, v in r.items() if k.startswith("fit_error")})
+        cells.append("; ".join(f"fit refused: {e}" for e in errors))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -274,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
         help="source images of the crops ensemble (skipped without)",
     )
     parser.add_argument("--out", type=Path, default=Path("out/label_efficiency"))
+    parser.add_argument(
+        "--labeler-methods", default="cnn,latent", help="sense fit --labeler-method values"
+    )
     parser.add_argument("--json", type=Path, help="write the rows and the machine to this file")
     parser.add_argument("--markdown", type=Path, help="write the table to this file")
     parser.add_argument("--plot", type=Path, help="write the accuracy plot to this PNG")
@@ -285,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         names.remove("crops")
     fractions = [f for f in args.fractions.split(",") if f]
     seeds = [int(s) for s in args.seeds.split(",") if s]
+    methods = [m for m in args.labeler_methods.split(",") if m]
     cells = args.out / "cells"
     cells.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
@@ -300,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
                 if ensemble is None:
                     ensemble = make_ensemble(name, args.n, args.size, 0, args.crops_images)
                 started = time.perf_counter()
-                row = run_cell(ensemble, name, fraction, seed, args.out, args.profile)
+                row = run_cell(ensemble, name, fraction, seed, args.out, args.profile, methods)
                 row["load_after"] = round(os.getloadavg()[0], 2)
                 path.write_text(json.dumps(row, indent=1) + "\n")
                 rows.append(row)
@@ -308,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{name} {fraction} seed {seed}: "
                     + ", ".join(f"{m} {row[m]:.3f}" for m in METHODS if row.get(m) is not None)
                     + f" ({time.perf_counter() - started:.0f} s)"
-                    + (f" fit failed: {row['fit_error']}" if "fit_error" in row else ""),
+                    + "".join(f" {k}: {v}" for k, v in row.items() if k.startswith("fit_error")),
                     flush=True,
                 )
     table = markdown_table(rows)

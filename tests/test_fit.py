@@ -193,7 +193,7 @@ def test_fit_library_returns_the_report_it_writes(tmp_path):
         command=["sense", "fit", "--test"],
         log=logged.append,
     )
-    assert logged[0] == "[1/4] labeler (quick profile)"
+    assert logged[0] == "[1/4] labeler (quick profile, cnn)"
     assert "[2/4] pseudo-labels (confidence >= 0.4)" in logged
     assert any(line.startswith("bundle ") and "ready in" in line for line in logged)
     written = json.loads((tmp_path / "bundle" / FIT_REPORT).read_text())
@@ -209,6 +209,48 @@ def test_fit_library_returns_the_report_it_writes(tmp_path):
     manual = int((ensemble.labels >= 0).sum())
     assert report.pseudo_labels["pseudo"] + report.pseudo_labels["none"] == 120 - manual
     assert Bundle.load(tmp_path / "bundle").manifest["training"]["encoder"]["config"]
+
+
+def test_fit_with_the_latent_labeler_labels_from_the_encoders_latent_space(tmp_path):
+    """labeler_method=latent: no CNN; a first encoder on the hand labels and its head give the
+    pseudo-labels, the bundle's labeler is a head on the final encoder's latents (input=latent)
+    that labels the hidden members well above chance, and the choice is recorded."""
+    from sense_core.embedding import embed_ensemble
+    from sense_core.projection import ProjectionOptions
+    from sense_training.config import EncoderConfig
+    from sense_training.evaluation import EvaluationConfig
+    from sense_training.pipeline import FIT_RUN, HAND_BUNDLE, fit
+
+    ensemble = blob_ensemble(120, shape=(1, 16, 16))
+    logged: list[str] = []
+    encoder = EncoderConfig().updated(
+        epochs=2, latent_dim=4, base_channels=8, batch_size=24, threads=1, losses="recon,cluster"
+    )
+    report = fit(
+        ensemble,
+        tmp_path / "bundle",
+        encoder=encoder,
+        labeler_method="latent",
+        evaluation=EvaluationConfig(seeds=(0,), projection="pca", baselines=()),
+        projector=False,
+        log=logged.append,
+    )
+    assert logged[0] == "[1/4] labeler (quick profile, latent)"
+    assert any(line.startswith("  latent head: ") for line in logged)
+    bundle = Bundle.load(tmp_path / "bundle")
+    entry = bundle.model("labeler")
+    assert entry.details["input"] == "latent"
+    assert entry.details["choice"]["chosen"] in ("linear", "propagation")
+    assert (
+        Bundle.load(tmp_path / "bundle" / FIT_RUN / HAND_BUNDLE).model("labeler").details["input"]
+        == "latent"
+    )
+    assert report.labeler["architecture"].startswith("latent head")
+    assert report.labeler["validation_accuracy"] > 0.6  # chance is 1/3
+    embedding = embed_ensemble(ensemble, tmp_path / "bundle", projection=ProjectionOptions("pca"))
+    truth = np.arange(120) % 3
+    hidden = ensemble.labels < 0
+    assert np.mean(embedding.predicted_labels[hidden] == truth[hidden]) > 0.6
 
 
 def test_profiles_are_overrides_of_the_configurations():

@@ -397,7 +397,7 @@ LABELER_PREFIX = "labeler-"
 
 
 def _add_fit(commands: argparse._SubParsersAction) -> None:
-    from sense_training.pipeline import PROFILES, profile_configs
+    from sense_training.pipeline import LABELER_METHODS, PROFILES, profile_configs
 
     parser = commands.add_parser(
         "fit",
@@ -417,6 +417,16 @@ def _add_fit(commands: argparse._SubParsersAction) -> None:
         help="continue a fit that was stopped (SIGTERM, SIGKILL, power cut) at any stage: give "
         "the same options and data; finished stages are kept, the interrupted one continues "
         "from its checkpoint, and the bundle is the one an uninterrupted fit gives",
+    )
+    parser.add_argument(
+        "--labeler-method",
+        choices=LABELER_METHODS,
+        default="cnn",
+        help="cnn: train the image labeler (EfficientNetV2) on the hand labels; latent: train "
+        "an encoder on all members with the hand labels first and label with the best head on "
+        "its latent space (linear or label propagation, chosen by cross-validation), then give "
+        "the final encoder its own head as the bundle's labeler (better with few hand labels; "
+        "see docs/label_efficiency.md)",
     )
     parser.add_argument(
         "--compress-labeler",
@@ -477,6 +487,7 @@ def _run_fit(args: argparse.Namespace) -> int:
             encoder=encoder,
             evaluation=config_from_args(EvaluationConfig(), args),
             threshold=options.threshold,
+            labeler_method=args.labeler_method,
             overwrite=args.overwrite,
             resume=args.resume,
             compress_labeler=args.compress_labeler,

@@ -21,7 +21,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sense_core.ensemble import MemberStore
+import numpy as np
+
+from sense_core.ensemble import LABEL_SOURCE_KEY, UNLABELED, MemberStore
 from sense_core.errors import SenseError
 from sense_core.io.atomic import atomic_write_text
 from sense_training.config import EncoderConfig, LabelerConfig, ProjectorConfig
@@ -172,6 +174,7 @@ def fit(
     encoder: EncoderConfig | None = None,
     evaluation: EvaluationConfig | None = None,
     threshold: float = 0.0,
+    labeler_method: str = "cnn",
     overwrite: bool = False,
     resume: bool = False,
     compress_labeler: bool = False,
@@ -193,7 +196,12 @@ def fit(
     kept, the interrupted one continues from its last checkpoint (labeler and encoder) or runs
     again (pseudo-labels, projector, evaluation; all seeded), and the bundle is the one an
     uninterrupted fit gives. Resuming with other options or data is refused; without
-    ``resume`` an interrupted fit in ``out`` is refused unless ``overwrite`` starts over."""
+    ``resume`` an interrupted fit in ``out`` is refused unless ``overwrite`` starts over.
+
+    ``labeler_method``: ``cnn`` trains the image labeler (``labeler``) on the hand labels;
+    ``latent`` trains an encoder on all members with the hand labels first and labels with the
+    best head on its latent space (:mod:`sense_training.heads`), then gives the final encoder
+    its own head as the bundle's labeler (no CNN: one encoder pass labels a member)."""
     from sense_core.bundle import Bundle
     from sense_core.pseudo_labels import pseudo_labeled_store
     from sense_training.export import remove_stale_scratch
@@ -206,8 +214,13 @@ def fit(
         configs.projector = configs.projector.updated(max_points=projector_points)
     evaluation = evaluation or EvaluationConfig()
     out, command = Path(out), list(command or ["sense", "fit"])
+    if labeler_method not in LABELER_METHODS:
+        raise SenseError(
+            f"unknown labeler method {labeler_method!r}; choose from {', '.join(LABELER_METHODS)}"
+        )
     options = {
         "profile": profile,
+        "labeler_method": labeler_method,
         "labeler": labeler.to_dict(),
         "encoder": encoder.to_dict(),
         "threshold": float(threshold),
@@ -222,11 +235,14 @@ def fit(
     command = state.command  # the first run's: one command recorded however often resumed
     clock, load_before, steps = _StageClock(), _load_average(), 5 if projector else 4
 
-    log(f"[1/{steps}] labeler ({profile} profile)")
+    latent = labeler_method == "latent"
+    log(f"[1/{steps}] labeler ({profile} profile, {labeler_method})")
     labeled = state.kept("labeler", clock, log)
-    if labeled is None:
+    if labeled is None and latent:
+        labeled = _latent_labeler_stage(store, out, encoder, state, clock, command, log)
+    elif labeled is None:
         labeled = _labeler_stage(store, out, labeler, state, clock, command, compress_labeler, log)
-    bundle = Bundle.load(out)
+    bundle = Bundle.load(out / FIT_RUN / HAND_BUNDLE if latent else out)
 
     log(f"[2/{steps}] pseudo-labels (confidence >= {threshold})")
     result = state.pseudo_labels() if state.kept("pseudo_labels", clock, log) else None
@@ -242,8 +258,10 @@ def fit(
     log(f"[3/{steps}] encoder")
     trained = state.kept("encoder", clock, log)
     if trained is None:
-        trained = _encoder_stage(relabeled, out, encoder, state, clock, command, log)
+        trained = _encoder_stage(relabeled, out, encoder, state, clock, command, log, head=latent)
     parts = _training_parts(relabeled, encoder)
+    if latent:
+        labeled = {**labeled, "metrics": trained["head"], "first_head": labeled["metrics"]}
 
     fitted = None
     if projector:
@@ -303,9 +321,10 @@ def _pseudo_label_stage(store, bundle, threshold: float, state: FitState, clock)
 
 
 def _encoder_stage(
-    store, out: Path, config: EncoderConfig, state: FitState, clock, command, log
+    store, out: Path, config: EncoderConfig, state: FitState, clock, command, log, head=False
 ) -> dict[str, Any]:
-    """Train (or continue training) the encoder on the pseudo-labelled ensemble."""
+    """Train (or continue training) the encoder on the pseudo-labelled ensemble; with ``head``,
+    give it a latent-space head as the bundle's labeler."""
     from sense_training.encoder import RUN_FOLDER, train_encoder
 
     resumes = state.start("encoder", out / RUN_FOLDER)
@@ -313,7 +332,66 @@ def _encoder_stage(
         trained = train_encoder(
             store, out, config, resume=resumes, overwrite=not resumes, command=command, log=log
         )
-    return state.finish("encoder", clock, metrics=trained.metrics)
+        record = _add_latent_head(store, out, config, command, log) if head else None
+    return state.finish("encoder", clock, metrics=trained.metrics, head=record)
+
+
+def _latent_labeler_stage(
+    store, out: Path, config: EncoderConfig, state: FitState, clock, command, log
+) -> dict[str, Any]:
+    """The ``latent`` labeler: an encoder trained on all members with the hand labels, and the
+    best head on its latents, as a bundle in ``fit_run/hand_bundle`` that pseudo-labels."""
+    from sense_training.encoder import RUN_FOLDER, train_encoder
+
+    folder = out / FIT_RUN / HAND_BUNDLE
+    resumes = state.start("labeler", folder / RUN_FOLDER)
+    with clock("labeler"):
+        train_encoder(
+            store, folder, config, resume=resumes, overwrite=not resumes, command=command, log=log
+        )
+        record = _add_latent_head(store, folder, config, command, log)
+    return state.finish("labeler", clock, metrics=record)
+
+
+def _add_latent_head(store, folder: Path, config: EncoderConfig, command, log) -> dict[str, Any]:
+    """Choose and fit a head on the latents of the bundle in ``folder`` from the hand labels of
+    the encoder's training split, make it the bundle's labeler; its accuracy on the validation
+    and test hand labels, which the encoder never trained on (the cross-validation of the
+    choice uses training labels the encoder has seen, so it is optimistic)."""
+    from sense_core.bundle import Bundle
+    from sense_core.inference import Encoder
+    from sense_training.heads import add_head_to_bundle, choose_head
+
+    parts = _training_parts(store, config)
+    hand = np.asarray(store.labels)
+    if LABEL_SOURCE_KEY in store.metadata:
+        hand = np.where(np.asarray(store.metadata[LABEL_SOURCE_KEY]) == "manual", hand, UNLABELED)
+    labels = np.full(len(store), UNLABELED, dtype=np.int64)
+    labels[parts.split.train] = hand[parts.split.train]
+    latents = Encoder(Bundle.load(folder)).encode_store(store)
+    classes = len(store.class_names)
+    choice = choose_head(latents, labels, classes, seed=config.run.seed)
+
+    def accuracy(members) -> float | None:
+        members = np.asarray(members, dtype=np.int64)
+        if len(members) == 0:
+            return None
+        return float(np.mean(choice.head.predict(latents[members]) == hand[members]))
+
+    metrics = {
+        "architecture": f"latent head ({choice.name})",
+        "validation": {"accuracy": accuracy(parts.split.validation)},
+        "test": {"accuracy": accuracy(parts.split.test)},
+        "choice": choice.record(),
+    }
+    training = {"command": shlex.join(command), "config": {"split": config.split.to_dict()}}
+    record = {**choice.record(), "validation": metrics["validation"], "test": metrics["test"]}
+    add_head_to_bundle(folder, choice.head, record=record, training=training)
+    log(
+        f"  latent head: {choice.name} ({choice.reason}); validation accuracy "
+        f"{metrics['validation']['accuracy']}"
+    )
+    return metrics
 
 
 def _training_parts(store, config: EncoderConfig):
@@ -355,6 +433,8 @@ FIT_STATE = "state.json"
 PSEUDO_LABELS = "pseudo_labels.npz"
 FIT_STATE_FORMAT = 1
 STAGES = ("labeler", "pseudo_labels", "encoder", "projector", "evaluation")
+HAND_BUNDLE = "hand_bundle"  # the latent labeler's first encoder and head
+LABELER_METHODS = ("cnn", "latent")
 # options a resumed fit may change: they do not change what is computed (as in the loop)
 RESUMABLE_OPTIONS = frozenset({"labeler.run.threads", "encoder.run.threads"})
 
