@@ -168,6 +168,9 @@ def test_a_wide_clustering_gap_is_reported_with_the_remedies():
     assert "0.230" in advice and "--augment shift" in advice and "--trim-fraction" in advice
     assert gap_advice({**wide, "cluster_gap": GAP_LIMIT}) is None
     assert gap_advice({"train_recon": 0.2}) is None  # no clustering loss monitored
+    assert "sense fit" in advice
+    inside_fit = gap_advice(wide, pseudo_labelled=True)  # a fit's encoder has pseudo-labels
+    assert "sense fit" not in inside_fit and "--augment shift" in inside_fit
 
 
 def test_pseudo_labels_train_but_never_validate_or_test():

@@ -180,7 +180,13 @@ def test_fit_library_returns_the_report_it_writes(tmp_path):
     logged: list[str] = []
     labeler = LabelerConfig().updated(epochs=1, threads=1)
     encoder = EncoderConfig().updated(
-        epochs=1, latent_dim=4, base_channels=8, batch_size=24, threads=1, losses="recon,cluster"
+        epochs=1,
+        latent_dim=4,
+        base_channels=8,
+        batch_size=24,
+        threads=1,
+        losses="recon,cluster",
+        min_confidence=0.9,
     )
     report = fit(
         ensemble,
@@ -195,6 +201,11 @@ def test_fit_library_returns_the_report_it_writes(tmp_path):
     )
     assert logged[0] == "[1/4] labeler (quick profile, cnn)"
     assert "[2/4] pseudo-labels (confidence >= 0.4)" in logged
+    # the encoder's own, higher threshold is said, with how many pseudo-labels it keeps
+    assert any(
+        line.startswith("  the encoder trains with the ") and ">= 0.9 (--min-confidence" in line
+        for line in logged
+    )
     assert any(line.startswith("bundle ") and "ready in" in line for line in logged)
     written = json.loads((tmp_path / "bundle" / FIT_REPORT).read_text())
     assert written == report.to_dict()

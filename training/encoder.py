@@ -268,18 +268,24 @@ def _score(
 GAP_LIMIT = 0.10  # the clustering-loss gap above which training warns (docs/encoder.md)
 
 
-def gap_advice(record: Mapping[str, float]) -> str | None:
+def gap_advice(record: Mapping[str, float], pseudo_labelled: bool = False) -> str | None:
     """A warning with the remedies when the epoch ``record``'s clustering gap exceeds
-    ``GAP_LIMIT`` (the clustering loss fits the training members better than unseen ones)."""
+    ``GAP_LIMIT`` (the clustering loss fits the training members better than unseen ones).
+    Pseudo-labels are suggested only to a run that has none (``sense fit`` gives them)."""
     gap = record.get("cluster_gap")
     if gap is None or not gap > GAP_LIMIT:
         return None
+    remedies = [
+        "--augment shift where position is not part of the class",
+        "--trim-fraction 0.3 with more epochs",
+    ]
+    if not pseudo_labelled:
+        remedies.insert(0, "pseudo-labels for the unlabelled members (sense fit)")
     return (
         f"note: clustering-loss gap {gap:.3f} (validation {record['val_cluster']:.3f} vs "
         f"training {record['train_cluster']:.3f}) is above {GAP_LIMIT:.2f}: the latent classes "
         "fit the training members better than unseen ones. Remedies that worked in "
-        "docs/encoder.md: pseudo-labels for the unlabelled members (sense fit), --augment shift "
-        "where position is not part of the class, --trim-fraction 0.3 with more epochs."
+        f"docs/encoder.md: {', '.join(remedies)}."
     )
 
 
@@ -523,7 +529,7 @@ class EncoderTrainer(Trainer):
     def finish(self, run: TrainingRun) -> tuple[Bundle | None, dict[str, Any]]:
         selected_epoch = self.selected_epoch(run)
         selected = next((r for r in run.history if r["epoch"] == selected_epoch), {})
-        advice = gap_advice(selected)
+        advice = gap_advice(selected, pseudo_labelled=self.parts.counts.get("train_pseudo", 0) > 0)
         if advice:
             run.log(advice)
         metrics: dict[str, Any] = {

@@ -253,6 +253,17 @@ def fit(
         f"  {pseudo['pseudo']} pseudo-labelled, {pseudo['none']} left unlabelled, agreement "
         f"with hand labels {pseudo['agreement_with_manual_labels']}"
     )
+    if encoder.min_confidence > threshold:
+        used = int(
+            np.count_nonzero(
+                (result.source == "pseudo") & (result.confidence >= encoder.min_confidence)
+            )
+        )
+        log(
+            f"  the encoder trains with the {used} of them whose confidence is >= "
+            f"{encoder.min_confidence} (--min-confidence, {profile} profile); the others give it "
+            "reconstruction only"
+        )
     relabeled = pseudo_labeled_store(store, result, bundle)
 
     log(f"[3/{steps}] encoder")
