@@ -211,7 +211,7 @@ def test_fit_library_returns_the_report_it_writes(tmp_path):
     assert written == report.to_dict()
     assert list(written) == [
         "command", "profile", "data", "members", "member_shape", "seconds", "machine",
-        "labeler", "pseudo_labels", "encoder", "silhouette_2d_test", "projector",
+        "labeler", "pseudo_labels", "encoder", "silhouette_2d_test", "projector", "groups",
     ]  # fmt: skip
     assert report.command == "sense fit --test" and report.members == 120
     assert report.projector is None and "projector" not in report.seconds
@@ -262,6 +262,51 @@ def test_fit_with_the_latent_labeler_labels_from_the_encoders_latent_space(tmp_p
     truth = np.arange(120) % 3
     hidden = ensemble.labels < 0
     assert np.mean(embedding.predicted_labels[hidden] == truth[hidden]) > 0.6
+
+
+def test_fit_without_hand_labels_gives_a_bundle_a_map_and_suggested_groups(tmp_path):
+    """No hand label: an encoder on reconstruction, its projector, a map, and groups (k by the
+    silhouette) that find the blobs, with each group's most typical members written out."""
+    import csv
+
+    from sklearn.metrics import adjusted_rand_score
+
+    from sense_core.embedding import embed_ensemble
+    from sense_training.config import EncoderConfig
+    from sense_training.pipeline import fit
+
+    labeled = blob_ensemble(240, shape=(1, 16, 16))
+    ensemble = Ensemble(fields=labeled.fields, labels=np.full(240, -1), class_names=())
+    logged: list[str] = []
+    encoder = EncoderConfig().updated(
+        epochs=3, latent_dim=4, base_channels=8, batch_size=24, threads=1, losses="recon,cluster"
+    )
+    report = fit(ensemble, tmp_path / "bundle", encoder=encoder, log=logged.append)
+    assert logged[0].startswith("no hand labels: the encoder trains on reconstruction only")
+    assert "[3/3] suggested groups (k-means of the latents, best silhouette)" in logged
+    assert report.labeler == {} and report.encoder["losses"] == ["recon"]
+    assert report.projector is not None  # 240 members: the bundle maps new members itself
+    rows = list(csv.DictReader((tmp_path / "bundle" / "groups.csv").open()))
+    assert len(rows) == 240 and {r["member_id"] for r in rows} == set(ensemble.member_ids)
+    groups = {r["member_id"]: int(r["group"]) for r in rows}
+    found = [groups[m] for m in ensemble.member_ids]
+    assert report.groups["k"] == len(set(found)) >= 2
+    assert adjusted_rand_score(np.arange(240) % 3, found) > 0.5
+    assert [r["rank"] for r in rows if r["group"] == "0"][:2] == ["0", "1"]
+    assert (tmp_path / "bundle" / "groups.png").stat().st_size > 1000
+    embedding = embed_ensemble(ensemble, tmp_path / "bundle")
+    assert embedding.xy.shape == (240, 2) and np.isfinite(embedding.xy).all()
+
+
+def test_fit_with_a_single_hand_labeled_class_says_what_to_do(tmp_path):
+    from sense_training.pipeline import fit
+
+    labeled = blob_ensemble(60, shape=(1, 16, 16))
+    ensemble = Ensemble(
+        fields=labeled.fields, labels=np.where(np.arange(60) < 10, 1, -1), class_names=("a", "b")
+    )
+    with pytest.raises(SenseError, match="every hand label is class 'b'.*two classes"):
+        fit(ensemble, tmp_path / "bundle", log=lambda line: None)
 
 
 def test_profiles_are_overrides_of_the_configurations():

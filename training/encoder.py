@@ -56,6 +56,7 @@ from sense_core.ensemble import (
     MemberStore,
     NormalizationStats,
     Split,
+    manual_mask,
     split_hand_labeled,
 )
 from sense_core.errors import SenseError
@@ -103,7 +104,13 @@ class TrainingParts:
 def training_parts(store: MemberStore, config: EncoderConfig) -> TrainingParts:
     """Split the hand labels, add pseudo-labelled and unlabelled members to training (see the
     module docstring), apply ``min_confidence`` and the ``label_noise`` ablation."""
-    manual, split = split_hand_labeled(store, config.split.fractions, config.split.split_seed)
+    if config.loss.terms == ("recon",) and not manual_mask(store).any():
+        # no hand label at all (a label-free fit): every member trains, none is held out
+        none = np.empty(0, dtype=np.int64)
+        fractions = tuple(config.split.fractions)
+        manual, split = np.zeros(len(store), bool), Split(none, none, none, 0, fractions)
+    else:
+        manual, split = split_hand_labeled(store, config.split.fractions, config.split.split_seed)
     count = len(store)
     if CONFIDENCE_KEY in store.metadata:
         confidence = np.asarray(store.metadata[CONFIDENCE_KEY], dtype=np.float32).copy()
@@ -240,6 +247,9 @@ def _score(
             logvar = torch.from_numpy(encoded["logvar"]).double()
             parts["kl"] = float(0.5 * torch.mean(code.pow(2) + logvar.exp() - logvar - 1.0))
             total += objective.beta_norm * parts["kl"]
+    if objective.num_classes == 0:  # a label-free fit: no class to score the latent space by
+        parts["total"] = total
+        return parts
     plain = {"silhouette_target": 1.0, "memory_size": 0, "trim_fraction": 0.0}
     latent_only = config.updated({"terms": ("cluster", "contrastive"), **plain})
     scorer = JointLoss(latent_only, objective.num_classes, 1, 1)
@@ -361,7 +371,8 @@ class EncoderTrainer(Trainer):
 
     def build(self, run: TrainingRun) -> None:
         store, config, parts = run.store, run.config, self.parts
-        self.normalization = bundle_normalization(run.manifest, store, parts.split.train)
+        statistics_members = parts.split.train if len(parts.split.train) else parts.train
+        self.normalization = bundle_normalization(run.manifest, store, statistics_members)
         self.train_set = EnsembleDataset(
             store,
             parts.train,

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from sense_core.ensemble import LABEL_SOURCE_KEY, UNLABELED, MemberStore
+from sense_core.ensemble import UNLABELED, MemberStore, manual_mask
 from sense_core.errors import SenseError
 from sense_core.io.atomic import atomic_write_text
 from sense_training.config import EncoderConfig, LabelerConfig, ProjectorConfig
@@ -138,6 +138,7 @@ class FitReport:
     encoder: dict[str, Any]
     silhouette_2d_test: dict[str, Any]
     projector: dict[str, Any] | None = None
+    groups: dict[str, Any] | None = None  # a fit without hand labels: the suggested groups
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -234,6 +235,18 @@ def fit(
     remove_stale_scratch(out)  # a SIGKILL during an export leaves its scratch folder
     command = state.command  # the first run's: one command recorded however often resumed
     clock, load_before, steps = _StageClock(), _load_average(), 5 if projector else 4
+    hand_classes = np.unique(np.asarray(store.labels)[manual_mask(store)])
+    if len(hand_classes) == 0:
+        return _fit_without_labels(
+            store, out, encoder, configs, state, clock, load_before, profile, command, projector,
+            log,
+        )  # fmt: skip
+    if len(hand_classes) == 1:
+        raise SenseError(
+            f"{store_path(store)}: every hand label is class {store.class_names[hand_classes[0]]!r}"
+            ": learning from labels needs at least two classes. Label members of another class, "
+            "or remove the labels: a fit without labels gives a map and suggested groups to name"
+        )
 
     latent = labeler_method == "latent"
     log(f"[1/{steps}] labeler ({profile} profile, {labeler_method})")
@@ -298,6 +311,70 @@ def fit(
             **fitted,
             "silhouette_2d_test": _projector_test_silhouette(relabeled, out, parts.split.test),
         }
+    report.write(out)
+    state.finish_fit()
+    _log_fit_summary(report, clock, load_before, out, log)
+    return report
+
+
+def _fit_without_labels(
+    store, out: Path, encoder, configs, state, clock, load_before, profile, command, projector, log
+) -> FitReport:
+    """A fit with no hand label: an encoder trained on reconstruction alone, its projector, and
+    suggested groups (``groups.csv``, ``groups.png``: the clustering of the latents and each
+    group's most typical members), the starting point for naming classes."""
+    from sense_core.bundle import Bundle
+    from sense_core.groups import GROUPS_CSV, suggest_groups, write_groups_csv, write_groups_png
+    from sense_core.inference import Encoder
+
+    steps = 3 if projector else 2
+    if encoder.loss.terms != ("recon",):
+        log(f"no hand labels: the encoder trains on reconstruction only (not {encoder.loss.terms})")
+        encoder = encoder.updated(losses=("recon",))
+    log(f"[1/{steps}] encoder ({profile} profile, no hand labels)")
+    trained = state.kept("encoder", clock, log)
+    if trained is None:
+        trained = _encoder_stage(store, out, encoder, state, clock, command, log)
+    parts = _training_parts(store, encoder)
+    fitted = None
+    if projector:
+        fitted = _projector_stage(
+            store, out, parts, encoder, configs, command, clock, log, step=f"[2/{steps}]"
+        )
+        fitted = None if fitted is None else fitted.record()
+    log(f"[{steps}/{steps}] suggested groups (k-means of the latents, best silhouette)")
+    with clock("groups"):
+        latents = Encoder(Bundle.load(out)).encode_store(store)
+        groups = suggest_groups(latents, seed=encoder.run.seed)
+        write_groups_csv(groups, store.member_ids, out / GROUPS_CSV)
+        write_groups_png(groups, store, out / "groups.png")
+    log(
+        f"  {groups.k} groups (silhouette {groups.silhouettes[groups.k]:.3f}), sizes "
+        f"{groups.record()['sizes']}: their most typical members are in {out / 'groups.png'}, "
+        f"every member's group in {out / GROUPS_CSV}; name them in labels.csv and fit again"
+    )
+    report = FitReport(
+        command=shlex.join(state.command),
+        profile=profile,
+        data=store_path(store),
+        members=len(store),
+        member_shape=list(store.member_shape),
+        seconds={
+            **{k: round(v, 1) for k, v in clock.seconds.items()},
+            "total": round(clock.total(), 1),
+        },
+        machine=_machine(load_before),
+        labeler={},
+        pseudo_labels={},
+        encoder={
+            "epochs_run": trained["metrics"].get("epochs_run"),
+            "selected_epoch": trained["metrics"].get("selected_epoch", -1) + 1,
+            "losses": list(encoder.loss.terms),
+        },
+        silhouette_2d_test={},
+        projector=fitted,
+        groups=groups.record(),
+    )
     report.write(out)
     state.finish_fit()
     _log_fit_summary(report, clock, load_before, out, log)
@@ -374,9 +451,7 @@ def _add_latent_head(store, folder: Path, config: EncoderConfig, command, log) -
     from sense_training.heads import add_head_to_bundle, choose_head
 
     parts = _training_parts(store, config)
-    hand = np.asarray(store.labels)
-    if LABEL_SOURCE_KEY in store.metadata:
-        hand = np.where(np.asarray(store.metadata[LABEL_SOURCE_KEY]) == "manual", hand, UNLABELED)
+    hand = np.where(manual_mask(store), store.labels, UNLABELED)
     labels = np.full(len(store), UNLABELED, dtype=np.int64)
     labels[parts.split.train] = hand[parts.split.train]
     latents = Encoder(Bundle.load(folder)).encode_store(store)
@@ -413,7 +488,9 @@ def _training_parts(store, config: EncoderConfig):
     return training_parts(store, config)
 
 
-def _projector_stage(store, out: Path, parts, encoder: EncoderConfig, configs, command, clock, log):
+def _projector_stage(
+    store, out: Path, parts, encoder: EncoderConfig, configs, command, clock, log, step="[4/5]"
+):
     """Fit the bundle's projector on the encoder's training members, or say why not."""
     from sense_training.projector import MIN_POINTS, fit_bundle_projector
 
@@ -421,11 +498,11 @@ def _projector_stage(store, out: Path, parts, encoder: EncoderConfig, configs, c
     members = len(parts.train)
     if members < MIN_POINTS:
         log(
-            f"[4/5] projector skipped: {members} training members, at least {MIN_POINTS} are "
+            f"{step} projector skipped: {members} training members, at least {MIN_POINTS} are "
             "needed (sense embed will fit UMAP instead)"
         )
         return None
-    log("[4/5] projector (UMAP of the training latents, reproduced by an MLP)")
+    log(f"{step} projector (UMAP of the training latents, reproduced by an MLP)")
     with clock("projector"):
         return fit_bundle_projector(
             store,
@@ -755,7 +832,7 @@ def _log_fit_summary(report: FitReport, clock, load_before, out: Path, log: Log)
     if report.projector is not None:
         sense = report.silhouette_2d_test.get("sense") or {}
         log(
-            f"projector: 2D test silhouette {report.projector['silhouette_2d_test']} "
+            f"projector: 2D test silhouette {report.projector.get('silhouette_2d_test')} "
             f"(UMAP of the latents: {sense.get('mean')})"
         )
     log(f"bundle {out} ready in {seconds['total']:.0f} s; report {out / FIT_REPORT}")
