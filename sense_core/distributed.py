@@ -5,21 +5,77 @@ to rank 0, put back in the ensemble's member order and projected there, so rank 
 the single-process result (same members, order and values up to float rounding). Works with any
 communicator offering mpi4py's ``allgather``/``gather``/``Get_rank`` (``mpi4py.MPI.COMM_WORLD``
 in ParaView's MPI runs). No VTK here: the ParaView filter hands over numpy members.
+
+Every collective step agrees on success before anything else is exchanged (:func:`agree`,
+:func:`on_root`): a step that fails on one rank raises the same error on every rank, so no rank
+goes on into a collective that another never reaches (that is a hang, not an error).
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any, TypeVar
 
 import numpy as np
 
-from sense_core.errors import SenseError
+from sense_core.errors import SenseError, describe_exception
 from sense_core.projection import ProjectionOptions
 
 ROOT = 0
+T = TypeVar("T")
+
+
+def _agreed_error(comm, error: str) -> None:
+    """Collective: raise :class:`SenseError` on every rank when ``error`` is set on any rank
+    (the first failing rank's message, naming the rank when there are several)."""
+    errors = [(rank, e) for rank, e in enumerate(comm.allgather(error)) if e]
+    if errors:
+        rank, message = errors[0]
+        if len(errors) == comm.Get_size() and len({e for _, e in errors}) == 1:
+            raise SenseError(message)  # every rank failed alike: no rank to name
+        raise SenseError(f"rank {rank}: {message}")
+
+
+def agree(comm, step: Callable[[], T]) -> T:
+    """Run ``step`` on every rank and agree on its outcome before going on: when it raised on
+    any rank, every rank raises :class:`SenseError` with that error. A collective call inside
+    ``step`` must come before anything in it that can fail (ParaView's ``UpdatePipeline``, then
+    a check of its outcome): a rank that failed first would leave the others in that call.
+    ``comm`` None (one process): ``step()``, its exceptions unchanged."""
+    if comm is None:
+        return step()
+    result, error = None, ""
+    try:
+        result = step()
+    except Exception as exc:  # noqa: BLE001 - agreed on below, raised on every rank
+        error = describe_exception(exc)
+    _agreed_error(comm, error)
+    return result  # type: ignore[return-value]
+
+
+def on_root(comm, step: Callable[[], T], share: bool = True) -> T | None:
+    """Run ``step`` on rank 0 only (writing a file, evaluating a query on data that only rank 0
+    holds) and hand its result to every rank (``share`` off: the other ranks get None); when it
+    raised, every rank raises :class:`SenseError` with that error. ``comm`` None: ``step()``,
+    its exceptions unchanged."""
+    if comm is None:
+        return step()
+    result, error = None, ""
+    if comm.Get_rank() == ROOT:
+        try:
+            result = step()
+        except Exception as exc:  # noqa: BLE001 - raised on every rank below
+            error = describe_exception(exc)
+    if share:
+        result, error = comm.bcast((result, error), root=ROOT)
+    else:
+        error = comm.bcast(error, root=ROOT)
+    if error:
+        raise SenseError(error)
+    return result
 
 
 def member_share(count: int, rank: int, size: int) -> range:
@@ -122,11 +178,10 @@ def embed_distributed(
     """Collective: every rank calls it with the members it holds (``indices``: their positions
     in the whole ensemble; ``fields``: (n, C, H, W) or None when it holds none). Rank 0 returns
     the embedding of all members in ensemble order; the other ranks return None. An error on
-    any rank is raised on rank 0 (naming the rank) after the collectives, so none is left
-    waiting; the other ranks then return None. ``options``: ``device``, ``threads``, ``batch_size``,
-    ``use_labeler`` as for ``embed_ensemble``."""
-    from sense_core.embedding import reproject
-
+    any rank (its members, or rank 0's merge and projection) is raised on every rank, naming
+    the rank, after the collectives: none is left waiting, and every rank's filter fails.
+    ``options``: ``device``, ``threads``, ``batch_size``, ``use_labeler`` as for
+    ``embed_ensemble``."""
     started = time.perf_counter()
     class_names = global_class_names(comm.allgather(dict(label_names)))
     part: dict[str, Any] | None = None
@@ -135,14 +190,23 @@ def embed_distributed(
         try:
             part = _local_embedding(member_ids, labels, fields, class_names, bundle, options)
             part["indices"] = np.asarray(indices, dtype=np.int64)
-        except Exception as exc:  # noqa: BLE001 - reported by rank 0, never a hang
-            error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - raised on every rank below, never a hang
+            error = describe_exception(exc)
     gathered = comm.gather((part, error), root=ROOT)
-    if comm.Get_rank() != ROOT:
-        return None
-    errors = [f"rank {r}: {e}" for r, (_, e) in enumerate(gathered) if e]
+    errors = []
+    if comm.Get_rank() == ROOT:
+        errors = [f"rank {r}: {e}" for r, (_, e) in enumerate(gathered) if e]
+    errors = comm.bcast(errors, root=ROOT)
     if errors:
         raise SenseError("distributed embedding failed on " + "; ".join(errors))
+    step = partial(_project_parts, gathered, bundle, projection, options, started)
+    return on_root(comm, step, share=False)
+
+
+def _project_parts(gathered, bundle, projection, options, started):
+    """Rank 0's share of :func:`embed_distributed`: merge the ranks' parts and project them."""
+    from sense_core.embedding import reproject
+
     parts = [p for p, _ in gathered if p is not None]
     if not parts:
         raise SenseError("no rank holds any member: the input is empty")

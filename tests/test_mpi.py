@@ -247,7 +247,7 @@ with open({out!r} + "." + str(rank), "w") as f:
 """
 
 
-def test_an_error_on_one_rank_is_reported_by_rank_0_without_a_hang(tmp_path):
+def test_an_error_on_one_rank_is_raised_on_every_rank_without_a_hang(tmp_path):
     bundle, bad = tmp_path / "bundle", tmp_path / "no_bundle_here"
     make_runtime_bundle(bundle)
     out = tmp_path / "outcome"
@@ -261,4 +261,56 @@ def test_an_error_on_one_rank_is_reported_by_rank_0_without_a_hang(tmp_path):
     assert completed.returncode == 0, completed.stdout + completed.stderr
     root, other = (out.with_name(f"outcome.{r}").read_text() for r in (0, 1))
     assert root.startswith("distributed embedding failed on rank 1:") and str(bad) in root
-    assert other == "returned"  # not rank 0: it returns None, nothing left waiting
+    assert other == root  # every rank's filter fails: no script goes on alone into a collective
+
+
+AGREE_SCRIPT = """
+import sys
+from mpi4py import MPI
+from sense_core.distributed import agree, on_root
+from sense_core.errors import SenseError
+
+comm = MPI.COMM_WORLD
+rank = comm.Get_rank()
+outcomes = []
+
+def fail_on(failing, message):
+    def step():
+        if rank in failing:
+            raise ValueError(message)
+        return rank
+    return step
+
+for run in (
+    lambda: agree(comm, fail_on({1}, "rank 1 only")),
+    lambda: agree(comm, fail_on({0, 1}, "everywhere")),
+    lambda: agree(comm, fail_on(set(), "")),
+    lambda: on_root(comm, fail_on({0}, "root")),
+    lambda: on_root(comm, fail_on(set(), "")),
+    lambda: on_root(comm, fail_on(set(), ""), share=False),
+):
+    try:
+        outcomes.append(repr(run()))
+    except SenseError as exc:
+        outcomes.append("error: " + str(exc))
+with open(sys.argv[1] + "." + str(rank), "w") as f:
+    f.write("\\n".join(outcomes))
+"""
+
+
+def test_agree_and_on_root_raise_the_same_error_on_every_rank(tmp_path):
+    """The agreement steps of sense_core.distributed on 2 mpi4py ranks (no ParaView)."""
+    script, out = tmp_path / "agree.py", tmp_path / "outcome"
+    script.write_text(AGREE_SCRIPT)
+    completed = run_process_tree([*mpirun(2), sys.executable, str(script), str(out)], 120)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    ranks = [out.with_name(f"outcome.{r}").read_text().split("\n") for r in (0, 1)]
+    for rank, outcomes in enumerate(ranks):
+        assert outcomes == [
+            "error: rank 1: ValueError: rank 1 only",
+            "error: ValueError: everywhere",  # alike on every rank: no rank named
+            repr(rank),
+            "error: ValueError: root",
+            "0",  # rank 0's result, shared
+            "0" if rank == 0 else "None",
+        ], rank

@@ -61,7 +61,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
             "help).",
         )
         launcher.add_argument(
-            "--no-xvfb", action="store_true", help="never start a private Xvfb for the program"
+            "--no-xvfb",
+            action="store_true",
+            help="never start a private Xvfb: for runs that do not render, or with DISPLAY set "
+            "(this ParaView cannot render offscreen; without a display it says so and stops)",
         )
         launcher.add_argument("args", nargs="*", help=f"arguments for {program}")
         launcher.set_defaults(handler=partial(_run_launcher, program), raw_arguments=True)

@@ -81,11 +81,14 @@ def run_demo(
     bundle = _shipped_bundle(ensemble.member_shape, ensemble.class_names)
     if bundle is not None:
         from sense_core.embedding import embed_ensemble, write_outputs
+        from sense_core.io import open_ensemble
         from sense_core.projection import ProjectionOptions
 
         start = _step(f"embedding with the shipped bundle {bundle} and projecting with UMAP")
-        embedding = embed_ensemble(
-            ensemble, bundle, projection=ProjectionOptions(method="umap", seed=seed)
+        embedding = embed_ensemble(  # the written file: its path goes into the provenance
+            open_ensemble(outputs["ensemble"]),
+            bundle,
+            projection=ProjectionOptions(method="umap", seed=seed),
         )
         written = write_outputs(embedding, out / "embedding", overwrite=True)
         outputs.update({f"embedding_{k}": path for k, path in written.items()})

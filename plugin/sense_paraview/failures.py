@@ -41,7 +41,9 @@ def describe_failure(exc: BaseException, algorithm: object = None) -> str:
 
 def update_or_raise(proxy, time: float | None = None) -> None:
     """``proxy.UpdatePipeline(time)``; raise :class:`FilterError` when a SENSE filter (or any VTK
-    algorithm) on the way reported a failure while it ran."""
+    algorithm) on the way reported a failure while it ran. The message is the first failure's
+    (the upstream one: a reader's "file not found", not what the filters after it made of an
+    empty input)."""
     from vtkmodules.vtkCommonCore import vtkCommand, vtkOutputWindow
 
     messages: list[str] = []
@@ -58,6 +60,6 @@ def update_or_raise(proxy, time: float | None = None) -> None:
         window.RemoveObserver(tag)
     ours = [m.strip().removeprefix(PREFIX) for m in messages if PREFIX in m]
     if ours:
-        raise FilterError("; ".join(ours))
+        raise FilterError(ours[0])
     if any("returned failure" in m for m in messages):
         raise FilterError(messages[0].strip().splitlines()[0])

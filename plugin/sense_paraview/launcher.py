@@ -4,7 +4,10 @@ The environment this builds carries the ``inspect.getargspec`` shim, the SENSE v
 environment's packages and the plugin folder (package data of ``sense_paraview``, found through
 the installed package, so a wheel install has it too) and the GUI start-up plugin's folder
 (see :func:`gui_startup_dir`). Without a display the programs run on a private Xvfb
-(started with ``-displayfd``, stopped with the program).
+(started with ``-displayfd``, stopped with the program). With ``--no-xvfb`` and no usable
+display (this ParaView renders through GLX only: ``--force-offscreen-rendering`` has no effect),
+the GUI is refused at once with one line, and a pvbatch/pvpython/pvserver that renders anyway
+(VTK aborts the process: "bad X server connection") ends with one line saying what to do.
 
 ``python -m sense_paraview.launcher [--no-xvfb] PROGRAM [ARGS...]`` does what ``sense PROGRAM``
 does; handy under ``mpirun`` for ``pvserver``, e.g.
@@ -85,6 +88,21 @@ def needs_virtual_display(env: Mapping[str, str]) -> bool:
     return not env.get("DISPLAY") and not env.get("WAYLAND_DISPLAY")
 
 
+def display_problem(env: Mapping[str, str]) -> str:
+    """Why ParaView could not open an X window with ``env`` ("" when it can, as far as can be
+    told without connecting): DISPLAY unset, or a local display (``:N``) whose X socket is
+    missing. A remote display (``host:N``) is taken as usable."""
+    display = env.get("DISPLAY", "")
+    if not display:
+        return "DISPLAY is not set"
+    host, _, number = display.rpartition(":")
+    number = number.split(".")[0]
+    if host in ("", "unix") and number.isdigit():
+        if not Path(f"/tmp/.X11-unix/X{number}").exists():
+            return f"no X server runs on DISPLAY={display}"
+    return ""
+
+
 def paraview_command(program: str, args: Sequence[str], env: Mapping[str, str]) -> list[str]:
     """The argv that starts ``program`` (found on the environment's PATH)."""
     if program not in PROGRAMS:
@@ -140,17 +158,46 @@ def start_virtual_display(env: Mapping[str, str]) -> tuple[subprocess.Popen, str
     return server, f":{number}"
 
 
+def no_display_message(program: str, problem: str) -> str:
+    """The one line for ``program`` run with --no-xvfb where ``problem`` (no usable display)."""
+    xvfb = "a private Xvfb" if program == "paraview" else "a private Xvfb, one per MPI rank"
+    return (
+        f"{program} needs a display to render and {problem} (--no-xvfb): drop --no-xvfb (SENSE "
+        f"then starts {xvfb}) or set DISPLAY to a running X server"
+    )
+
+
 def launch(program: str, args: Sequence[str], use_xvfb: bool = True) -> int:
     """Run ``program`` in the SENSE environment and return its exit status. Without a display
-    (and ``use_xvfb``) it runs on a private Xvfb that stops with it; otherwise this process is
-    replaced by the program."""
+    (and ``use_xvfb``) it runs on a private Xvfb that stops with it. With ``use_xvfb`` off and
+    no usable display the GUI is refused (:class:`SenseError`), and another program runs as a
+    child so that an abort for want of a display ends with one line saying so. Otherwise this
+    process is replaced by the program."""
     env = paraview_environment()
     command = paraview_command(program, args, env)
     sys.stdout.flush()
     sys.stderr.flush()
-    if not (use_xvfb and needs_virtual_display(env)):
+    if use_xvfb and needs_virtual_display(env):
+        server, env["DISPLAY"] = start_virtual_display(env)
+        try:
+            return _run_child(command, env)
+        finally:
+            server.terminate()
+            server.wait()
+    problem = "" if use_xvfb else display_problem(env)
+    if not problem:
         os.execve(command[0], command, env)
-    server, env["DISPLAY"] = start_virtual_display(env)
+    if program == "paraview":
+        raise SenseError(no_display_message(program, problem))
+    status = _run_child(command, env)
+    if status == 128 + signal.SIGABRT:
+        print(f"sense: error: {no_display_message(program, problem)}", file=sys.stderr)
+    return status
+
+
+def _run_child(command: Sequence[str], env: Mapping[str, str]) -> int:
+    """Run ``command`` as a child, passing on SIGTERM/SIGINT/SIGHUP (mpirun, Ctrl-C); its exit
+    status, 128 + N for a child killed by signal N (as a shell reports it)."""
     child = None
 
     def forward(signum, frame):
@@ -166,8 +213,6 @@ def launch(program: str, args: Sequence[str], use_xvfb: bool = True) -> int:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        server.terminate()
-        server.wait()
     return 128 - status if status < 0 else status
 
 

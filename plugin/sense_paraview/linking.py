@@ -71,9 +71,14 @@ def member_ids_where(embedding, query: str) -> list[str]:
     """Ids of the members whose table row satisfies ``query``: a numpy expression over the
     columns (``label == 3``, ``(confidence < 0.6) & (label_source == 'predicted')``). It is
     evaluated with the columns and numpy (``np``) only, no builtins."""
+    return member_ids_in(embedding_columns(embedding), query)
+
+
+def member_ids_in(columns: dict, query: str) -> list[str]:
+    """:func:`member_ids_where` over already fetched ``columns`` (under MPI only rank 0 holds
+    them: it evaluates the query and shares the ids)."""
     import numpy as np
 
-    columns = embedding_columns(embedding)
     try:
         mask = eval(query, {"__builtins__": {}, "np": np}, dict(columns))  # noqa: S307
     except Exception as exc:  # noqa: BLE001 - report any mistake in the query itself

@@ -13,6 +13,7 @@ The algorithms (:mod:`sense_paraview.algorithms`) call :func:`member_view`,
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -155,9 +156,14 @@ def member_view_blocks_distributed(
 ):
     """Collective: each rank sends the selected members it holds to rank 0, which builds the
     member view; the other ranks return the same blocks, empty (ParaView merges the ranks'
-    outputs block by block, so every rank keeps the structure)."""
+    outputs block by block, so every rank keeps the structure). Rank 0's ``member_ids`` are
+    the selection on every rank (a pvbatch --symmetric script sets them on each rank itself).
+    An error on any rank (reading its members, or rank 0's unknown ids) is raised on every
+    rank, so that every rank's filter fails and no script goes on into a collective alone."""
+    from sense_core.distributed import on_root
     from sense_core.io.vti import images_to_ensemble
 
+    member_ids = comm.bcast(list(member_ids), root=0)
     held: dict[str, np.ndarray] = {}
     error = ""
     images = [(name, image) for _, name, image in indexed_composite_images(ensemble)]
@@ -166,20 +172,24 @@ def member_view_blocks_distributed(
             local = images_to_ensemble(images, array_name)
             wanted = set(member_ids)
             held = {m: f for m, f in zip(local.member_ids, local.fields) if m in wanted}
-        except Exception as exc:  # noqa: BLE001 - raised on rank 0 below, never a hang
+        except Exception as exc:  # noqa: BLE001 - raised on every rank below, never a hang
             error = describe_exception(exc)
     gathered = comm.gather((held, error), root=0)
-    if comm.Get_rank() != 0:
-        return _named_blocks([(name, None) for name in MEMBER_VIEW_BLOCKS])
-    errors = [f"rank {r}: {e}" for r, (_, e) in enumerate(gathered) if e]
-    if errors:
-        raise SenseError("; ".join(errors))
-    fields: dict[str, np.ndarray] = {}
-    for part, _ in gathered:
-        fields.update(part)
-    ids = list(fields)
-    stacked = np.stack([fields[m] for m in ids]) if ids else np.empty((0, 1, 1, 1), np.float32)
-    return member_view_from_fields(_selected_fields(ids, stacked, member_ids), member_ids, columns)
+
+    def build():
+        errors = [f"rank {r}: {e}" for r, (_, e) in enumerate(gathered) if e]
+        if errors:
+            raise SenseError("; ".join(errors))
+        fields: dict[str, np.ndarray] = {}
+        for part, _ in gathered:
+            fields.update(part)
+        ids = list(fields)
+        stacked = np.stack([fields[m] for m in ids]) if ids else np.empty((0, 1, 1, 1), np.float32)
+        chosen = _selected_fields(ids, stacked, member_ids)
+        return member_view_from_fields(chosen, member_ids, columns)
+
+    blocks = on_root(comm, build, share=False)
+    return blocks if blocks is not None else _named_blocks([(n, None) for n in MEMBER_VIEW_BLOCKS])
 
 
 def member_view(
@@ -290,6 +300,7 @@ def embed_images(
     projection: ProjectionOptions | None = None,
     cache: dict | None = None,
     input_key=None,
+    source: str = "",
     **inference,
 ):
     """Embed (fallback id, vtkImageData) members with ``bundle`` (default: the shipped bundle
@@ -300,6 +311,7 @@ def embed_images(
     identifies the input data (e.g. its MTime), a re-execution for the same input, bundle, array
     and inference options only projects the cached latents again: changing the seed or the
     projection in the GUI costs the projection, not the models' run over every member.
+    ``source``: the ensemble's path, for the provenance (the images do not know it).
     """
     from sense_core.bundle import bundle_checksum, find_shipped_bundle
     from sense_core.embedding import embed_ensemble, reproject
@@ -328,29 +340,70 @@ def embed_images(
             cache.clear()
             if key is not None:
                 cache.update(key=key, embedding=embedding)
+    return _outputs(embedding, source)
+
+
+def _outputs(embedding, source: str = ""):
+    """(embedding, polydata, table), the provenance naming the ensemble's ``source`` path."""
+    if source:
+        ensemble = embedding.provenance.setdefault("ensemble", {})
+        ensemble["path"] = source
     return embedding, embedding_to_polydata(embedding), embedding_to_table(embedding)
+
+
+# Field data of the reader's output: the ensemble's path, which the embedding's provenance
+# records (the members themselves do not know where they were read from).
+SOURCE_ARRAY = "ensemble_path"
+
+
+def _mark_source(blocks, store) -> object:
+    from vtkmodules.vtkCommonCore import vtkStringArray
+
+    path = getattr(store, "path", None)
+    if path:
+        array = vtkStringArray()
+        array.SetName(SOURCE_ARRAY)
+        array.InsertNextValue(str(Path(path).resolve()))
+        blocks.GetFieldData().AddArray(array)
+    return blocks
+
+
+def source_path(data) -> str:
+    """The ensemble path the SENSE reader recorded on ``data`` ("" when another reader made
+    it)."""
+    field_data = data.GetFieldData() if data is not None else None
+    array = field_data.GetAbstractArray(SOURCE_ARRAY) if field_data is not None else None
+    return str(array.GetValue(0)) if array is not None and array.GetNumberOfValues() else ""
 
 
 def store_piece_to_multiblock(store, piece: int, pieces: int, array_name: str = FIELD_ARRAY):
     """The ensemble as a multiblock with every member's block named, but only the members of
     ``piece`` (a contiguous share, :func:`sense_core.distributed.member_share`) read and set:
-    what one MPI rank of a parallel ParaView holds. One piece: the whole ensemble."""
+    what one MPI rank of a parallel ParaView holds. One piece: the whole ensemble. Under MPI
+    the ranks agree on the reading: a member that fails on one rank fails the reader on every
+    rank (else the ranks would go on with different inputs: a map without that rank's
+    members, or a rank waiting for another one). The multiblock's field data ``ensemble_path``
+    names the ensemble, for the embedding's provenance."""
     from vtkmodules.vtkCommonDataModel import vtkCompositeDataSet, vtkMultiBlockDataSet
 
-    from sense_core.distributed import member_share
+    from sense_core.distributed import agree, member_share
     from sense_core.io.vti import store_to_multiblock
 
     if pieces <= 1:
-        return store_to_multiblock(store, array_name)
+        return _mark_source(store_to_multiblock(store, array_name), store)
     share = list(member_share(len(store), piece, pieces))
     blocks = vtkMultiBlockDataSet()
     blocks.SetNumberOfBlocks(len(store))
     for index, member_id in enumerate(store.member_ids):
         blocks.GetMetaData(index).Set(vtkCompositeDataSet.NAME(), member_id)
-    if share:
-        for index, member in zip(share, store.read_members(share)):
+
+    def read_share() -> None:
+        for index, member in zip(share, store.read_members(share) if share else []):
             blocks.SetBlock(index, store_member_image(store, index, member, array_name))
-    return blocks
+
+    comm = mpi_communicator()
+    agree(comm if comm is not None and comm.Get_size() == pieces else None, read_share)
+    return _mark_source(blocks, store)
 
 
 def indexed_composite_images(composite) -> list[tuple[int, str, object]]:
@@ -378,10 +431,13 @@ def embed_images_distributed(
     bundle: str,
     array_name: str | None = None,
     projection: ProjectionOptions | None = None,
+    source: str = "",
     **inference,
 ):
     """Collective over ``comm``: every rank embeds its (flat index, fallback id, image) members,
-    rank 0 projects all of them and returns (embedding, polydata, table); others return None."""
+    rank 0 projects all of them and returns (embedding, polydata, table); others return None.
+    An error on any rank fails every rank (see :func:`sense_core.distributed.embed_distributed`).
+    """
     from sense_core.bundle import find_shipped_bundle
     from sense_core.distributed import embed_distributed
     from sense_core.io.vti import image_class_names, image_member_info, images_to_ensemble
@@ -412,7 +468,7 @@ def embed_images_distributed(
     )
     if embedding is None:
         return None
-    return embedding, embedding_to_polydata(embedding), embedding_to_table(embedding)
+    return _outputs(embedding, source)
 
 
 def embed_input(
@@ -434,9 +490,16 @@ def embed_input(
 
     comm = mpi_communicator()
     composite = series is None and not isinstance(data, vtkImageData)
+    source = source_path(data) if composite else ""
     if comm is not None and composite:
         result = embed_images_distributed(
-            comm, indexed_composite_images(data), bundle, array_name, projection, **inference
+            comm,
+            indexed_composite_images(data),
+            bundle,
+            array_name,
+            projection,
+            source=source,
+            **inference,
         )
     elif comm is not None and comm.Get_rank() != 0:
         result = None  # every rank has every image; rank 0 embeds
@@ -450,7 +513,9 @@ def embed_input(
                 else [("t000000", data)]
             )
             input_key = (data.GetAddressAsString("vtkObject"), data.GetMTime())
-        result = embed_images(images, bundle, array_name, projection, cache, input_key, **inference)
+        result = embed_images(
+            images, bundle, array_name, projection, cache, input_key, source, **inference
+        )
     return None if result is None else result[1:]
 
 
