@@ -19,6 +19,7 @@ import numpy as np
 from sense_core import __version__
 from sense_core.cli_options import add_reader_options, guard_output, open_from_args
 from sense_core.errors import Interrupted, SenseError, describe_exception, stop_on_signals
+from sense_core.labeling_cli import add_parser as add_labeling_commands
 
 # Packages add their subcommands through this entry-point group (see pyproject.toml): each entry
 # names an ``add_parser(commands)`` function whose module imports nothing heavy at module level
@@ -50,16 +51,19 @@ def _run_info(args: argparse.Namespace) -> int:
             print_bundle_summary(summary)
         return 0
     from sense_core.ensemble import describe_ensemble
+    from sense_core.label_store import describe_label_origin
 
-    summary = describe_ensemble(
-        open_from_args(args.path, args), tuple(args.fractions), args.seed, args.stats
-    )
+    store = open_from_args(args.path, args)
+    summary = describe_ensemble(store, tuple(args.fractions), args.seed, args.stats)
+    summary["label_origin"] = getattr(store, "label_origin", None)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
     c, h, w = summary["member_shape"]
     print(f"{summary['path']}: {summary['members']} members, {c} channel(s) of {h}x{w}")
     print(f"  labeled {summary['labeled']}, unlabeled {summary['unlabeled']}")
+    if summary["label_origin"]:
+        print(f"  {describe_label_origin(summary['label_origin'])}")
     for name, count in summary["class_counts"].items():
         print(f"  class {name!r}: {count} labeled")
     if summary["metadata"]:
@@ -145,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--overwrite", action="store_true", help="replace an existing output")
     add_reader_options(convert)
     convert.set_defaults(handler=guard_output(_run_convert, inputs=("path",), replaces=True))
+    add_labeling_commands(commands)  # sense label, sense suggest
 
     for entry in entry_points(group=COMMANDS_GROUP):
         try:

@@ -29,6 +29,12 @@ def add_reader_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--array", default=None, help=".vti members: point array to read (default: active scalars)"
     )
+    parser.add_argument(
+        "--no-sidecar",
+        action="store_true",
+        help="ignore the hand labels of the ensemble's label sidecar (<ensemble>.sense/labels.csv, "
+        "written by sense label); see docs/labeling.md",
+    )
 
 
 def open_from_args(path, args: argparse.Namespace):
@@ -36,7 +42,11 @@ def open_from_args(path, args: argparse.Namespace):
     from sense_core.io import open_ensemble
 
     return open_ensemble(
-        path, nan_policy=args.nan_policy, fill_value=args.fill_value, array_name=args.array
+        path,
+        nan_policy=args.nan_policy,
+        fill_value=args.fill_value,
+        array_name=args.array,
+        sidecar=not getattr(args, "no_sidecar", False),
     )
 
 

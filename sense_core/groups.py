@@ -118,20 +118,36 @@ def write_groups_png(
 ) -> Path:
     """A mosaic of each group's most typical members (first channel, one row per group, member
     ids as titles): what a person looks at to name the groups. Written atomically."""
+    rows = []
+    for group in range(groups.k):
+        size = int(np.count_nonzero(groups.labels == group))
+        rows.append((f"group {group}\n({size})", groups.typical(group, per_group)))
+    return write_mosaic_png(store, rows, path, per_group)
+
+
+def write_mosaic_png(
+    store: MemberStore,
+    rows: Sequence[tuple[str, Sequence[int]]],
+    path: str | os.PathLike,
+    per_row: int = 8,
+) -> Path:
+    """Members' first channel in a grid: one row per (title, member indices) of ``rows`` (at
+    most ``per_row`` members each, in the given order, member ids as titles). Written
+    atomically; shared by suggested groups and suggested members."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(
-        groups.k, per_group, figsize=(per_group * 1.3, groups.k * 1.45 + 0.3), squeeze=False
+        len(rows), per_row, figsize=(per_row * 1.3, len(rows) * 1.45 + 0.3), squeeze=False
     )
-    for group in range(groups.k):
-        chosen = groups.typical(group, per_group)
+    for row, (title, members) in enumerate(rows):
+        chosen = np.asarray(members, dtype=np.int64)[:per_row]
         fields = store.read_members(np.sort(chosen))[:, 0]
-        order = np.argsort(np.argsort(chosen))  # read sorted, shown by typicality
-        for column in range(per_group):
-            axis = axes[group, column]
+        order = np.argsort(np.argsort(chosen))  # read sorted, shown in the given order
+        for column in range(per_row):
+            axis = axes[row, column]
             axis.set_xticks([])
             axis.set_yticks([])
             if column < len(chosen):
@@ -139,8 +155,7 @@ def write_groups_png(
                 axis.set_title(str(store.member_ids[chosen[column]]), fontsize=6)
             else:
                 axis.set_axis_off()
-        size = int(np.count_nonzero(groups.labels == group))
-        axes[group, 0].set_ylabel(f"group {group}\n({size})", fontsize=8)
+        axes[row, 0].set_ylabel(title, fontsize=8)
     figure.tight_layout()
     with atomic_path(path) as temporary:
         figure.savefig(temporary, dpi=80, format="png")

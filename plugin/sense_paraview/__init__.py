@@ -1,7 +1,8 @@
 """SENSE's ParaView layer (imported as ``sense_paraview``): the algorithms behind the plugin
 (:mod:`sense_paraview.algorithms`, VTK conversions in :mod:`sense_paraview.vtk_views`), the
 plugin file itself (package data, :func:`plugin_file`), the ``sense paraview|pvpython|pvbatch|
-pvserver`` launchers and ``sense demo``, and pvpython / pvbatch / GUI helpers.
+pvserver`` launchers and ``sense demo``, and pvpython / pvbatch / GUI helpers: among them
+:func:`label`, :func:`unlabel`, :func:`undo` and :func:`suggest` (:mod:`sense_paraview.labeling`).
 
 The linked layout (:func:`show_linked_layout`: scatter coloured by class beside the selected
 members' fields) and the live link under it (:func:`link_selection`). ParaView's
@@ -11,6 +12,7 @@ imports anywhere.
 """
 
 from sense_paraview.failures import FilterError, update_or_raise
+from sense_paraview.labeling import label, suggest, undo, unlabel
 from sense_paraview.launcher import plugin_dir, plugin_file
 from sense_paraview.layout import LinkedLayout, show_linked_layout
 from sense_paraview.linking import (
@@ -24,6 +26,7 @@ __all__ = [
     "FilterError",
     "LinkedLayout",
     "SelectionLink",
+    "label",
     "link_selection",
     "member_ids_where",
     "plugin_dir",
@@ -31,6 +34,9 @@ __all__ = [
     "scripts_dir",
     "selected_member_ids",
     "show_linked_layout",
+    "suggest",
+    "undo",
+    "unlabel",
     "update_or_raise",
 ]
 

@@ -32,17 +32,24 @@ def open_ensemble(
     nan_policy: str = "raise",
     fill_value: float = 0.0,
     array_name: str | None = None,
+    sidecar: bool = True,
 ) -> MemberStore:
     """A lazy source over an ensemble ``.npz`` or member folder.
 
     ``nan_policy="fill"`` replaces NaN/Inf by ``fill_value`` instead of rejecting the member;
     ``array_name`` picks the point array of ``.vti`` members (default: the active scalars).
+    ``sidecar``: apply the hand labels of the ensemble's label sidecar (``<path>.sense/``, see
+    :mod:`sense_core.label_store`) over its own; ``store.label_origin`` says where they came from.
     """
+    from sense_core.label_store import apply_sidecar
+
     path = Path(path)
     if path.is_dir():
-        return MemberFolderSource(path, nan_policy, fill_value, array_name)
+        store: MemberStore = MemberFolderSource(path, nan_policy, fill_value, array_name)
+        return apply_sidecar(store, path) if sidecar else store
     if path.suffix.lower() == ".npz":
-        return NpzSource(path, nan_policy, fill_value)
+        store = NpzSource(path, nan_policy, fill_value)
+        return apply_sidecar(store, path) if sidecar else store
     if not path.exists():
         raise EnsembleError(f"{path}: no such file or folder")
     raise EnsembleError(f"{path}: not an ensemble (expected an .npz file or a folder of members)")
