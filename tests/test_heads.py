@@ -152,3 +152,18 @@ def test_a_latent_head_of_the_wrong_width_is_refused_naming_the_file(tmp_path):
     add_head_to_bundle(folder, wrong)
     with pytest.raises(SenseError, match=r"labeler\.onnx.*\(B, 6\) latent vectors"):
         Labeler(Bundle.load(folder))
+
+
+def test_a_head_on_the_fields_is_exported_with_a_flatten(tmp_path):
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
+    fields = rng.normal(size=(40, 2, 5, 4)).astype(np.float32)
+    truth = (fields[:, 0, 0, 0] > 0).astype(np.int64)
+    head = LinearHead.fit(fields.reshape(40, -1), truth, classes=2)
+    path = head.export_onnx(tmp_path / "fields.onnx", "fields", input_shape=(2, 5, 4))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(None, {"fields": fields})
+    np.testing.assert_allclose(logits, head.logits(fields.reshape(40, -1)), atol=1e-4)
+    with pytest.raises(ValueError, match="does not hold 40 values"):
+        head.export_onnx(tmp_path / "bad.onnx", "fields", input_shape=(2, 5, 5))

@@ -88,18 +88,28 @@ class LinearHead:
         input_name: str = "latent",
         output_name: str = "logits",
         opset: int = 18,
+        input_shape: Sequence[int] | None = None,
     ) -> Path:
-        """Write the head as an ONNX graph (Gemm): input (B, D) latents, output (B, K) logits.
+        """Write the head as an ONNX graph (Gemm): input (B, D) latents, output (B, K) logits;
+        with ``input_shape`` (C, H, W), input (B, C, H, W) fields, flattened first.
 
         Built with onnx.helper: one Gemm node needs neither torch's exporter nor skl2onnx."""
         import onnx
         from onnx import TensorProto, helper, numpy_helper
 
         classes, dim = self.weights.shape
+        nodes = [helper.make_node("Gemm", [input_name, "weights", "bias"], [output_name], transB=1)]
+        shape: list[Any] = ["batch", dim]
+        if input_shape is not None:
+            if int(np.prod(input_shape)) != dim:
+                raise ValueError(f"input shape {tuple(input_shape)} does not hold {dim} values")
+            nodes[0].input[0] = "flat"
+            nodes.insert(0, helper.make_node("Flatten", [input_name], ["flat"], axis=1))
+            shape = ["batch", *map(int, input_shape)]
         graph = helper.make_graph(
-            [helper.make_node("Gemm", [input_name, "weights", "bias"], [output_name], transB=1)],
-            "sense_latent_head",
-            [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["batch", dim])],
+            nodes,
+            "sense_linear_head",
+            [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, shape)],
             [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", classes])],
             initializer=[
                 numpy_helper.from_array(self.weights.astype(np.float32), "weights"),
@@ -243,9 +253,11 @@ def add_head_to_bundle(
     record: Mapping[str, Any] | None = None,
     training: Mapping[str, Any] | None = None,
     opset: int = 18,
+    on_fields: bool = False,
 ):
     """Make ``head`` the bundle's labeler: ``labeler.onnx`` reads the encoder's latent vectors
-    (``"input": "latent"`` in sense.json), so labeling a member costs the encoder pass only.
+    (``"input": "latent"`` in sense.json), so labeling a member costs the encoder pass only;
+    ``on_fields``: a linear classifier of the (normalised, flattened) fields instead.
     ``record`` (e.g. :meth:`HeadChoice.record`) goes into the model's details."""
     from sense_core.bundle import add_model, read_manifest
     from sense_core.inference import LATENT_INPUT
@@ -254,21 +266,32 @@ def add_head_to_bundle(
     manifest = read_manifest(folder)
     if manifest is None or "encoder" not in manifest.get("models", {}):
         raise SenseError(f"{folder}: a latent labeler needs the bundle's encoder first")
+    if on_fields:
+        shape = tuple(int(s) for s in manifest["input"]["shape"])
+        names = ("fields", {"input": "fields", "architecture": "linear classifier of the fields"})
+    else:
+        shape = None
+        names = (
+            "latent",
+            {
+                "input": LATENT_INPUT,
+                "architecture": "linear head on the encoder's latent space",
+                "latent_dim": int(head.weights.shape[1]),
+            },
+        )
+    input_name, details = names
     with tempfile.TemporaryDirectory(dir=folder, prefix=".labeler-head.") as scratch:
-        path = head.export_onnx(Path(scratch) / "head.onnx", opset=opset)
+        path = head.export_onnx(
+            Path(scratch) / "head.onnx", input_name, opset=opset, input_shape=shape
+        )
         return add_model(
             folder,
             "labeler",
             path,
             manifest,
-            input_name="latent",
+            input_name=input_name,
             output_name="logits",
             opset=opset,
-            details={
-                "input": LATENT_INPUT,
-                "architecture": "linear head on the encoder's latent space",
-                "latent_dim": int(head.weights.shape[1]),
-                **({"choice": dict(record)} if record else {}),
-            },
+            details={**details, **({"choice": dict(record)} if record else {})},
             training=training,
         )
