@@ -445,9 +445,10 @@ def _add_latent_head(store, folder: Path, config: EncoderConfig, command, log) -
     """Give the bundle in ``folder`` its labeler: the best head on its encoder's latents
     (:func:`sense_training.heads.choose_head`, cross-validated on the hand labels of the
     encoder's training split), or a linear classifier of the raw fields where that is more
-    accurate on the validation hand labels. Those and the test hand labels were never seen by
-    the encoder, so their accuracies are honest (the cross-validation inside the choice uses
-    labels the encoder trained on: it is optimistic, and ranks the latent heads only)."""
+    accurate on the validation hand labels. The encoder did not train on those nor on the test
+    hand labels (it picks its best epoch by the validation ones, so only the test accuracy is
+    quite unbiased); the cross-validation inside the choice uses labels the encoder trained on:
+    it is optimistic, and ranks the latent heads only."""
     from sense_core.bundle import Bundle
     from sense_core.inference import Encoder
     from sense_training.heads import LinearHead, add_head_to_bundle, choose_head
@@ -486,7 +487,7 @@ def _add_latent_head(store, folder: Path, config: EncoderConfig, command, log) -
     reason = (
         f"validation accuracy {scores['fields']:.3f} (linear on the raw fields) vs "
         f"{scores['latent']:.3f} (latent {choice.name} head) on {len(validation)} hand labels "
-        "the encoder never saw"
+        "the encoder did not train on"
         if scores["latent"] is not None
         else "no validation hand labels: the latent head is kept"
     )
