@@ -7,6 +7,8 @@
       labeler.onnx    classifier: fields (B, C, H, W) normalised -> logits (B, K)
       encoder.onnx    encoder: fields (B, C, H, W) normalised -> latent (B, D) (a VAE exports mu)
       projector.onnx  optional parametric projector: latent (B, D) -> (B, 2)
+      decoder.onnx    optional decoder: latent (B, D) -> fields (B, C, H, W) normalised (its
+                      entry records the SHA-256 of the encoder it belongs to)
 
 ``sense.json`` holds the input shape, the normalisation statistics, the class names, one entry
 per model (file, SHA-256, opset, input/output names, role-specific details such as the latent
@@ -42,7 +44,7 @@ from sense_core.io.atomic import atomic_path
 MANIFEST = "sense.json"
 BUNDLE_FORMAT = "sense-bundle"
 BUNDLE_FORMAT_VERSION = 1
-MODEL_ROLES = ("labeler", "encoder", "projector")
+MODEL_ROLES = ("labeler", "encoder", "projector", "decoder")
 # Bounds of what the sense.json parser accepts (a manifest is a few KB): anything beyond is
 # refused with a BundleError before it can cost memory or recursion.
 MAX_MANIFEST_BYTES = 32 << 20

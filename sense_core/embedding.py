@@ -9,6 +9,10 @@ hand labels can be checked.
 
 Classes are the bundle's (the labeler's index order); a hand-label class that the bundle does not
 know is appended after them, so no label is lost or renumbered silently.
+
+Unusual members (:mod:`sense_core.unusual`): with a bundle that has a decoder, every member also
+gets its reconstruction error, its distance to its class prototype and their combined
+unusualness (columns of embedding.csv/.npz, and of the ParaView map).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from sense_core.projection import ProjectionOptions, project
 
 EMBEDDING_FORMAT = "sense-embedding"
 EMBEDDING_FORMAT_VERSION = 1
+REPORT_UNUSUAL = 10  # members listed in report.md's "Most unusual members"
 OUTPUT_FILES = {
     "npz": "embedding.npz",
     "csv": "embedding.csv",
@@ -59,9 +64,22 @@ class Embedding:
     predicted_confidence: np.ndarray | None = None
     split: np.ndarray | None = None  # str (N,): train | validation | test | '' (hand labels)
     provenance: dict[str, Any] = field(default_factory=dict)
+    # unusual members (sense_core.unusual), float32 (N,) each; None when not computed
+    reconstruction_error: np.ndarray | None = None  # needs the bundle's decoder
+    prototype_distance: np.ndarray | None = None
+    unusualness: np.ndarray | None = None  # in [0, 1], 1 = the most unusual
 
     def __len__(self) -> int:
         return len(self.member_ids)
+
+    @property
+    def unusual_rank(self) -> np.ndarray | None:
+        """Per member, 1 = the most unusual (None without the scores)."""
+        if self.unusualness is None:
+            return None
+        from sense_core.unusual import unusual_ranks
+
+        return unusual_ranks(self.reconstruction_error, self.prototype_distance)
 
     @property
     def manual_labels(self) -> np.ndarray:
@@ -77,6 +95,46 @@ class Embedding:
             counts[source] = {n: int(c) for n, c in zip(self.class_names, per_class)}
         counts["none"] = {"unlabeled": int(np.count_nonzero(self.label_source == "none"))}
         return counts
+
+
+def set_unusual_scores(embedding: Embedding, scores) -> None:
+    """Store :class:`sense_core.unusual.UnusualScores` in ``embedding`` (its arrays and, in the
+    provenance, how they were made)."""
+    embedding.reconstruction_error = scores.reconstruction_error
+    embedding.prototype_distance = scores.prototype_distance
+    embedding.unusualness = scores.unusualness
+    embedding.provenance["unusual"] = scores.describe(embedding.class_names)
+
+
+def _unusual_scores(
+    embedding: Embedding, store: MemberStore, bundle, device: str, threads, batch_size: int,
+    progress: bool,
+) -> float:  # fmt: skip
+    """Reconstruction errors (the bundle's decoder), prototype distances and unusualness of
+    every member, into ``embedding``; a note instead when the bundle has no decoder. Returns the
+    seconds it took."""
+    from sense_core.inference import Decoder
+    from sense_core.unusual import score_members
+
+    tick = time.perf_counter()
+    if "decoder" not in bundle.models:
+        embedding.provenance.setdefault("notes", []).append(
+            "the bundle has no decoder (trained before SENSE exported decoders): no "
+            "unusual-member scores; train the encoder again (sense fit) to get them"
+        )
+        return 0.0
+    decoder = Decoder(bundle, device=device, threads=threads, batch_size=batch_size)
+    errors = decoder.reconstruction_errors(store, embedding.latents, progress=progress)
+    scores = score_members(
+        embedding.latents,
+        embedding.labels,
+        embedding.label_source,
+        len(embedding.class_names),
+        reconstruction_error=errors,
+    )
+    set_unusual_scores(embedding, scores)
+    embedding.provenance["inference"]["models"]["decoder"] = decoder.model.describe()
+    return round(time.perf_counter() - tick, 3)
 
 
 def _merge_classes(
@@ -154,13 +212,15 @@ def embed_ensemble(
     use_labeler: bool = True,
     metrics: bool = True,
     progress: bool = False,
+    unusual: bool = True,
 ) -> Embedding:
     """Encode every member of ``store`` with the bundle, label and project them.
 
     ``projection``: how latents are mapped to 2D (default :class:`ProjectionOptions`: the
     bundle's projector if it has one, else UMAP with seed 0); its parameters are recorded.
     Members are streamed in batches of ``batch_size``; ``device`` is ``auto``/``cpu``/``cuda``
-    and the provider really used is recorded in the provenance.
+    and the provider really used is recorded in the provenance. ``unusual``: with a bundle that
+    has a decoder, score every member (:mod:`sense_core.unusual`; reads each member once more).
     """
     from sense_core import __version__
     from sense_core.bundle import Bundle
@@ -247,6 +307,11 @@ def embed_ensemble(
         split=split,
         provenance=provenance,
     )
+    unusual_seconds = (
+        _unusual_scores(embedding, store, bundle, device, threads, batch_size, progress)
+        if unusual
+        else 0.0
+    )
     tick = time.perf_counter()
     if metrics:
         provenance["metrics"] = _scored_metrics(embedding)
@@ -256,6 +321,8 @@ def embed_ensemble(
         "metrics": round(time.perf_counter() - tick, 3),
         "total": round(time.perf_counter() - started, 3),
     }
+    if unusual_seconds:
+        provenance["seconds"]["unusual"] = unusual_seconds
     return embedding
 
 
@@ -329,6 +396,8 @@ def write_npz(embedding: Embedding, path: str | os.PathLike, atomic: bool = True
         arrays["predicted_confidence"] = np.asarray(embedding.predicted_confidence, np.float32)
     if embedding.split is not None:
         arrays["split"] = np.asarray(embedding.split, dtype=str)
+    for name, values in unusual_columns(embedding).items():
+        arrays[name] = values
     path = Path(path)
     with _target(path, atomic) as tmp, zipfile.ZipFile(tmp, "w") as archive:
         # what np.savez writes, but closed properly when interrupted midway
@@ -371,6 +440,10 @@ def read_embedding(path: str | os.PathLike) -> Embedding:
                 ),
                 split=data["split"].astype(str) if "split" in keys else None,
                 provenance=provenance,
+                **{
+                    name: data[name].astype(np.float32) if name in keys else None
+                    for name in ("reconstruction_error", "prototype_distance", "unusualness")
+                },
             )
     except FileNotFoundError as exc:
         raise SenseError(f"{path}: no such file") from exc
@@ -378,16 +451,34 @@ def read_embedding(path: str | os.PathLike) -> Embedding:
         raise SenseError(f"{path}: cannot read the embedding ({exc})") from exc
 
 
+def unusual_columns(embedding: Embedding) -> dict[str, np.ndarray]:
+    """The unusual-member columns (reconstruction_error when there is one, prototype_distance,
+    unusualness, unusual_rank), or none when the embedding has no scores."""
+    if embedding.unusualness is None:
+        return {}
+    columns = {
+        "reconstruction_error": embedding.reconstruction_error,
+        "prototype_distance": embedding.prototype_distance,
+        "unusualness": embedding.unusualness,
+    }
+    columns = {k: np.asarray(v, np.float32) for k, v in columns.items() if v is not None}
+    columns["unusual_rank"] = embedding.unusual_rank
+    return columns
+
+
 def write_csv(embedding: Embedding, path: str | os.PathLike, atomic: bool = True) -> Path:
     """CSV, one row per member: member_id, x, y, label, class_name, label_source, confidence,
-    [predicted_label, predicted_confidence,] latent_0 ... latent_{D-1}. Written atomically; a
-    member id or class name that a spreadsheet would run as a formula is escaped
+    [predicted_label, predicted_confidence,] [reconstruction_error, prototype_distance,
+    unusualness, unusual_rank,] latent_0 ... latent_{D-1}. Written atomically; a member id or
+    class name that a spreadsheet would run as a formula is escaped
     (:mod:`sense_core.io.escape`)."""
     dim = embedding.latents.shape[1]
     header = ["member_id", "x", "y", "label", "class_name", "label_source", "confidence"]
     with_prediction = embedding.predicted_labels is not None
     if with_prediction:
         header += ["predicted_label", "predicted_confidence"]
+    unusual = unusual_columns(embedding)
+    header += list(unusual)
     header += [f"latent_{i}" for i in range(dim)]
 
     def number(value: float) -> str:
@@ -413,6 +504,10 @@ def write_csv(embedding: Embedding, path: str | os.PathLike, atomic: bool = True
                     int(embedding.predicted_labels[i]),
                     number(embedding.predicted_confidence[i]),
                 ]
+            row += [
+                int(values[i]) if values.dtype.kind == "i" else number(values[i])
+                for values in unusual.values()
+            ]
             row += [number(v) for v in embedding.latents[i]]
             writer.writerow(row)
     return path
@@ -557,6 +652,20 @@ def report_markdown(embedding: Embedding, files: dict[str, str] | None = None) -
             "`*_test`: the labeled test split (`sense info` shows it); the labeler's agreement on "
             "all hand-labeled members includes the members it was trained on.",
         ]
+    if embedding.unusualness is not None:
+        from sense_core.unusual import unusual_rows
+
+        parts += ["", "## Most unusual members", ""]
+        lines = ["| rank | member | unusualness | reconstruction error | prototype distance |"]
+        lines.append("|---|---|---|---|---|")
+        for row in unusual_rows(embedding, REPORT_UNUSUAL):
+            recon = row["reconstruction_error"]
+            lines.append(
+                f"| {row['rank']} | {md_cell(row['member_id'])} | {row['unusualness']:.4f} | "
+                f"{'' if recon is None else f'{recon:.4g}'} | {row['prototype_distance']:.3f} |"
+            )
+        parts += lines
+        parts += ["", "Unusualness combines the scores' ranks (Fisher's method; docs/unusual.md)."]
     timing_rows = [(k, f"{v} s") for k, v in seconds.items()]
     if inference.get("members_per_second"):
         timing_rows.append(("inference rate", f"{inference['members_per_second']} members/s"))

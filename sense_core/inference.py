@@ -1,4 +1,5 @@
-"""Run a bundle's ONNX models with onnxruntime: encoder (fields -> latent) and labeler (-> classes).
+"""Run a bundle's ONNX models with onnxruntime: encoder (fields -> latent), labeler (-> classes)
+and decoder (latent -> fields).
 
 Members are normalised with the bundle's statistics and run in batches; :func:`run_over_store`
 streams any :class:`~sense_core.ensemble.MemberStore` batch by batch, so memory stays bounded by
@@ -346,6 +347,128 @@ class Encoder(_FieldModel):
     ) -> np.ndarray:
         """Latent vectors of the members of ``store`` (all, or ``indices``), streamed."""
         return run_over_store(store, self, None, indices=indices, progress=progress).latents
+
+
+class Decoder(_FieldModel):
+    """The bundle's decoder: latent vectors (B, D) -> fields (B, C, H, W) in the normalised
+    space of the encoder's input (:meth:`decode`), or in the members' units (:meth:`decode_raw`).
+
+    Bundles written before SENSE exported decoders have none: making one is then an error that
+    says so. A decoder whose ``encoder_sha256`` is not the bundle's encoder (left from an encoder
+    trained before) is refused, not used."""
+
+    role = "decoder"
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        device: str = "auto",
+        threads: int | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> None:
+        if self.role not in bundle.models:
+            raise SenseError(
+                f"{bundle.folder}: the bundle has no decoder (bundles trained before SENSE "
+                "exported decoders); train the encoder again (sense train-encoder or sense fit) "
+                "for reconstruction errors and decoded fields"
+            )
+        super().__init__(bundle, device, threads, batch_size)
+
+    def _check_input(self, declared: tuple[int | None, ...]) -> None:
+        encoder = self.bundle.model("encoder")
+        recorded = self.entry.details.get("encoder_sha256")
+        if recorded is not None and recorded != encoder.sha256:
+            raise SenseError(
+                f"{self.entry.path}: the decoder belongs to another encoder than "
+                f"{encoder.path.name} (sense.json encoder_sha256 differs); train the encoder "
+                "again to export both together"
+            )
+        latent_dim = encoder.details.get("latent_dim")
+        if len(declared) != 1 or (
+            declared[0] is not None and latent_dim is not None and declared[0] != latent_dim
+        ):
+            raise SenseError(
+                f"{self.entry.path}: a decoder must take (B, {latent_dim or 'D'}) latent "
+                f"vectors, but its input is (B, {', '.join(map(str, declared))})"
+            )
+        self.latent_dim = declared[0] if declared[0] is not None else latent_dim
+
+    def decode(self, latents: np.ndarray, check_finite: bool = True) -> np.ndarray:
+        """Normalised fields (N, C, H, W) of latent vectors (N, D) or (D,)."""
+        latents = np.asarray(latents, dtype=np.float32)
+        if latents.ndim == 1:
+            latents = latents[None]
+        expected = self.latent_dim
+        if latents.ndim != 2 or (expected is not None and latents.shape[1] != expected):
+            raise SenseError(
+                f"latent vectors of shape {latents.shape[1:]} given to {self.entry.path.name}, "
+                f"which expects ({self.latent_dim},)"
+            )
+        outputs = [
+            self.model.run(latents[start : start + self.batch_size], check_finite)
+            for start in range(0, len(latents), self.batch_size)
+        ]
+        empty = np.empty((0, *self.bundle.input_shape), np.float32)
+        fields = np.concatenate(outputs) if outputs else empty
+        if tuple(fields.shape[1:]) != self.bundle.input_shape:
+            raise SenseError(
+                f"{self.entry.path}: the decoder gives fields of shape {fields.shape[1:]}, but "
+                f"sense.json says members are {self.bundle.input_shape}"
+            )
+        return fields
+
+    def decode_raw(self, latents: np.ndarray) -> np.ndarray:
+        """Fields (N, C, H, W) in the members' own units (the normalisation undone)."""
+        stats = self.bundle.normalization
+        mean = np.asarray(stats.mean, dtype=np.float32)[:, None, None]
+        std = np.asarray(stats.std, dtype=np.float32)[:, None, None]
+        return self.decode(latents) * std + mean
+
+    def reconstruction_errors(
+        self,
+        store: MemberStore,
+        latents: np.ndarray,
+        indices: Sequence[int] | None = None,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """Per member, the mean squared difference between its normalised field and the
+        decoder's output of its latent vector (``latents`` in the order of ``indices``, default
+        every member): float32 (N,). Members are streamed in batches (one more read of each)."""
+        where = str(getattr(store, "path", "") or "the ensemble")
+        self.bundle.check_compatible(store, where)
+        order = np.arange(len(store)) if indices is None else np.asarray(indices, dtype=np.int64)
+        latents = np.asarray(latents, dtype=np.float32)
+        if len(latents) != len(order):
+            raise SenseError(
+                f"{where}: {len(latents)} latent vectors for {len(order)} members to reconstruct"
+            )
+        errors = np.empty(len(order), dtype=np.float32)
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(order), unit="member", desc="reconstructing", leave=False)
+        position = 0
+        try:
+            for chunk, fields in store.iter_batches(self.batch_size, order):
+                rows = slice(position, position + len(chunk))
+                decoded = self.decode(latents[rows], check_finite=False)
+                bad = non_finite_rows(decoded)
+                if bad.any():
+                    first = store.member_ids[int(np.asarray(chunk)[np.flatnonzero(bad)[0]])]
+                    error = non_finite_error(self.entry.path, bad, "member(s) of a batch")
+                    raise NonFiniteOutputError(f"{error} (first: member {first})", bad)
+                difference = decoded - self.bundle.normalization.apply(fields)
+                errors[rows] = np.mean(
+                    np.square(difference.reshape(len(chunk), -1), dtype=np.float64), axis=1
+                )
+                position += len(chunk)
+                if bar is not None:
+                    bar.update(len(chunk))
+        finally:
+            if bar is not None:
+                bar.close()
+        return errors
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

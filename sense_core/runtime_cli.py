@@ -111,6 +111,7 @@ def _run_embed(args: argparse.Namespace) -> int:
         projection=config_from_args(EMBED_PROJECTION, args),
         use_labeler=not args.no_labeler,
         progress=sys.stderr.isatty(),
+        unusual=not args.no_unusual,
     )
     paths = write_outputs(embedding, args.out, overwrite=args.overwrite, plot=not args.no_plot)
     _print_result(embedding, paths)
@@ -145,7 +146,7 @@ def _run_warmup(args: argparse.Namespace) -> int:
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
-    """Register ``embed``, ``project`` and ``warmup`` on the ``sense`` subcommands."""
+    """Register ``embed``, ``project``, ``warmup`` and ``unusual`` on the ``sense`` subcommands."""
     embed = commands.add_parser(
         "embed",
         help="embed an ensemble with a model bundle: latent vectors, labels, 2D map, report",
@@ -170,6 +171,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     embed.add_argument(
         "--no-labeler", action="store_true", help="do not predict labels with the labeler"
+    )
+    embed.add_argument(
+        "--no-unusual",
+        action="store_true",
+        help="skip the unusual-member scores (reconstruction error, prototype distance, "
+        "unusualness; computed when the bundle has a decoder, reading each member once more)",
     )
     _add_projection_options(embed, EMBED_PROJECTION)
     add_reader_options(embed)
@@ -205,3 +212,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--points", type=int, default=300, help="size of the compile-only fit (default 300)"
     )
     warm.set_defaults(handler=_run_warmup)
+
+    from sense_core.unusual import add_parser as add_unusual
+
+    add_unusual(commands)

@@ -105,7 +105,7 @@ def test_encoder_joins_a_bundle_that_holds_a_labeler(tmp_path):
     )
     result = train_encoder(ensemble, folder, tiny(epochs=1), **QUIET)
     bundle = Bundle.load(folder)
-    assert set(bundle.models) == {"labeler", "encoder"}
+    assert set(bundle.models) == {"labeler", "encoder", "decoder"}
     assert bundle.normalization == stats  # the bundle's statistics are reused
     assert result.normalization == stats
     wrong = Ensemble(
@@ -357,7 +357,7 @@ def test_fit_runs_labeler_pseudo_labels_encoder_and_evaluation(tmp_path, monkeyp
     )
     assert code == 0
     bundle = Bundle.load(out)
-    assert set(bundle.models) == {"labeler", "encoder"}
+    assert set(bundle.models) == {"labeler", "encoder", "decoder"}
     members = bundle.manifest["training"]["encoder"]["metrics"]["members"]
     assert members["train_pseudo"] == int(np.sum(ensemble.labels < 0))
     assert (out / "evaluation" / "evaluation.md").exists()

@@ -102,7 +102,7 @@ def test_sense_fit_writes_a_bundle_with_projector_and_a_fit_report(tmp_path, mon
     monkeypatch.setattr(sys, "argv", ["sense", *argv])  # the recorded command
     assert main(argv) == 0
     bundle = Bundle.load(out)
-    assert set(bundle.models) == {"labeler", "encoder", "projector"}
+    assert set(bundle.models) == {"labeler", "encoder", "decoder", "projector"}
     projector = bundle.model("projector")
     assert projector.details["latent_dim"] == 4
     assert set(projector.details["fidelity"]) >= {"all", "validation"}
@@ -163,7 +163,7 @@ def test_sense_fit_skips_the_projector_when_too_few_members_train(tmp_path, monk
     ]  # fmt: skip
     assert main(argv) == 0
     assert "projector skipped: 6 training members" in capsys.readouterr().out
-    assert set(Bundle.load(out).models) == {"labeler", "encoder"}
+    assert set(Bundle.load(out).models) == {"labeler", "encoder", "decoder"}
     assert not (out / "projector.onnx").exists()
     assert "projector" not in read_manifest(out).get("training", {})
     report = json.loads((out / "fit_report.json").read_text())

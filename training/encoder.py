@@ -33,7 +33,8 @@ is derived from ``(seed, epoch)``), ``torchrun`` and the export are the loop's.
 
 Outputs in the run folder (default ``<bundle>/encoder_run``): ``checkpoint.pt``,
 ``history.json``, ``loss_curves.png``, ``metrics.json``; in the bundle: ``encoder.onnx``
-(normalised fields → latent; the VAE exports μ) verified against torch (≤ 1e-4) and its entry in
+(normalised fields → latent; the VAE exports μ) and ``decoder.onnx`` (latent → normalised
+fields, :func:`export_decoder`), each verified against torch (≤ 1e-4), and their entries in
 ``sense.json``.
 """
 
@@ -64,7 +65,7 @@ from sense_training.common import History, epoch_seed, load_checkpoint
 from sense_training.config import SELECT_CHOICES, EncoderConfig
 from sense_training.data import Augmentation, EnsembleDataset, EpochShuffleSampler
 from sense_training.distributed import RankShare, mean_over_ranks, wrap_model
-from sense_training.export import ExportReport
+from sense_training.export import ExportError, ExportReport
 from sense_training.loop import (
     Trainer,
     TrainingRun,
@@ -74,6 +75,7 @@ from sense_training.loop import (
 )
 from sense_training.losses import ClassBatchSampler, JointLoss
 from sense_training.models.autoencoder import (
+    BOTTLENECK,
     AutoencoderConfig,
     ConvAutoencoder,
     LatentEncoder,
@@ -82,6 +84,7 @@ from sense_training.models.autoencoder import (
 )
 
 ROLE = "encoder"
+DECODER_ROLE = "decoder"
 INPUT_NAME = "fields"
 OUTPUT_NAME = "latent"
 RUN_FOLDER = "encoder_run"
@@ -565,8 +568,9 @@ class EncoderTrainer(Trainer):
             metrics["export"] = report.to_dict()
         return bundle, metrics
 
-    def _export(self, run: TrainingRun, metrics: Mapping[str, Any]) -> tuple[Bundle, ExportReport]:
-        """ONNX export of the encoder (verified against torch) into the bundle folder."""
+    def _export(self, run: TrainingRun, metrics: dict[str, Any]) -> tuple[Bundle, ExportReport]:
+        """ONNX export of the encoder and its decoder (each verified against torch) into the
+        bundle folder."""
         model, config = self.model.cpu().eval(), run.config
         sample = np.arange(min(len(self.val_set), 64))
         if len(sample):
@@ -587,7 +591,7 @@ class EncoderTrainer(Trainer):
                 ),
             }
 
-        return export_to_bundle(
+        bundle, report = export_to_bundle(
             run,
             LatentEncoder(model),
             real[:2],
@@ -600,6 +604,15 @@ class EncoderTrainer(Trainer):
             split=run.split_record(self.parts.split),
             seed=config.run.seed,
         )
+        try:
+            bundle, decoded = export_decoder(run.out, model, real, seed=config.run.seed)
+            metrics["decoder_export"] = decoded.to_dict()
+        except ExportError as exc:  # the encoder is usable without it: say so, keep training's work
+            drop_decoder(run.out)
+            metrics["decoder_export"] = {"error": str(exc)}
+            run.log(f"note: no decoder in the bundle (reconstruction scores need one): {exc}")
+            bundle = Bundle.load(run.out)
+        return bundle, report
 
     def result(
         self, run: TrainingRun, bundle: Bundle | None, metrics: dict[str, Any]
@@ -608,6 +621,100 @@ class EncoderTrainer(Trainer):
             bundle, metrics, run.run_dir, run.history, self.model.eval(), self.parts,
             self.normalization, run.finished, run.is_main,
         )  # fmt: skip
+
+
+class LatentDecoder(torch.nn.Module):
+    """The decoder as exported: latent (B, M) → normalised fields (B, C, H, W), the space of the
+    encoder's input (the model's input adapter crops or resamples back to the member shape).
+
+    The same computation as ``ConvAutoencoder.decode``, but reshaping with ``-1`` for the batch:
+    ``decode``'s ``view(len(z), ...)`` makes torch.export fix the batch size of the graph."""
+
+    def __init__(self, model: ConvAutoencoder) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        model = self.model
+        features = model.from_latent(latent).reshape(
+            -1, model.bottleneck_channels, BOTTLENECK, BOTTLENECK
+        )
+        return model.adapter.from_working(model.to_fields(model.decoder(features)))
+
+
+def export_decoder(
+    folder: str | os.PathLike,
+    model: ConvAutoencoder,
+    real_inputs: torch.Tensor,
+    *,
+    seed: int = 0,
+) -> tuple[Bundle, ExportReport]:
+    """Export ``model``'s decoder as the bundle's ``decoder`` (``latent`` → ``fields``), verified
+    against torch on the latents of ``real_inputs`` (normalised fields) and on random latents.
+    The bundle in ``folder`` must hold the encoder exported from the same ``model``: the
+    decoder's entry records that encoder's SHA-256 (``encoder_sha256``), so that a decoder left
+    from an earlier encoder is recognised instead of used."""
+    from sense_core.bundle import add_model, read_manifest
+    from sense_training.export import export_onnx, scratch_folder
+
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    if manifest is None or "encoder" not in manifest.get("models", {}):
+        raise SenseError(f"{folder}: the bundle has no encoder to export a decoder for")
+    model = model.cpu().eval()
+    with torch.no_grad():
+        latents = model.encode(torch.as_tensor(real_inputs, dtype=torch.float32))[0]
+    with scratch_folder(folder, f"{DECODER_ROLE}-export") as tmp:
+        path = Path(tmp) / f"{DECODER_ROLE}.onnx"
+        try:
+            report = export_onnx(
+                LatentDecoder(model),
+                latents[:2],
+                path,
+                OUTPUT_NAME,
+                INPUT_NAME,
+                real_inputs=latents,
+                seed=seed,
+            )
+        except ExportError:
+            raise
+        except Exception as exc:  # onnxruntime's own errors in the parity check
+            raise ExportError(f"{folder / 'decoder.onnx'}: ONNX export failed: {exc}") from exc
+        details = {
+            "architecture": f"conv-{model.config.arch} decoder",
+            "latent_dim": model.latent_dim,
+            "input": OUTPUT_NAME,
+            "output": "normalised fields",
+            "encoder_sha256": manifest["models"]["encoder"]["sha256"],
+            "exporter": report.exporter,
+            "parity_max_abs_diff": max(report.max_abs_diff_random, report.max_abs_diff_real or 0.0),
+        }
+        bundle = add_model(
+            folder,
+            DECODER_ROLE,
+            path,
+            manifest,
+            input_name=OUTPUT_NAME,
+            output_name=INPUT_NAME,
+            opset=report.opset,
+            details=details,
+        )
+    return bundle, report
+
+
+def drop_decoder(folder: str | os.PathLike) -> None:
+    """Remove the bundle's decoder (its sense.json entry, then the file), if it has one."""
+    from sense_core.bundle import MANIFEST, manifest_text, read_manifest
+    from sense_core.io.atomic import atomic_write_text
+
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    if manifest is None or DECODER_ROLE not in manifest.get("models", {}):
+        return
+    entry = manifest["models"].pop(DECODER_ROLE)
+    atomic_write_text(folder / MANIFEST, manifest_text(manifest))
+    if entry.get("file") == f"{DECODER_ROLE}.onnx":  # the name add_model gives it
+        (folder / f"{DECODER_ROLE}.onnx").unlink(missing_ok=True)
 
 
 def train_encoder(

@@ -96,7 +96,9 @@ def scratch_folder(parent: str | os.PathLike, name: str) -> Iterator[Path]:
 
 # The scratch folders SENSE's exports make in a bundle folder (see scratch_folder).
 SCRATCH_NAMES = tuple(
-    f"{role}-{step}" for role in ("labeler", "encoder") for step in ("export", "compress")
+    f"{role}-{step}"
+    for role in ("labeler", "encoder", "decoder")
+    for step in ("export", "compress")
 ) + ("projector",)
 
 

@@ -204,9 +204,12 @@ def member_view(
 
 
 def _embedding_columns(embedding) -> list:
-    """VTK arrays, one value per member: ids, labels, class names, sources, confidences, latents."""
+    """VTK arrays, one value per member: ids, labels, class names, sources, confidences, the
+    unusual-member scores (when computed), latents."""
     from vtkmodules.util.numpy_support import numpy_to_vtk
     from vtkmodules.vtkCommonCore import VTK_FLOAT, VTK_INT, vtkStringArray
+
+    from sense_core.embedding import unusual_columns
 
     def strings(name, values):
         array = vtkStringArray()
@@ -221,12 +224,17 @@ def _embedding_columns(embedding) -> list:
         return array
 
     class_of = [embedding.class_names[i] if i >= 0 else "" for i in embedding.labels]
+    unusual = [  # with a bundle that has a decoder: colour the map by them (docs/unusual.md)
+        numbers(name, np.asarray(values), VTK_INT if name == "unusual_rank" else VTK_FLOAT)
+        for name, values in unusual_columns(embedding).items()
+    ]
     return [
         strings("member_id", embedding.member_ids),
         numbers("label", embedding.labels.astype(np.int32), VTK_INT),
         strings("class_name", class_of),
         strings("label_source", embedding.label_source),
         numbers("confidence", embedding.confidence.astype(np.float32), VTK_FLOAT),
+        *unusual,
         numbers("latent", embedding.latents.astype(np.float32), VTK_FLOAT),
     ]
 
