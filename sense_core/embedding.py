@@ -34,6 +34,7 @@ import numpy as np
 from sense_core.bundle import bundle_checksum
 from sense_core.ensemble import UNLABELED, MemberStore
 from sense_core.errors import SenseError, SignalGate, WriteError
+from sense_core.foreign import foreign_data_warning
 from sense_core.io.atomic import atomic_path, output_lock
 from sense_core.io.escape import csv_writer, md_cell, md_code
 from sense_core.projection import ProjectionOptions, project
@@ -231,6 +232,7 @@ def embed_ensemble(
     bundle = Bundle.load(bundle_folder)
     where = str(getattr(store, "path", "") or "the ensemble")
     bundle.check_compatible(store, where)
+    foreign = foreign_data_warning(store, bundle.normalization)
     if projection.method == "projector":
         bundle.model("projector")  # fail before the long part when it is missing
     encoder = Encoder(bundle, device=device, threads=threads, batch_size=batch_size)
@@ -288,6 +290,8 @@ def embed_ensemble(
         "projection": projected.describe(),
         "split": split_info,
     }
+    if foreign:
+        provenance["warnings"] = [foreign]
     if unknown:
         provenance["notes"] = [
             f"classes the bundle does not know: {unknown}; their hand labels are kept (appended "
@@ -641,6 +645,8 @@ def report_markdown(embedding: Embedding, files: dict[str, str] | None = None) -
         )
     lines.append(f"| (unlabeled) | | {counts['none']['unlabeled']} |")
     parts += lines
+    if prov.get("warnings"):
+        parts += ["", "## Warnings", ""] + [f"- {md_cell(w)}" for w in prov["warnings"]]
     if prov.get("notes"):
         parts += ["", "## Notes", ""] + [f"- {md_cell(note)}" for note in prov["notes"]]
     metrics = prov.get("metrics")

@@ -85,6 +85,8 @@ def _print_result(embedding, paths: dict[str, Path], encoded: bool = True) -> No
         print("metrics: " + ", ".join(f"{k} {v}" for k, v in shown.items()))
     for note in [*prov.get("notes", []), *([metrics["note"]] if "note" in metrics else [])]:
         print(f"note: {note}")
+    for warning in prov.get("warnings", []):
+        print(f"sense: warning: {warning}", file=sys.stderr)
     print("timings: " + ", ".join(f"{k} {v} s" for k, v in seconds.items()))
     for what, path in paths.items():
         print(f"  {what:7s} {path}")

@@ -20,6 +20,14 @@ class FilterError(SenseError):
     """A filter of the pipeline failed; the message is what it reported."""
 
 
+def report_warning(message: str) -> None:
+    """Show ``message`` as a SENSE warning in ParaView's Output Messages (and on stderr in
+    pvbatch/pvpython); the filter goes on."""
+    from vtkmodules.vtkCommonCore import vtkOutputWindow
+
+    vtkOutputWindow.GetInstance().DisplayWarningText(f"{PREFIX}warning: {message}\n")
+
+
 def report_error(message: str) -> None:
     """Show ``message`` in ParaView's Output Messages (VTK's output window) as a SENSE error."""
     from vtkmodules.vtkCommonCore import vtkOutputWindow

@@ -352,7 +352,12 @@ def embed_images(
 
 
 def _outputs(embedding, source: str = ""):
-    """(embedding, polydata, table), the provenance naming the ensemble's ``source`` path."""
+    """(embedding, polydata, table), the provenance naming the ensemble's ``source`` path;
+    its warnings (foreign data) go to Output Messages."""
+    from sense_paraview.failures import report_warning
+
+    for warning in embedding.provenance.get("warnings", []):
+        report_warning(warning)
     if source:
         ensemble = embedding.provenance.setdefault("ensemble", {})
         ensemble["path"] = source
