@@ -23,7 +23,7 @@ import json
 import os
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -69,6 +69,9 @@ class Embedding:
     reconstruction_error: np.ndarray | None = None  # needs the bundle's decoder
     prototype_distance: np.ndarray | None = None
     unusualness: np.ndarray | None = None  # in [0, 1], 1 = the most unusual
+    # the ensemble's per-member metadata (generator parameters, source image, chain...): one
+    # array per name, numbers or strings, carried to the CSV, the npz and the ParaView map
+    metadata: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.member_ids)
@@ -310,6 +313,7 @@ def embed_ensemble(
         predicted_confidence=predicted_confidence,
         split=split,
         provenance=provenance,
+        metadata={name: np.asarray(values) for name, values in store.metadata.items()},
     )
     unusual_seconds = (
         _unusual_scores(embedding, store, bundle, device, threads, batch_size, progress)
@@ -402,6 +406,11 @@ def write_npz(embedding: Embedding, path: str | os.PathLike, atomic: bool = True
         arrays["split"] = np.asarray(embedding.split, dtype=str)
     for name, values in unusual_columns(embedding).items():
         arrays[name] = values
+    for name, values in embedding.metadata.items():
+        values = np.asarray(values)
+        arrays[f"{METADATA_PREFIX}{name}"] = (
+            values.astype(str) if values.dtype.kind in "OU" else values
+        )
     path = Path(path)
     with _target(path, atomic) as tmp, zipfile.ZipFile(tmp, "w") as archive:
         # what np.savez writes, but closed properly when interrupted midway
@@ -448,6 +457,11 @@ def read_embedding(path: str | os.PathLike) -> Embedding:
                     name: data[name].astype(np.float32) if name in keys else None
                     for name in ("reconstruction_error", "prototype_distance", "unusualness")
                 },
+                metadata={
+                    key[len(METADATA_PREFIX) :]: data[key]
+                    for key in sorted(keys)
+                    if key.startswith(METADATA_PREFIX)
+                },
             )
     except FileNotFoundError as exc:
         raise SenseError(f"{path}: no such file") from exc
@@ -470,6 +484,19 @@ def unusual_columns(embedding: Embedding) -> dict[str, np.ndarray]:
     return columns
 
 
+METADATA_PREFIX = "metadata_"  # for a metadata name that is also one of SENSE's own columns
+
+
+def metadata_columns(embedding: Embedding, taken: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    """The embedding's metadata as named columns: each under its own name, or
+    ``metadata_<name>`` where that name is one of ``taken`` (SENSE's own columns)."""
+    taken = set(taken)
+    return {
+        (f"{METADATA_PREFIX}{name}" if name in taken else name): np.asarray(values)
+        for name, values in embedding.metadata.items()
+    }
+
+
 def write_csv(embedding: Embedding, path: str | os.PathLike, atomic: bool = True) -> Path:
     """CSV, one row per member: member_id, x, y, label, class_name, label_source, confidence,
     [predicted_label, predicted_confidence,] [reconstruction_error, prototype_distance,
@@ -483,6 +510,8 @@ def write_csv(embedding: Embedding, path: str | os.PathLike, atomic: bool = True
         header += ["predicted_label", "predicted_confidence"]
     unusual = unusual_columns(embedding)
     header += list(unusual)
+    metadata = metadata_columns(embedding, header + [f"latent_{i}" for i in range(dim)])
+    header += list(metadata)
     header += [f"latent_{i}" for i in range(dim)]
 
     def number(value: float) -> str:
@@ -511,6 +540,10 @@ def write_csv(embedding: Embedding, path: str | os.PathLike, atomic: bool = True
             row += [
                 int(values[i]) if values.dtype.kind == "i" else number(values[i])
                 for values in unusual.values()
+            ]
+            row += [
+                number(values[i]) if values.dtype.kind == "f" else values[i]
+                for values in metadata.values()
             ]
             row += [number(v) for v in embedding.latents[i]]
             writer.writerow(row)

@@ -207,9 +207,9 @@ def _embedding_columns(embedding) -> list:
     """VTK arrays, one value per member: ids, labels, class names, sources, confidences, the
     unusual-member scores (when computed), latents."""
     from vtkmodules.util.numpy_support import numpy_to_vtk
-    from vtkmodules.vtkCommonCore import VTK_FLOAT, VTK_INT, vtkStringArray
+    from vtkmodules.vtkCommonCore import VTK_DOUBLE, VTK_FLOAT, VTK_INT, vtkStringArray
 
-    from sense_core.embedding import unusual_columns
+    from sense_core.embedding import metadata_columns, unusual_columns
 
     def strings(name, values):
         array = vtkStringArray()
@@ -224,6 +224,15 @@ def _embedding_columns(embedding) -> list:
         return array
 
     class_of = [embedding.class_names[i] if i >= 0 else "" for i in embedding.labels]
+    own = ["member_id", "label", "class_name", "label_source", "confidence", "latent", "x", "y"]
+    metadata = [  # colour or threshold the map by any per-member metadata
+        numbers(name, values.astype(np.float64), VTK_DOUBLE)
+        if values.dtype.kind in "biuf"
+        else strings(name, values)
+        for name, values in metadata_columns(
+            embedding, own + list(unusual_columns(embedding))
+        ).items()
+    ]
     unusual = [  # with a bundle that has a decoder: colour the map by them (docs/unusual.md)
         numbers(name, np.asarray(values), VTK_INT if name == "unusual_rank" else VTK_FLOAT)
         for name, values in unusual_columns(embedding).items()
@@ -235,6 +244,7 @@ def _embedding_columns(embedding) -> list:
         strings("label_source", embedding.label_source),
         numbers("confidence", embedding.confidence.astype(np.float32), VTK_FLOAT),
         *unusual,
+        *metadata,
         numbers("latent", embedding.latents.astype(np.float32), VTK_FLOAT),
     ]
 
