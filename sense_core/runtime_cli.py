@@ -148,7 +148,7 @@ def _run_warmup(args: argparse.Namespace) -> int:
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
-    """Register ``embed``, ``project``, ``warmup`` and ``unusual`` on the ``sense`` subcommands."""
+    """Register ``embed``, ``project``, ``warmup``, ``unusual`` and ``stats`` on ``sense``."""
     embed = commands.add_parser(
         "embed",
         help="embed an ensemble with a model bundle: latent vectors, labels, 2D map, report",
@@ -215,6 +215,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     warm.set_defaults(handler=_run_warmup)
 
+    from sense_core.categorical import add_parser as add_stats
     from sense_core.unusual import add_parser as add_unusual
 
     add_unusual(commands)
+    add_stats(commands)

@@ -152,7 +152,8 @@ class MemberView(_SenseAlgorithm):
     """Shows the selected members of an ensemble: a tiled mosaic of their fields (block "mosaic",
     with "tile_labels" points carrying the member ids), their pixel-wise mean and standard
     deviation (blocks "mean" and "std", to the right of the mosaic) and block "titles" (each
-    member id, "mean" and "std" in its image's top-left corner). No member: an empty output."""
+    member id, "mean" and "std" in its image's top-left corner); for a channel of a few integer
+    codes, blocks "probability_<code>" and "entropy" follow. No member: an empty output."""
 
     def __init__(self):
         super().__init__(nInputPorts=1, nOutputPorts=1, outputType="vtkMultiBlockDataSet")

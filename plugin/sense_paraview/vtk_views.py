@@ -6,7 +6,9 @@ The algorithms (:mod:`sense_paraview.algorithms`) call :func:`member_view`,
 - The member view: for a selection of member ids, a multiblock with the tiled mosaic of their
   fields, points labelling each tile with its member id, the pixel-wise mean and standard
   deviation, laid out side by side in one render view, and their titles (member id, "mean",
-  "std") as text geometry in each tile's top-left corner.
+  "std") as text geometry in each tile's top-left corner. When a channel holds a few integer
+  codes (facies), blocks ``probability_<code>`` and ``entropy`` follow (sense_core.categorical),
+  in a row under mean and std.
 - The embedding: the 2D map as points (x, y, 0) and as a table, one row per member.
 """
 
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sense_core.categorical import category_images, selection_categories
 from sense_core.errors import SenseError, describe_exception
 from sense_core.io.vti import FIELD_ARRAY, composite_members, member_to_image, store_member_image
 from sense_core.projection import ProjectionOptions
@@ -112,9 +115,11 @@ def _selected_fields(ids: Sequence[str], fields: np.ndarray, member_ids: Sequenc
 
 def member_view_from_fields(selected: np.ndarray, member_ids: Sequence[str], columns=None):
     """Blocks ``mosaic``, ``tile_labels``, ``mean``, ``std`` and ``titles`` of the (k, C, H, W)
-    fields of the selected members (in ``member_ids`` order)."""
+    fields of the selected members (in ``member_ids`` order), then, for each categorical
+    channel, ``probability_<code>`` and ``entropy`` blocks (one row each, under mean and std)."""
     mosaic = tile_members(selected, columns)
     mean, std = selection_statistics(selected)
+    categories = selection_categories(selected)
     _, height, width = mosaic.image.shape
     tile_height, tile_width = selected.shape[2:]
 
@@ -128,13 +133,20 @@ def member_view_from_fields(selected: np.ndarray, member_ids: Sequence[str], col
     mean_x = width + tile_width // 2
     # titles at the top-left corner of each image (image points sit at whole units)
     corners = [(m, left, height - 1 - top) for (top, left), m in zip(mosaic.origins, member_ids)]
-    for name, x in (("mean", mean_x), ("std", mean_x + tile_width + tile_width // 2)):
-        image = dict(outputs)[name]
-        image.SetOrigin(x, height - tile_height, 0.0)
-        corners.append((name, x, height - 1))
+    extra = category_images(categories, selected.shape[1])
+    step_x, step_y = tile_width + tile_width // 2, tile_height + tile_height // 2
+    placed = [("mean", mean_x, 0), ("std", mean_x + step_x, 0)]
+    for row, item in enumerate(categories, start=1):
+        names = item.names(selected.shape[1])
+        placed += [(name, mean_x + i * step_x, row) for i, name in enumerate(names)]
+    images = dict(outputs + extra)
+    for name, x, row in placed:
+        top = height - 1 - row * step_y
+        images[name].SetOrigin(x, top - tile_height + 1, 0.0)
+        corners.append((name, x, top))
     boxes = [(text, x - 0.5, y + 0.5, tile_width, tile_height) for text, x, y in corners]
     outputs.append(("titles", _titles(boxes)))
-    return _named_blocks(outputs)
+    return _named_blocks(outputs + extra)
 
 
 def member_view_blocks(
@@ -189,7 +201,10 @@ def member_view_blocks_distributed(
         return member_view_from_fields(chosen, member_ids, columns)
 
     blocks = on_root(comm, build, share=False)
-    return blocks if blocks is not None else _named_blocks([(n, None) for n in MEMBER_VIEW_BLOCKS])
+    # every rank keeps rank 0's structure, categorical blocks included
+    count = blocks.GetNumberOfBlocks() if blocks is not None else 0
+    names = comm.bcast([blocks.GetMetaData(i).Get(blocks.NAME()) for i in range(count)], root=0)
+    return blocks if blocks is not None else _named_blocks([(n, None) for n in names])
 
 
 def member_view(
