@@ -52,6 +52,14 @@ TRAINING_TESTS: dict[str, set[str] | str] = {
     "test_paraview": {"test_shim_restores_getargspec_and_environment_is_visible"},
     "test_projector": ALL,
     "test_reliability": {"test_training_killed_mid_epoch_resumes_to_the_uninterrupted_result"},
+    "test_unusual": {
+        "test_planted_members_of_another_generator_rank_in_the_top_percent",
+        "test_onnx_decoder_matches_torch_and_gives_the_training_reconstruction_error",
+        "test_a_decoder_left_from_another_encoder_is_refused",
+        "test_scores_in_csv_npz_report_map_arrays_and_sense_unusual",
+        "test_a_failed_decoder_export_keeps_the_encoder_and_drops_a_stale_decoder",
+        "test_paraview_map_is_coloured_by_unusualness_and_selects_the_most_unusual",
+    },
 }
 
 # Tests measured over ~2 s (2 cores, pytest --durations=0): whole modules (ALL) or named tests.
@@ -69,6 +77,7 @@ SLOW_TESTS: dict[str, set[str] | str] = {
     "test_fuzz": {
         "test_any_labels_csv_is_read_or_rejected_clearly",
         "test_damaged_member_files_are_read_or_rejected_clearly",
+        "test_coverage_guided_fuzzing_finds_no_failure",
     },
     "test_generators": {
         "test_channels_shapes_classes_labels_and_parameters",
@@ -104,6 +113,13 @@ SLOW_TESTS: dict[str, set[str] | str] = {
         "test_outputs_are_not_replaced_without_overwrite",
         "test_runtime_works_without_torch",
         "test_embed_in_process_with_umap_and_reproject_with_the_projector",
+    },
+    "test_unusual": {
+        "test_planted_members_of_another_generator_rank_in_the_top_percent",
+        "test_onnx_decoder_matches_torch_and_gives_the_training_reconstruction_error",
+        "test_a_decoder_left_from_another_encoder_is_refused",
+        "test_scores_in_csv_npz_report_map_arrays_and_sense_unusual",
+        "test_a_failed_decoder_export_keeps_the_encoder_and_drops_a_stale_decoder",
     },
 }
 

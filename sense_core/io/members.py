@@ -151,24 +151,147 @@ def _read_npy(path: Path) -> np.ndarray:
     return _as_chw(values, path)
 
 
+class _QuietDecoder:
+    """Within the block, an image library's warnings and log lines are collected instead of
+    printed: SENSE reports a problem once, in one line naming the file. ``messages`` holds them
+    (tifffile, for one, logs damaged or missing image data and fills the gap with zeros)."""
+
+    def __init__(self, logger_name: str) -> None:
+        import logging
+
+        self.messages: list[str] = []
+        self._logger = logging.getLogger(logger_name)
+        self._handler = logging.Handler(logging.WARNING)
+        self._handler.addFilter(self._collect)  # collects every record, emits none
+
+    def _collect(self, record) -> bool:
+        if len(self.messages) < 10:
+            self.messages.append(record.getMessage())
+        return False
+
+    def __enter__(self) -> _QuietDecoder:
+        import warnings
+
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()
+        warnings.simplefilter("ignore")  # e.g. PIL's DecompressionBombWarning: the guard decides
+        self._propagate = self._logger.propagate
+        self._logger.addHandler(self._handler)
+        self._logger.propagate = False
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._logger.removeHandler(self._handler)
+        self._logger.propagate = self._propagate
+        self._warnings.__exit__(*exc_info)
+
+
 def _read_png(path: Path) -> np.ndarray:
     from PIL import Image
 
-    with Image.open(path) as image:
+    with _QuietDecoder("PIL"), Image.open(path) as image:
         check_member_memory(path, (len(image.getbands()), image.height, image.width))
         image.load()
         values = np.asarray(image)
     return _as_chw(values, path, channel_axis=-1)
 
 
+# A member is one 2D field: its channels may be pages, but not this many.
+TIFF_MAX_DIRECTORIES = 10_000
+
+
+def check_tiff_directories(path: Path) -> None:
+    """Walk a TIFF's chains of image file directories (IFDs, SubIFDs included) before tifffile
+    does, and refuse a chain that loops back or more than TIFF_MAX_DIRECTORIES of them: tifffile
+    spends minutes (and memory) on such files (a 347-byte file with a looping chain outlasted the
+    fuzzer's 10 s limit). Only the header, directory counts and offsets are read; a structure
+    this walk cannot follow is left to tifffile, which reports it."""
+    import struct
+
+    with open(path, "rb") as stream:
+        size = os.fstat(stream.fileno()).st_size
+        head = stream.read(16)
+        order = {b"II": "<", b"MM": ">"}.get(head[:2])
+        if order is None or len(head) < 16:
+            return
+        version = struct.unpack(order + "H", head[2:4])[0]
+        if version == 42:  # classic TIFF: 2-byte counts, 12-byte entries, 4-byte offsets
+            count_format, entry_size, offset_format = "H", 12, "I"
+            first = struct.unpack(order + "I", head[4:8])[0]
+        elif version == 43:  # BigTIFF: 8-byte counts, 20-byte entries, 8-byte offsets
+            count_format, entry_size, offset_format = "Q", 20, "Q"
+            first = struct.unpack(order + "Q", head[8:16])[0]
+        else:
+            return
+        count_size = struct.calcsize(count_format)
+        offset_size = struct.calcsize(offset_format)
+        chains, seen = [first], set()
+        while chains:
+            offset, chain = chains.pop(), set()
+            while offset and offset not in seen:
+                if offset in chain:
+                    raise EnsembleError(f"{path}: damaged TIFF (its directory chain loops back)")
+                chain.add(offset)
+                if len(seen) + len(chain) > TIFF_MAX_DIRECTORIES:
+                    raise EnsembleError(
+                        f"{path}: a TIFF of more than {TIFF_MAX_DIRECTORIES} images; a member "
+                        "is one 2D field (its channels may be pages)"
+                    )
+                stream.seek(offset)
+                raw = stream.read(count_size)
+                if offset + count_size > size or len(raw) < count_size:
+                    break
+                entries = struct.unpack(order + count_format, raw)[0]
+                if entries > 4096:
+                    break  # tifffile refuses a directory this long itself
+                block = stream.read(entries * entry_size + offset_size)
+                if len(block) < entries * entry_size + offset_size:
+                    break
+                for index in range(entries):
+                    entry = block[index * entry_size : (index + 1) * entry_size]
+                    if struct.unpack(order + "H", entry[:2])[0] == 330:  # SubIFDs
+                        chains.extend(_tiff_offsets(stream, entry, order, offset_size, size))
+                offset = struct.unpack(order + offset_format, block[-offset_size:])[0]
+            seen |= chain
+
+
+def _tiff_offsets(stream, entry: bytes, order: str, offset_size: int, size: int) -> list[int]:
+    """The directory offsets a SubIFDs entry lists (none when they cannot be in the file)."""
+    import struct
+
+    kind, count = struct.unpack(order + ("HI" if offset_size == 4 else "HQ"), entry[2:-offset_size])
+    width = {4: 4, 13: 4, 16: 8, 18: 8}.get(kind)
+    if width is None or count * width > size:
+        return []
+    value = entry[-offset_size:]
+    if count * width > offset_size:
+        position = stream.tell()
+        stream.seek(struct.unpack(order + ("I" if offset_size == 4 else "Q"), value)[0])
+        value = stream.read(count * width)
+        stream.seek(position)
+        if len(value) < count * width:
+            return []
+    return list(
+        struct.unpack(f"{order}{count}{'I' if width == 4 else 'Q'}", value[: count * width])
+    )
+
+
 def _read_tiff(path: Path) -> np.ndarray:
     import tifffile
 
-    with tifffile.TiffFile(path) as tif:
+    check_tiff_directories(path)
+    with _QuietDecoder("tifffile") as log, tifffile.TiffFile(path) as tif:
+        if not tif.series:
+            raise EnsembleError(f"{path}: the TIFF file holds no image")
         series = tif.series[0]
         check_member_memory(path, series.shape)
+        before = len(log.messages)
         values = series.asarray()
+        if len(log.messages) > before:  # tifffile logs missing or damaged data, fills in zeros
+            raise EnsembleError(f"{path}: damaged TIFF image data ({log.messages[before][:200]})")
         axes = series.axes
+    if values.size == 0:
+        raise EnsembleError(f"{path}: the image is empty, shape {values.shape}")
     squeezed_axes = "".join(a for a, n in zip(axes, values.shape) if n != 1) or "YX"
     values = values.squeeze()
     channel_axis = next((i for i, a in enumerate(squeezed_axes) if a in "SC"), None)

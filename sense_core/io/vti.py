@@ -2,6 +2,8 @@
 
 ``vtkmodules`` is imported inside the functions, from the host's ParaView/VTK (never the PyPI
 ``vtk`` wheel, which crashes ParaView), so that the rest of ``sense_core`` works without VTK.
+Reading a ``.vti`` member (:func:`read_vti`) needs no VTK at all: SENSE parses the file itself,
+so that a damaged or crafted file is an error naming it, never a crash of VTK's C++ reader.
 
 Orientation: member arrays are in image order (row 0 = top). In VTK, y grows upwards, so rows
 are flipped on the way in and out; a member then looks in ParaView as it does in an image viewer,
@@ -10,10 +12,17 @@ like ParaView's own PNG reader shows it.
 
 from __future__ import annotations
 
-import contextlib
+import binascii
+import dataclasses
+import lzma
 import os
-from collections.abc import Iterator, Sequence
+import re
+import warnings
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from xml.parsers import expat
 from xml.sax.saxutils import quoteattr
 
 import numpy as np
@@ -113,55 +122,420 @@ def image_to_member(image, array_name: str | None = None, where: str = "") -> np
     return np.ascontiguousarray(values.transpose(2, 0, 1)[:, ::-1, :])
 
 
+# Reading .vti files. SENSE parses them itself instead of handing a user's file to VTK's
+# vtkXMLImageDataReader: VTK's C++ reader trusts the sizes a file states, so a damaged or
+# crafted file can abort the process, ParaView included (a compression header claiming four
+# billion blocks is an uncaught std::bad_alloc). Here every size a file states is checked
+# against the file's length and the memory guard before anything is allocated, and any damage
+# is an EnsembleError naming the file.
+
+VTI_MAX_DEPTH = 32  # VTK image files nest 6 elements deep
+_VTK_TYPES = {
+    "Int8": "i1",
+    "UInt8": "u1",
+    "Int16": "i2",
+    "UInt16": "u2",
+    "Int32": "i4",
+    "UInt32": "u4",
+    "Int64": "i8",
+    "UInt64": "u8",
+    "Float32": "f4",
+    "Float64": "f8",
+}
+_COMPRESSORS = ("vtkZLibDataCompressor", "vtkLZ4DataCompressor", "vtkLZMADataCompressor")
+_BASE64_RUN = re.compile(rb"[A-Za-z0-9+/=\s]*")
+_BASE64_PADDED = re.compile(rb"[^=]*=*")
+_MEMBER_MEMORY_HINT = "SENSE works on 2D fields of moderate size: resample or crop the members"
+
+
+class _Damaged(Exception):
+    """A .vti file that cannot be read; the message says why (read_vti adds the file)."""
+
+
+@dataclass
+class _VtiArray:
+    attrs: dict[str, str]
+    text: list[str] = dataclasses.field(default_factory=list)  # inline content (ascii / binary)
+
+
+@dataclass
+class _VtiPiece:
+    extent: tuple[int, ...]
+    scalars: str | None = None
+    arrays: list[_VtiArray] = dataclasses.field(default_factory=list)
+
+
+@dataclass
+class _VtiDocument:
+    root: dict[str, str] = dataclasses.field(default_factory=dict)
+    image: dict[str, str] | None = None
+    pieces: list[_VtiPiece] = dataclasses.field(default_factory=list)
+    appended_offsets: set[int] = dataclasses.field(default_factory=set)
+    appended_encoding: str | None = None
+
+
 def read_vti(path: str | os.PathLike, array_name: str | None = None) -> np.ndarray:
-    """Read one member from a ``.vti`` file."""
-    from vtkmodules.vtkIOXML import vtkXMLImageDataReader
+    """Read one member, a (C, H, W) float32 array, from a ``.vti`` file: the point array
+    ``array_name``, else the active scalars, else the first numeric point array."""
+    from sense_core.ensemble import check_memory
+    from sense_core.io.members import to_float32
 
-    _vtk()
     path = Path(path)
-    reader = vtkXMLImageDataReader()
-    if not reader.CanReadFile(str(path)):
-        raise EnsembleError(f"{path}: not a readable VTK XML image (.vti) file")
-    reader.SetFileName(str(path))
-    errors = _ErrorCatcher()
-    reader.AddObserver("ErrorEvent", errors)
-    reader.GetExecutive().AddObserver("ErrorEvent", errors)
-    with _vtk_errors_silenced():  # VTK's XML parser would print its own lines to stderr
-        reader.UpdateInformation()  # reads the header only: the extent, before any value
-        if not errors.messages:
-            _check_extent_memory(path, reader)
-        reader.Update()
-    image = reader.GetOutput()
-    if errors.messages or image is None or image.GetNumberOfPoints() == 0:
-        reason = errors.messages[0].strip()[:200] if errors.messages else "damaged or truncated"
-        raise EnsembleError(f"{path}: cannot read .vti ({reason})")
-    return image_to_member(image, array_name, where=str(path))
-
-
-@contextlib.contextmanager
-def _vtk_errors_silenced() -> Iterator[None]:
-    """Keep VTK's own error lines off stderr and ParaView's Output Messages while SENSE reads a
-    file: SENSE reports the problem itself, once, naming the file."""
-    from vtkmodules.vtkCommonCore import vtkObject
-
-    previous = vtkObject.GetGlobalWarningDisplay()
-    vtkObject.GlobalWarningDisplayOff()
     try:
-        yield
-    finally:
-        vtkObject.SetGlobalWarningDisplay(previous)
+        size = path.stat().st_size
+        check_memory(
+            2 * size, f"reading a .vti file of {size} bytes", str(path), _MEMBER_MEMORY_HINT
+        )
+        data = path.read_bytes()
+    except OSError as exc:
+        raise EnsembleError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    try:
+        values = _decode_vti(data, array_name, path)
+    except _Damaged as exc:
+        raise EnsembleError(f"{path}: cannot read .vti ({exc})") from exc
+    return to_float32(values, str(path))
 
 
-def _check_extent_memory(path: Path, reader) -> None:
-    from vtkmodules.vtkCommonExecutionModel import vtkStreamingDemandDrivenPipeline
+def _decode_vti(data: bytes, array_name: str | None, path: Path) -> np.ndarray:
+    """The (C, H, W) values of the chosen point array, in the file's dtype."""
+    from sense_core.ensemble import check_memory
 
-    from sense_core.io.members import check_member_memory
+    document, appended_start = _parse_vti_xml(data)
+    root = document.root
+    if root.get("type") != "ImageData":
+        raise _Damaged(f"a VTK file of type {root.get('type')!r}, not an image (ImageData)")
+    order = {"LittleEndian": "<", "BigEndian": ">", None: "<"}.get(root.get("byte_order"))
+    if order is None:
+        raise _Damaged(f"unknown byte_order {root.get('byte_order')!r}")
+    header = {"UInt32": order + "u4", "UInt64": order + "u8", None: order + "u4"}.get(
+        root.get("header_type")
+    )
+    if header is None:
+        raise _Damaged(f"unknown header_type {root.get('header_type')!r}")
+    compressor = root.get("compressor") or None
+    if compressor is not None and compressor not in _COMPRESSORS:
+        raise _Damaged(f"unknown compressor {compressor!r}")
+    if document.image is None or not document.pieces:
+        raise _Damaged("no ImageData piece")
+    whole = _extent(document.image.get("WholeExtent"), "WholeExtent")
+    dims = [whole[2 * i + 1] - whole[2 * i] + 1 for i in range(3)]
+    if min(dims) < 1:
+        raise _Damaged(f"the image is empty (WholeExtent {' '.join(map(str, whole))})")
+    flat = [i for i, d in enumerate(dims) if d == 1]
+    if not flat:
+        raise EnsembleError(f"{path}: image is 3D ({dims[0]}x{dims[1]}x{dims[2]}); SENSE needs 2D")
+    width, height = [d for i, d in enumerate(dims) if i != flat[-1]][:2]
+    chosen = [_choose_array(piece, array_name) for piece in document.pieces]
+    attrs = chosen[0].attrs
+    type_name = attrs.get("type")
+    if type_name not in _VTK_TYPES:
+        raise _Damaged(f"point array {attrs.get('Name')!r} has type {type_name!r}, not a number")
+    components = _integer(attrs.get("NumberOfComponents", "1"), "NumberOfComponents")
+    if components < 1:
+        raise _Damaged(f"NumberOfComponents is {components}")
+    for array in chosen[1:]:
+        if (array.attrs.get("type"), array.attrs.get("NumberOfComponents", "1")) != (
+            type_name,
+            attrs.get("NumberOfComponents", "1"),
+        ):
+            raise _Damaged("the pieces' point arrays differ in type or components")
+    shape = (components, height, width)
+    check_memory(
+        2 * 4 * components * height * width,  # Python integers: no overflow for any extent
+        f"a member of shape {shape}",
+        str(path),
+        _MEMBER_MEMORY_HINT,
+    )
+    dtype = np.dtype(order + _VTK_TYPES[type_name])
+    values = np.empty((dims[2], dims[1], dims[0], components), dtype=dtype.newbyteorder("="))
+    covered = np.zeros(values.shape[:3], dtype=bool)
+    for piece, array in zip(document.pieces, chosen):
+        extent = piece.extent
+        if any(
+            extent[2 * i] < whole[2 * i] or extent[2 * i + 1] > whole[2 * i + 1] for i in range(3)
+        ):
+            raise _Damaged(f"piece Extent {' '.join(map(str, extent))} is outside the WholeExtent")
+        size = [extent[2 * i + 1] - extent[2 * i] + 1 for i in range(3)]
+        if min(size) < 1:
+            continue
+        count = size[0] * size[1] * size[2] * components
+        raw = _array_values(array, count, dtype, header, compressor, data, document, appended_start)
+        box = tuple(
+            slice(extent[2 * i] - whole[2 * i], extent[2 * i + 1] - whole[2 * i] + 1)
+            for i in (2, 1, 0)
+        )
+        values[box] = raw.reshape(size[2], size[1], size[0], components)
+        covered[box] = True
+    if not covered.all():
+        raise _Damaged("the pieces do not cover the WholeExtent")
+    values = values.reshape(height, width, components)
+    return np.ascontiguousarray(values.transpose(2, 0, 1)[:, ::-1, :])
 
-    extent = reader.GetOutputInformation(0).Get(vtkStreamingDemandDrivenPipeline.WHOLE_EXTENT())
-    if extent is None:
-        return
-    dims = [max(0, extent[2 * i + 1] - extent[2 * i] + 1) for i in range(3)]
-    check_member_memory(path, (dims[2], dims[1], dims[0]))
+
+def _parse_vti_xml(data: bytes) -> tuple[_VtiDocument, int]:
+    """The elements SENSE needs, and where the appended data start (-1: none). As VTK does, the
+    XML ends at ``<AppendedData ...>``: the raw bytes after it are not XML."""
+    xml, appended_start = data, -1
+    tag = data.find(b"<AppendedData")
+    if tag >= 0:
+        close = data.find(b">", tag)
+        if close < 0:
+            raise _Damaged("truncated in the AppendedData tag")
+        opening = data[tag:close]
+        xml = data[:close] + (b">" if opening.endswith(b"/") else b"/>") + b"\n</VTKFile>\n"
+        appended_start = close + 1
+        while appended_start < len(data) and data[appended_start] in b" \t\r\n":
+            appended_start += 1
+        if data[appended_start : appended_start + 1] == b"_":
+            appended_start += 1
+    document = _VtiDocument()
+    stack: list[str] = []
+    collecting: list[_VtiArray] = []  # the point array whose inline data come next, if any
+
+    def start(name: str, attrs: dict[str, str]) -> None:
+        if len(stack) >= VTI_MAX_DEPTH:
+            raise _Damaged("elements nested too deeply")
+        where = tuple(stack)
+        collecting.clear()  # inline data end where an element (e.g. InformationKey) starts
+        if not stack:
+            if name != "VTKFile":
+                raise _Damaged(f"not a VTK XML file (root element {name!r})")
+            document.root = attrs
+        elif where == ("VTKFile",) and name == "ImageData":
+            if document.image is not None:
+                raise _Damaged("more than one ImageData element")
+            document.image = attrs
+        elif where == ("VTKFile",) and name == "AppendedData":
+            document.appended_encoding = attrs.get("encoding", "base64")
+        elif where == ("VTKFile", "ImageData") and name == "Piece":
+            document.pieces.append(_VtiPiece(_extent(attrs.get("Extent"), "Piece Extent")))
+        elif where == ("VTKFile", "ImageData", "Piece") and name == "PointData":
+            document.pieces[-1].scalars = attrs.get("Scalars")
+        elif where == ("VTKFile", "ImageData", "Piece", "PointData") and name in (
+            "DataArray",
+            "Array",
+        ):
+            document.pieces[-1].arrays.append(_VtiArray(attrs))
+            collecting.append(document.pieces[-1].arrays[-1])
+        if name in ("DataArray", "Array") and attrs.get("format") == "appended":
+            document.appended_offsets.add(_integer(attrs.get("offset"), "offset"))
+        stack.append(name)
+
+    def end(name: str) -> None:  # noqa: ARG001
+        stack.pop()
+        collecting.clear()
+
+    def text(content: str) -> None:
+        if collecting:
+            collecting[-1].text.append(content)
+
+    def no_entities(*args: object) -> None:  # noqa: ARG001
+        raise _Damaged("XML entity declarations are not allowed in a .vti file")
+
+    parser = expat.ParserCreate()
+    parser.buffer_text = True
+    parser.StartElementHandler = start
+    parser.EndElementHandler = end
+    parser.CharacterDataHandler = text
+    parser.EntityDeclHandler = no_entities
+    try:
+        parser.Parse(xml, True)
+    except expat.ExpatError as exc:
+        raise _Damaged(f"not valid XML: {expat.ErrorString(exc.code)}, line {exc.lineno}") from None
+    except RecursionError:
+        raise _Damaged("elements nested too deeply") from None
+    if document.appended_encoding is not None and appended_start < 0:
+        raise _Damaged("no appended data")
+    return document, appended_start
+
+
+def _integer(text: str | None, what: str) -> int:
+    if text is None:
+        raise _Damaged(f"no {what}")
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise _Damaged(f"{what} {text[:40]!r} is not an integer") from None
+    if abs(value) > 2**62:
+        raise _Damaged(f"{what} {value} is out of range")
+    return value
+
+
+def _extent(text: str | None, what: str) -> tuple[int, ...]:
+    parts = (text or "").split()
+    if len(parts) != 6:
+        raise _Damaged(f"{what} {(text or '')[:60]!r} is not six integers")
+    return tuple(_integer(part, what) for part in parts)
+
+
+def _choose_array(piece: _VtiPiece, array_name: str | None) -> _VtiArray:
+    names = [array.attrs.get("Name") for array in piece.arrays]
+    if array_name is not None:
+        if array_name not in names:
+            raise _Damaged(f"no point array {array_name!r} (has {names})")
+        return piece.arrays[names.index(array_name)]
+    if piece.scalars is not None and piece.scalars in names:
+        return piece.arrays[names.index(piece.scalars)]
+    for array in piece.arrays:
+        if array.attrs.get("type") in _VTK_TYPES:
+            return array
+    raise _Damaged(
+        "image has no point arrays" if not names else f"no numeric point array ({names})"
+    )
+
+
+def _array_values(
+    array: _VtiArray,
+    count: int,
+    dtype: np.dtype,
+    header: str,
+    compressor: str | None,
+    data: bytes,
+    document: _VtiDocument,
+    appended_start: int,
+) -> np.ndarray:
+    """``count`` values of ``array`` as a flat array of ``dtype``."""
+    form = array.attrs.get("format")
+    name = array.attrs.get("Name")
+    if form == "ascii":
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # numpy warns, and stops, at a token it cannot parse
+            try:
+                values = np.fromstring("".join(array.text), dtype=dtype.newbyteorder("="), sep=" ")
+            except (ValueError, DeprecationWarning):
+                raise _Damaged(f"point array {name!r}: values that are not numbers") from None
+        if values.size < count:
+            raise _Damaged(f"point array {name!r} holds {values.size} values, expected {count}")
+        return values[:count]
+    if form == "binary":
+        stream = _base64("".join(array.text).encode("ascii", "replace"))
+    elif form == "appended":
+        if appended_start < 0:
+            raise _Damaged(f"point array {name!r} is appended, but there are no appended data")
+        start = appended_start + _integer(array.attrs.get("offset"), "offset")
+        if not appended_start <= start <= len(data):
+            raise _Damaged(f"point array {name!r}: offset beyond the end of the file")
+        if document.appended_encoding == "raw":
+            stream = memoryview(data)[start:]
+        else:
+            run = _BASE64_RUN.match(data, start).end()
+            later = [appended_start + o for o in document.appended_offsets]
+            end = min([p for p in later if start < p < run] + [run])
+            stream = _base64(data[start:end])
+    else:
+        raise _Damaged(f"point array {name!r} has format {form!r} (not ascii, binary, appended)")
+    raw = _binary_values(stream, count * dtype.itemsize, header, compressor)
+    return np.frombuffer(raw, dtype=dtype)
+
+
+def _base64(text: bytes) -> bytes:
+    """Decode VTK's base64: the header and the data may be encoded (and padded) separately."""
+    text = re.sub(rb"\s+", b"", text)
+    try:
+        return b"".join(binascii.a2b_base64(part) for part in _BASE64_PADDED.findall(text) if part)
+    except binascii.Error as exc:
+        raise _Damaged(f"truncated or damaged base64 data ({exc})") from None
+
+
+def _binary_values(stream, need: int, header: str, compressor: str | None) -> bytes:
+    """``need`` bytes of an array from its binary block: a size header then the data, or a
+    compression header (blocks, block size, last block size, compressed sizes) then blocks."""
+    word = np.dtype(header).itemsize
+    if compressor is None:
+        if len(stream) < word:
+            raise _Damaged("truncated data")
+        stated = int(np.frombuffer(stream[:word], dtype=header)[0])
+        if stated < need:
+            raise _Damaged(f"the data hold {stated} bytes, expected {need}")
+        if len(stream) < word + need:
+            raise _Damaged(f"truncated data ({len(stream) - word} of {need} bytes)")
+        return bytes(stream[word : word + need])
+    if len(stream) < 3 * word:
+        raise _Damaged("truncated compression header")
+    blocks, block_size, last_size = (int(v) for v in np.frombuffer(stream[: 3 * word], header))
+    if blocks > (len(stream) - 3 * word) // word:
+        raise _Damaged(f"the compression header claims {blocks} blocks, more than the file holds")
+    if last_size > block_size:
+        raise _Damaged("the compression header is inconsistent")
+    sizes = [int(v) for v in np.frombuffer(stream[3 * word : (3 + blocks) * word], header)]
+    total = blocks * block_size - (block_size - last_size if blocks and last_size else 0)
+    if total < need:
+        raise _Damaged(f"the data hold {total} bytes, expected {need}")
+    position = (3 + blocks) * word
+    if sum(sizes) > len(stream) - position:
+        raise _Damaged("truncated compressed data")
+    out: list[bytes] = []
+    produced = 0
+    for index, compressed in enumerate(sizes):
+        if produced >= need:
+            break
+        full = last_size if index == blocks - 1 and last_size else block_size
+        take = min(full, need - produced)
+        block = bytes(stream[position : position + compressed])
+        position += compressed
+        out.append(_decompress(compressor, block, take))
+        produced += take
+    return b"".join(out)
+
+
+def _decompress(compressor: str, block: bytes, size: int) -> bytes:
+    """The first ``size`` bytes a compressed block decodes to; never more (a block claiming
+    little and inflating to much cannot exhaust memory)."""
+    try:
+        if compressor == "vtkZLibDataCompressor":
+            result = zlib.decompressobj().decompress(block, size) if size else b""
+        elif compressor == "vtkLZMADataCompressor":
+            result = lzma.LZMADecompressor().decompress(block, size) if size else b""
+        else:
+            result = _lz4_block(block, size)
+    except (zlib.error, lzma.LZMAError) as exc:
+        raise _Damaged(f"damaged compressed data ({exc})") from None
+    if len(result) != size:
+        raise _Damaged(f"a compressed block decodes to {len(result)} bytes, expected {size}")
+    return result
+
+
+def _lz4_block(source: bytes, size: int) -> bytes:
+    """Decode an LZ4 block (VTK's vtkLZ4DataCompressor) up to ``size`` bytes, in Python."""
+    out = bytearray()
+    i, end = 0, len(source)
+    try:
+        while i < end and len(out) < size:
+            token = source[i]
+            i += 1
+            length = token >> 4
+            if length == 15:
+                while True:
+                    length += source[i]
+                    i += 1
+                    if source[i - 1] != 255:
+                        break
+            out += source[i : i + length]
+            i += length
+            if i >= end or len(out) >= size:
+                break
+            offset = source[i] | source[i + 1] << 8
+            i += 2
+            length = token & 15
+            if length == 15:
+                while True:
+                    length += source[i]
+                    i += 1
+                    if source[i - 1] != 255:
+                        break
+            length += 4
+            if offset == 0 or offset > len(out):
+                raise _Damaged("damaged LZ4 data (a match before the start)")
+            length = min(length, size - len(out))
+            start = len(out) - offset
+            if length <= offset:
+                out += out[start : start + length]
+            else:
+                pattern = bytes(out[start:])
+                out += (pattern * (length // offset + 1))[:length]
+    except IndexError:
+        raise _Damaged("truncated LZ4 data") from None
+    return bytes(out[:size])
 
 
 def write_vti(path: str | os.PathLike, image) -> None:
@@ -175,18 +549,6 @@ def write_vti(path: str | os.PathLike, image) -> None:
     writer.SetCompressorTypeToZLib()
     if writer.Write() != 1:
         raise SenseError(f"{path}: VTK could not write the file")
-
-
-class _ErrorCatcher:
-    """VTK reports read errors as events, not exceptions; collect them."""
-
-    def __init__(self) -> None:
-        self.messages: list[str] = []
-
-    def __call__(self, obj, event, calldata=None) -> None:  # noqa: ARG002
-        self.messages.append(str(calldata) if calldata else f"{obj.GetClassName()} failed")
-
-    __call__.CallDataType = "string0"  # type: ignore[attr-defined]
 
 
 def write_index_files(folder: Path, member_ids: Sequence[str], files: Sequence[str]) -> None:
