@@ -151,7 +151,7 @@ def test_plugin_reader_reports_bad_input_and_leaves_an_empty_output(tmp_path):
     )
     assert run["returncode"] == 0
     assert run["result"]["blocks"] == 0
-    assert "SENSE:" in run["output"] and "a.npy: cannot read member" in run["output"]
+    assert "SENSE:" in run["output"] and "a.npy: not a valid .npy array" in run["output"]
 
 
 def test_member_view_shows_the_selected_members_with_mean_and_std(tmp_path, ensemble):

@@ -8,6 +8,7 @@ archive, so listing and batch reads need memory for one batch only. Loading neve
 
 from __future__ import annotations
 
+import lzma
 import math
 import os
 import struct
@@ -56,6 +57,7 @@ ARCHIVE_ERRORS = (
     ValueError,
     RuntimeError,  # an encrypted entry
     NotImplementedError,  # an unknown compression method
+    lzma.LZMAError,  # an LZMA entry with damaged settings (found by the atheris npz target)
     struct.error,
     zipfile.BadZipFile,
     zlib.error,
