@@ -684,6 +684,27 @@ def test_coverage_guided_fuzzing_finds_no_failure(target, tmp_path):
     assert "stat::number_of_executed_units" in done.stderr  # it did fuzz
 
 
+def test_the_fuzz_harness_judges_memory_by_current_not_inherited_peak_rss(monkeypatch):
+    """libFuzzer's -rss_limit_mb reads the peak RSS, which Linux carries across fork and exec:
+    started late in the suite (pytest at ~2 GB), every target "ran out of memory" at its first
+    input. The harness checks the current RSS after each input instead."""
+    pytest.importorskip("atheris", reason="atheris (the dev extra) runs the coverage fuzzer")
+    sys.path.insert(0, str(FUZZ_SCRIPT.parent))
+    try:
+        import fuzz_readers
+    finally:
+        sys.path.remove(str(FUZZ_SCRIPT.parent))
+    assert fuzz_readers.DEFAULT_OPTIONS["-rss_limit_mb"] == "0"
+    seen = []
+    checked = fuzz_readers.within_memory(seen.append)
+    monkeypatch.setattr(fuzz_readers, "RSS_LIMIT_MB", 10**6)
+    checked(b"x")
+    assert seen == [b"x"] and fuzz_readers.resident_mb() > 0
+    monkeypatch.setattr(fuzz_readers, "RSS_LIMIT_MB", 1)
+    with pytest.raises(MemoryError, match="resident memory"):
+        checked(b"y")
+
+
 # ----- the .vti reader: as VTK reads, minus VTK's crashes ----------------------------------
 
 

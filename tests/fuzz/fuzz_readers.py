@@ -7,9 +7,12 @@ Each target writes the fuzzer's bytes into one file of its kind and reads it as 
 reader must return, or raise SENSE's own error (``SenseError``: ``EnsembleError``,
 ``BundleError``) naming the file. Anything else is a finding: another exception (atheris prints
 it and saves the input as ``crash-<sha1>``), a segfault or abort, an input that takes longer
-than ``-timeout`` seconds (default 10 here) or a process that grows beyond ``-rss_limit_mb``
-(default 1024 here; the memory guard is set to ``SENSE_MEMORY_LIMIT=256M`` unless the
-environment says otherwise).
+than ``-timeout`` seconds (default 10 here) or a process whose resident memory exceeds
+:data:`RSS_LIMIT_MB` after an input (the memory guard is set to ``SENSE_MEMORY_LIMIT=256M``
+unless the environment says otherwise). libFuzzer's own ``-rss_limit_mb`` is off by default
+here: it reads the peak RSS, which Linux carries across fork and exec, so a run started from a
+large process (pytest, late in the suite, holds about 2 GB) reported "out-of-memory" at its
+first input; the harness measures the current RSS after each input instead.
 
 Valid files of the target's kind (written by SENSE, numpy, Pillow, tifffile and VTK) seed the
 corpus, and a dictionary of the format's tokens guides the mutations. New inputs go to the first
@@ -49,7 +52,26 @@ TARGETS: dict[str, tuple[str, list[str]]] = {
 }
 MEMBER_IDS = ("run0", "run1", "run2", "run3")
 MEMORY_LIMIT = "256M"
-DEFAULT_OPTIONS = {"-timeout": "10", "-rss_limit_mb": "1024"}
+DEFAULT_OPTIONS = {"-timeout": "10", "-rss_limit_mb": "0"}
+RSS_LIMIT_MB = 1024
+
+
+def resident_mb() -> float:
+    """This process's current resident memory in MiB (Linux /proc)."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def within_memory(read: Callable[[bytes], None]) -> Callable[[bytes], None]:
+    """``read``, then a MemoryError (a finding) when the process holds over RSS_LIMIT_MB."""
+
+    def checked(data: bytes) -> None:
+        read(data)
+        used = resident_mb()
+        if used > RSS_LIMIT_MB:
+            raise MemoryError(f"resident memory {used:.0f} MiB > {RSS_LIMIT_MB} after this input")
+
+    return checked
 
 
 def main(argv: list[str]) -> None:
@@ -91,7 +113,7 @@ def main(argv: list[str]) -> None:
         options.append(f"-dict={dictionary}")
     if not (len(folders) == 1 and Path(folders[0]).is_file()):  # not reproducing one input
         folders.append(str(seeds))
-    one_input = READERS[target](work)
+    one_input = within_memory(READERS[target](work))
     atheris.Setup([argv[0], *options, *folders], one_input)
     atheris.Fuzz()
 
