@@ -37,6 +37,28 @@ def add_reader_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_inference_options(parser: argparse.ArgumentParser, labeler: bool = True) -> None:
+    """``--device``, ``--threads``, ``--batch-size`` (and ``--no-labeler``) of the commands that
+    run a bundle's models over an ensemble (``sense embed``, ``unusual``, ``suggest``)."""
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="onnxruntime device: auto (CUDA when it really works, else CPU), cpu, or cuda "
+        "(an error saying why when CUDA cannot be used)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="onnxruntime CPU threads (default: all cores)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=64, help="members per inference batch (default 64)"
+    )
+    if labeler:
+        parser.add_argument(
+            "--no-labeler", action="store_true", help="do not predict labels with the labeler"
+        )
+
+
 def open_from_args(path, args: argparse.Namespace):
     """The ensemble at ``path``, read with the options of :func:`add_reader_options`."""
     from sense_core.io import open_ensemble

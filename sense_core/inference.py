@@ -322,11 +322,30 @@ class _FieldModel:
                 f"fields of shape {fields.shape[1:]} given to {self.entry.path.name}, which "
                 f"expects {self.bundle.input_shape}"
             )
+        return self._batched(fields, self.bundle.normalization.apply)
+
+    def _batched(self, inputs: np.ndarray, prepare=None, check_finite: bool = True) -> np.ndarray:
+        """The model over ``inputs`` in batches of ``batch_size`` (each through ``prepare``)."""
         outputs = [
-            self.model.run(self.bundle.normalization.apply(fields[start : start + self.batch_size]))
-            for start in range(0, len(fields), self.batch_size)
+            self.model.run(
+                (prepare or np.asarray)(inputs[start : start + self.batch_size]), check_finite
+            )
+            for start in range(0, len(inputs), self.batch_size)
         ]
         return np.concatenate(outputs) if outputs else np.empty((0, 0), np.float32)
+
+    def _check_latent_input(self, declared: tuple[int | None, ...], kind: str) -> int | None:
+        """A model that reads the encoder's latent vectors must take (B, D), D the encoder's
+        latent size; returns D (None when neither says)."""
+        latent_dim = self.bundle.model("encoder").details.get("latent_dim")
+        if len(declared) != 1 or (
+            declared[0] is not None and latent_dim is not None and declared[0] != latent_dim
+        ):
+            raise SenseError(
+                f"{self.entry.path}: {kind} must take (B, {latent_dim or 'D'}) latent vectors, "
+                f"but its input is (B, {', '.join(map(str, declared))})"
+            )
+        return declared[0] if declared[0] is not None else latent_dim
 
 
 class Encoder(_FieldModel):
@@ -383,15 +402,7 @@ class Decoder(_FieldModel):
                 f"{encoder.path.name} (sense.json encoder_sha256 differs); train the encoder "
                 "again to export both together"
             )
-        latent_dim = encoder.details.get("latent_dim")
-        if len(declared) != 1 or (
-            declared[0] is not None and latent_dim is not None and declared[0] != latent_dim
-        ):
-            raise SenseError(
-                f"{self.entry.path}: a decoder must take (B, {latent_dim or 'D'}) latent "
-                f"vectors, but its input is (B, {', '.join(map(str, declared))})"
-            )
-        self.latent_dim = declared[0] if declared[0] is not None else latent_dim
+        self.latent_dim = self._check_latent_input(declared, "a decoder")
 
     def decode(self, latents: np.ndarray, check_finite: bool = True) -> np.ndarray:
         """Normalised fields (N, C, H, W) of latent vectors (N, D) or (D,)."""
@@ -404,12 +415,9 @@ class Decoder(_FieldModel):
                 f"latent vectors of shape {latents.shape[1:]} given to {self.entry.path.name}, "
                 f"which expects ({self.latent_dim},)"
             )
-        outputs = [
-            self.model.run(latents[start : start + self.batch_size], check_finite)
-            for start in range(0, len(latents), self.batch_size)
-        ]
-        empty = np.empty((0, *self.bundle.input_shape), np.float32)
-        fields = np.concatenate(outputs) if outputs else empty
+        fields = self._batched(latents, check_finite=check_finite)
+        if len(fields) == 0:
+            fields = np.empty((0, *self.bundle.input_shape), np.float32)
         if tuple(fields.shape[1:]) != self.bundle.input_shape:
             raise SenseError(
                 f"{self.entry.path}: the decoder gives fields of shape {fields.shape[1:]}, but "
@@ -514,15 +522,7 @@ class Labeler(_FieldModel):
         if not self.takes_latents:
             super()._check_input(declared)
             return
-        latent_dim = self.bundle.model("encoder").details.get("latent_dim")
-        if len(declared) != 1 or (
-            declared[0] is not None and latent_dim is not None and declared[0] != latent_dim
-        ):
-            raise SenseError(
-                f"{self.entry.path}: a labeler on the latent space must take (B, "
-                f"{latent_dim or 'D'}) latent vectors, but its input is (B, "
-                f"{', '.join(map(str, declared))})"
-            )
+        self._check_latent_input(declared, "a labeler on the latent space")
 
     @property
     def encoder(self) -> Encoder:
@@ -542,12 +542,7 @@ class Labeler(_FieldModel):
 
     def logits_of_latents(self, latents: np.ndarray) -> np.ndarray:
         """Class logits of latent vectors (N, D) (a latent-space labeler only)."""
-        latents = np.asarray(latents, dtype=np.float32)
-        outputs = [
-            self.model.run(latents[start : start + self.batch_size])
-            for start in range(0, len(latents), self.batch_size)
-        ]
-        logits = np.concatenate(outputs) if outputs else np.empty((0, 0), np.float32)
+        logits = self._batched(np.asarray(latents, dtype=np.float32))
         self.check_logits(logits)
         return logits
 

@@ -9,7 +9,12 @@ import csv
 import io
 from pathlib import Path
 
-from sense_core.cli_options import add_reader_options, guard_output, open_from_args
+from sense_core.cli_options import (
+    add_inference_options,
+    add_reader_options,
+    guard_output,
+    open_from_args,
+)
 from sense_core.errors import SenseError
 
 LABEL_DESCRIPTION = """\
@@ -156,6 +161,7 @@ def _run_suggest(args: argparse.Namespace) -> int:
         uncertainty=args.uncertainty,
         device=args.device,
         batch_size=args.batch_size,
+        threads=args.threads,
     )
     ids = suggestion.member_ids(store.member_ids)
     source = f"the bundle {args.bundle}" if args.bundle else "PCA of the raw fields (no bundle)"
@@ -219,10 +225,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         default="margin",
         help="labeler uncertainty: margin between the two likeliest classes (default) or entropy",
     )
-    suggest.add_argument(
-        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="onnxruntime device"
-    )
-    suggest.add_argument("--batch-size", type=int, default=64, help="members per batch (64)")
+    add_inference_options(suggest, labeler=False)
     add_reader_options(suggest)
 
     def _guarded(args: argparse.Namespace) -> int:

@@ -11,7 +11,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from sense_core.cli_options import add_reader_options, guard_output, open_from_args
+from sense_core.cli_options import (
+    add_inference_options,
+    add_reader_options,
+    guard_output,
+    open_from_args,
+)
 from sense_core.errors import SenseError
 from sense_core.options import add_options, config_from_args
 from sense_core.projection import ProjectionOptions
@@ -158,22 +163,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     embed.add_argument("ensemble", help="ensemble .npz file or folder of members")
     embed.add_argument("bundle", help="model bundle folder (with sense.json)")
     _add_output_options(embed)
-    embed.add_argument(
-        "--device",
-        choices=("auto", "cpu", "cuda"),
-        default="auto",
-        help="onnxruntime device: auto (CUDA when it really works, else CPU), cpu, or cuda "
-        "(an error saying why when CUDA cannot be used)",
-    )
-    embed.add_argument(
-        "--threads", type=int, default=None, help="onnxruntime CPU threads (default: all cores)"
-    )
-    embed.add_argument(
-        "--batch-size", type=int, default=64, help="members per inference batch (default 64)"
-    )
-    embed.add_argument(
-        "--no-labeler", action="store_true", help="do not predict labels with the labeler"
-    )
+    add_inference_options(embed)
     embed.add_argument(
         "--no-unusual",
         action="store_true",

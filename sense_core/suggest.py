@@ -230,6 +230,7 @@ def bundle_latents(
     device: str = "auto",
     batch_size: int = 64,
     use_labeler: bool = True,
+    threads: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The bundle's latent vectors (N, D) of every member and, when it has a labeler, its class
     probabilities (N, K): one pass over the members."""
@@ -237,10 +238,10 @@ def bundle_latents(
     from sense_core.inference import Encoder, Labeler, run_over_store
 
     bundle = Bundle.load(bundle_folder)
-    encoder = Encoder(bundle, device=device, batch_size=batch_size)
+    encoder = Encoder(bundle, device=device, threads=threads, batch_size=batch_size)
     labeler = None
     if use_labeler and "labeler" in bundle.models:
-        labeler = Labeler(bundle, device=device, batch_size=batch_size)
+        labeler = Labeler(bundle, device=device, threads=threads, batch_size=batch_size)
     run = run_over_store(store, encoder, labeler)
     assert run.latents is not None
     probabilities = run.prediction.probabilities if run.prediction is not None else None
@@ -255,12 +256,15 @@ def suggest_for_ensemble(
     uncertainty: str = "margin",
     device: str = "auto",
     batch_size: int = 64,
+    threads: int | None = None,
 ) -> Suggestion:
     """:func:`suggest_members` for an ensemble (its hand labels, sidecar included when it was
     opened with one): latents and probabilities from ``bundle_folder``, or, without a bundle,
     from PCA of the raw fields (distance-based uncertainty)."""
     if bundle_folder:
-        latents, probabilities = bundle_latents(store, bundle_folder, device, batch_size)
+        latents, probabilities = bundle_latents(
+            store, bundle_folder, device, batch_size, threads=threads
+        )
     else:
         latents, probabilities = field_latents(store, seed), None
     return suggest_members(latents, probabilities, store.labels, count, seed, uncertainty)

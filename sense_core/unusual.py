@@ -353,7 +353,7 @@ ParaView map carries them as point arrays. See docs/unusual.md.
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     """Register ``sense unusual`` on the ``sense`` subcommands."""
-    from sense_core.cli_options import add_reader_options
+    from sense_core.cli_options import add_inference_options, add_reader_options
 
     parser = commands.add_parser(
         "unusual",
@@ -369,16 +369,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, default=None, help="also write them to this CSV file")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
-    parser.add_argument(
-        "--device",
-        choices=("auto", "cpu", "cuda"),
-        default="auto",
-        help="onnxruntime device: auto (CUDA when it really works, else CPU), cpu, or cuda",
-    )
-    parser.add_argument("--threads", type=int, default=None, help="onnxruntime CPU threads")
-    parser.add_argument(
-        "--batch-size", type=int, default=64, help="members per inference batch (default 64)"
-    )
+    add_inference_options(parser, labeler=False)
     parser.add_argument(
         "--no-labeler",
         action="store_true",

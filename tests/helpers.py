@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -338,3 +339,43 @@ def torch_cuda_works() -> bool:
 
 
 CUDA_PROBES = {"onnxruntime": onnxruntime_cuda_works, "torch": torch_cuda_works}
+
+
+def doc_blocks(text: str) -> list[tuple[str, str, str]]:
+    """(language, marker, code) of every fenced block of a Markdown text; ``marker`` is the
+    ``<!-- doc-test: ... -->`` comment on the line before it, if any."""
+    pattern = re.compile(r"(?:<!-- doc-test: (.*?) -->\n)?```(\w*)\n(.*?)```", re.S)
+    return [(m.group(2), m.group(1) or "", m.group(3)) for m in pattern.finditer(text)]
+
+
+def run_doc_blocks(doc: Path, cwd: Path, env: dict) -> list[tuple[str, str]]:
+    """Run the ```sh blocks of ``doc`` in order, as written, with ``bash -e`` in ``cwd``: a
+    ``doc-test: file NAME`` block is saved as NAME first, ``doc-test: skip (why)`` ones are
+    left out, any other block fails. Returns (code, stdout) of each block run; a failing block
+    fails with its output."""
+    ran = []
+    for language, marker, code in doc_blocks(doc.read_text()):
+        if marker.startswith("skip"):
+            continue
+        if marker.startswith("file "):
+            (cwd / marker.split()[1]).write_text(code)
+            continue
+        assert language == "sh", f"a {language} block is neither run nor saved: {code[:80]}"
+        done = subprocess.run(
+            ["bash", "-e", "-c", code], cwd=cwd, env=env, capture_output=True, text=True,
+            timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, f"{code}\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+        ran.append((code, done.stdout))
+    return ran
+
+
+@functools.lru_cache(maxsize=1)
+def namespaces_work() -> bool:
+    """Whether ``unshare -rm`` (user + mount namespaces) works here, for tests that mount a
+    real tmpfs (full or read-only) without root."""
+    try:
+        probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode == 0

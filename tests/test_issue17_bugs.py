@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -25,8 +24,10 @@ import pytest
 from helpers import (
     REPO,
     SENSE,
+    doc_blocks,
     make_ensemble,
     make_runtime_bundle,
+    run_doc_blocks,
     run_paraview_script,
     run_process_tree,
 )
@@ -242,13 +243,6 @@ def test_docs_name_no_folder_a_clone_lacks():
         assert "../shared" not in path.read_text(encoding="utf-8"), path
 
 
-def doc_blocks(text: str) -> list[tuple[str, str, str]]:
-    """(language, marker, code) of every fenced block; ``marker`` is the ``<!-- doc-test:
-    ... -->`` comment on the line before it, if any."""
-    pattern = re.compile(r"(?:<!-- doc-test: (.*?) -->\n)?```(\w*)\n(.*?)```", re.S)
-    return [(m.group(2), m.group(1) or "", m.group(3)) for m in pattern.finditer(text)]
-
-
 def test_the_doc_blocks_are_all_seen():
     blocks = doc_blocks(DOCS.read_text())
     assert len(blocks) == DOCS.read_text().count("```") // 2
@@ -270,24 +264,7 @@ def test_paraview_md_commands_run_as_written(tmp_path):
     if os.geteuid() == 0:  # CI containers run as root; mpirun refuses that unless told
         env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     env["OMPI_MCA_rmaps_base_oversubscribe"] = "1"  # 2 ranks on a 1-core runner
-    ran = []
-    for language, marker, code in doc_blocks(DOCS.read_text()):
-        if marker.startswith("skip"):
-            continue
-        if marker.startswith("file "):
-            (tmp_path / marker.split()[1]).write_text(code)
-            continue
-        assert language == "sh", f"a {language} block is neither run nor saved: {code[:80]}"
-        done = subprocess.run(
-            ["bash", "-e", "-c", code],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert done.returncode == 0, f"{code}\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
-        ran.append(code)
+    ran = [code for code, _ in run_doc_blocks(DOCS, tmp_path, env)]
     assert any("mpirun" in code for code in ran) and any("script.py" in code for code in ran)
     assert (tmp_path / "layout.png").stat().st_size > 1000  # script.py
     for name in ("embedded", "mpi"):

@@ -16,7 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import REPO, make_ensemble, make_runtime_bundle
+from helpers import (
+    REPO,
+    doc_blocks,
+    make_ensemble,
+    make_runtime_bundle,
+    namespaces_work,
+    run_doc_blocks,
+)
 
 from sense_core import label_store
 from sense_core.cli import main
@@ -201,15 +208,7 @@ print(json.dumps(result))
 """
 
 
-def _namespaces_work() -> bool:
-    try:
-        probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return probe.returncode == 0
-
-
-@pytest.mark.skipif(not _namespaces_work(), reason="needs user + mount namespaces (unshare -rm)")
+@pytest.mark.skipif(not namespaces_work(), reason="needs user + mount namespaces (unshare -rm)")
 def test_a_really_read_only_file_system(tmp_path):
     """On a read-only tmpfs (even root cannot write there) the labels go to SENSE_LABELS_HOME;
     with that not writable either, a one-line error."""
@@ -469,13 +468,6 @@ def test_sense_suggest_writes_csv_and_mosaic_and_feeds_sense_label_and_embed(tmp
 
 
 # --------------------------------------------------------------------------- docs and ParaView
-def doc_blocks(text: str) -> list[tuple[str, str, str]]:
-    """(language, marker, code) of every fenced block; ``marker`` is the ``<!-- doc-test:
-    ... -->`` comment on the line before it, if any."""
-    pattern = re.compile(r"(?:<!-- doc-test: (.*?) -->\n)?```(\w*)\n(.*?)```", re.S)
-    return [(m.group(2), m.group(1) or "", m.group(3)) for m in pattern.finditer(text)]
-
-
 @pytest.mark.paraview
 def test_labeling_md_runs_as_written(tmp_path):
     """Every block of docs/labeling.md runs in order (``doc-test: file NAME`` blocks saved
@@ -485,27 +477,10 @@ def test_labeling_md_runs_as_written(tmp_path):
         (tmp_path / name).symlink_to(REPO / name)
     env = {k: v for k, v in os.environ.items() if k != "DISPLAY"}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    outputs = []
-    blocks = doc_blocks((REPO / "docs" / "labeling.md").read_text())
-    assert len(blocks) == (REPO / "docs" / "labeling.md").read_text().count("```") // 2
+    docs = REPO / "docs" / "labeling.md"
+    assert len(doc_blocks(docs.read_text())) == docs.read_text().count("```") // 2
     started = time.perf_counter()
-    for language, marker, code in blocks:
-        if marker.startswith("skip"):
-            continue
-        if marker.startswith("file "):
-            (tmp_path / marker.split()[1]).write_text(code)
-            continue
-        assert language == "sh", f"a {language} block is neither run nor saved: {code[:80]}"
-        done = subprocess.run(
-            ["bash", "-e", "-c", code],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert done.returncode == 0, f"{code}\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
-        outputs.append(done.stdout)
+    outputs = [stdout for _, stdout in run_doc_blocks(docs, tmp_path, env)]
     text = "\n".join(outputs)
     assert "labels: 2 from members.npz, 4 from the sidecar" in text, text
     assert "label these next: ['m0" in text and "labeled 6 members as 'splash'" in text, text

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import REPO, SENSE, make_ensemble, make_runtime_bundle, run_sense
+from helpers import REPO, SENSE, make_ensemble, make_runtime_bundle, namespaces_work, run_sense
 
 from sense_core.cli import main
 from sense_core.embedding import read_embedding
@@ -239,15 +239,7 @@ UNSHARE_SCRIPT = textwrap.dedent(
 )
 
 
-def _namespaces_work() -> bool:
-    try:
-        probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return probe.returncode == 0
-
-
-@pytest.mark.skipif(not _namespaces_work(), reason="needs user + mount namespaces (unshare -rm)")
+@pytest.mark.skipif(not namespaces_work(), reason="needs user + mount namespaces (unshare -rm)")
 def test_disk_full_and_read_only_output_folders(tmp_path):
     """A 256 KiB tmpfs filled to the last byte, and a read-only one: clear one-line errors,
     the previous outputs byte for byte as they were, no temporary left behind."""
