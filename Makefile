@@ -17,7 +17,7 @@ demo: setup
 
 test: setup
 	$(PYTHON) -m ruff check $(LINT_PATHS)
-	$(PYTHON) -m pytest -ra
+	$(PYTHON) -m pytest -ra --durations=30
 
 test-fast: setup
 	$(PYTHON) -m pytest -ra -m "not slow"
