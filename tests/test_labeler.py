@@ -227,3 +227,22 @@ def test_cli_help_and_round_trip(tmp_path):
         "--overwrite", check=False,
     )  # fmt: skip
     assert missing.returncode == 2 and "not a SENSE bundle" in missing.stderr
+
+
+def test_three_hand_labels_per_class_leave_an_empty_part_and_training_still_finishes(tmp_path):
+    # `sense generate drops --n 400` labels 5 %: 2-3 members per class, so fit's split leaves
+    # the labeler's test part empty; scoring the empty part crashed (argmax of an empty array)
+    rng = np.random.default_rng(1)
+    few = patterns(count=60, labeled=0.0)
+    truth = few.metadata["truth"]
+    labels = np.full(len(truth), -1)
+    for cls in range(3):
+        labels[rng.choice(np.flatnonzero(truth == cls), 3 - (cls == 2), replace=False)] = cls
+    few = Ensemble(few.fields, labels, CLASSES)
+    config = LabelerConfig.from_dict({**CONFIG, "epochs": 1})
+    result = train_labeler(few, tmp_path / "bundle", config, log=lambda line: None)
+    parts = {name: result.metrics[name] for name in ("validation", "test")}
+    assert any(part["members"] == 0 for part in parts.values()), parts
+    empty = next(part for part in parts.values() if part["members"] == 0)
+    assert empty["accuracy"] is None and empty["loss"] is None
+    assert (tmp_path / "bundle" / "labeler.onnx").is_file()

@@ -423,12 +423,13 @@ class LabelerTrainer(Trainer):
             metrics["export"] = report.to_dict()
         test_part = "test" if len(self.split.test) else "validation"
         scores = metrics[test_part]
-        plot_confusion_matrix(
-            scores["confusion_matrix"],
-            self.class_names,
-            run.run_dir / "confusion_matrix.png",
-            f"labeler, {test_part} members: accuracy {scores['accuracy']:.3f}",
-        )
+        if scores["accuracy"] is not None:
+            plot_confusion_matrix(
+                scores["confusion_matrix"],
+                self.class_names,
+                run.run_dir / "confusion_matrix.png",
+                f"labeler, {test_part} members: accuracy {scores['accuracy']:.3f}",
+            )
         return bundle, metrics
 
     def _metrics(self, run: TrainingRun) -> dict[str, Any]:
@@ -436,7 +437,9 @@ class LabelerTrainer(Trainer):
         evaluations = {}
         for name, loader in self.eval_loaders.items():
             logits, labels, _ = predict(self.model, loader, run.device)
-            evaluations[name] = classification_metrics(labels, logits.argmax(1), self.class_names)
+            # a part can be empty (e.g. no test member when a class has 3 hand labels)
+            predicted = logits.argmax(1) if len(labels) else np.zeros(0, np.int64)
+            evaluations[name] = classification_metrics(labels, predicted, self.class_names)
             evaluations[name]["loss"] = cross_entropy(logits, labels) if len(labels) else None
         store, classes = run.store, len(self.class_names)
         counts = np.bincount(store.labels[store.labeled_mask], minlength=classes)
