@@ -6,7 +6,12 @@ all other members (their true labels stay with the benchmark, ``sense fit`` neve
 - ``sense_<method>``: accuracy of the bundle's labeler on the members whose labels were hidden
   (what the pseudo-labels that shape the encoder's clustering loss are drawn from), for each
   ``--labeler-method`` of ``sense fit`` (``cnn``: EfficientNetV2 on the hand labels; ``latent``:
-  heads on an encoder's latent space);
+  heads on an encoder's latent space; ``ssl``: a self-supervised encoder with the views of
+  :data:`VIEWS` for the ensemble, self-training, a cross-validated choice of the labeler);
+- ``pseudo_accuracy_<method>``: accuracy of the first labeler, whose pseudo-labels the final
+  encoder trained with, on the hidden members; ``pseudo_given_share_<method>`` /
+  ``pseudo_given_accuracy_<method>``: the share of them over the confidence threshold (the
+  others get no pseudo-label) and the accuracy of those;
 - ``labeler_test_accuracy_<method>``: the labeler on the hand-labeled test members (``fit``'s
   own split);
 - ``silhouette_2d_test_<method>``: SENSE's 2D test silhouette (mean over the evaluation's UMAP
@@ -53,7 +58,18 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 BUILTIN = ("digits", "channels", "drops", "crops")
 HELDOUT = ("ising", "grayscott", "textures")
 FRACTIONS = ("0.01", "0.05", "0.15", "0.5", "10pc")
-METHODS = ("raw_logreg", "raw_knn5", "sense_cnn", "latent_logreg_cnn", "sense_latent")
+METHODS = ("raw_logreg", "raw_knn5", "sense_cnn", "latent_logreg_cnn", "sense_latent", "sense_ssl")
+# The views of the instance-contrastive term (--labeler-method ssl) each ensemble's physics
+# allows (presets of sense_training.config.VIEW_PRESETS; docs/label_efficiency.md says why).
+VIEWS = {
+    "ising": "lattice",
+    "grayscott": "periodic",
+    "textures": "image",
+    "crops": "image",
+    "drops": "gravity",
+    "channels": "oriented",
+    "digits": "handwriting",
+}
 
 
 def make_ensemble(name: str, count: int, size: int, seed: int, crops_images: Sequence[Path]):
@@ -173,14 +189,20 @@ def _fit_and_score(hidden, truth, labeled, name, fraction, seed, out: Path, prof
 
     from sense_core.embedding import embed_ensemble
     from sense_core.errors import SenseError
-    from sense_training.pipeline import fit
+    from sense_training.pipeline import fit, profile_configs
 
     bundle = out / "bundles" / f"{name}_{fraction}_s{seed}_{method}"
     started = time.perf_counter()
     row: dict[str, Any] = {}
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            report = fit(hidden, bundle, profile=profile, overwrite=True, labeler_method=method)
+            encoder = profile_configs(profile).encoder
+            if method == "ssl":
+                encoder = encoder.updated(instance_views=VIEWS.get(name, "generic"))
+            report = fit(
+                hidden, bundle, profile=profile, encoder=encoder, overwrite=True,
+                labeler_method=method,
+            )  # fmt: skip
     except SenseError as error:
         row[f"fit_error_{method}"] = str(error)
         return row
@@ -190,12 +212,35 @@ def _fit_and_score(hidden, truth, labeled, name, fraction, seed, out: Path, prof
     row[f"sense_{method}"] = float(np.mean(predicted[~labeled] == truth[~labeled]))
     row[f"labeler_test_accuracy_{method}"] = report.labeler.get("test_accuracy")
     row[f"labeler_{method}"] = report.labeler.get("architecture")
+    first = report.labeler.get("first_choice") or {}
+    row[f"first_labeler_{method}"] = first.get("chosen")
+    row[f"pseudo_none_{method}"] = report.pseudo_labels.get("none")
+    row.update({f"{k}_{method}": v for k, v in pseudo_label_scores(bundle, truth, labeled).items()})
     silhouettes = report.silhouette_2d_test
     row[f"silhouette_2d_test_{method}"] = (silhouettes.get("sense") or {}).get("mean")
     row["silhouette_2d_test_umap_raw"] = (silhouettes.get("umap_raw") or {}).get("mean")
     latent_model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
     row[f"latent_logreg_{method}"] = _score(latent_model, embedding.latents, truth, labeled)
     return row
+
+
+def pseudo_label_scores(bundle: Path, truth: np.ndarray, labeled: np.ndarray) -> dict[str, Any]:
+    """The pseudo-labels the final encoder trained with (``fit_run/pseudo_labels.npz``): the
+    accuracy of the first labeler on the hidden members, and of the labels it gave (those over
+    the confidence threshold) with their share."""
+    from sense_training.pipeline import FIT_RUN, PSEUDO_LABELS
+
+    path = bundle / FIT_RUN / PSEUDO_LABELS
+    if not path.is_file():
+        return {}
+    with np.load(path) as data:
+        predicted, given = data["predicted"], data["source"] == "pseudo"
+    hidden = ~labeled
+    scores: dict[str, Any] = {"pseudo_accuracy": float(np.mean(predicted[hidden] == truth[hidden]))}
+    scores["pseudo_given_share"] = float(np.mean(given[hidden]))
+    if given.any():
+        scores["pseudo_given_accuracy"] = float(np.mean(predicted[given] == truth[given]))
+    return scores
 
 
 def _mean_sd(values: list[float]) -> str:
@@ -211,10 +256,16 @@ def markdown_table(rows: list[dict]) -> str:
     """One line per (ensemble, fraction): mean ± sd over seeds of every figure."""
     columns = (
         *METHODS,
+        "pseudo_accuracy_latent",
+        "pseudo_accuracy_ssl",
+        "pseudo_given_share_ssl",
+        "pseudo_given_accuracy_ssl",
         "labeler_test_accuracy_cnn",
         "labeler_test_accuracy_latent",
+        "labeler_test_accuracy_ssl",
         "silhouette_2d_test_cnn",
         "silhouette_2d_test_latent",
+        "silhouette_2d_test_ssl",
         "silhouette_2d_test_umap_raw",
     )
     header = ["ensemble", "hand-labeled", "seeds", *columns, "notes"]
@@ -314,7 +365,20 @@ def main(argv: list[str] | None = None) -> int:
             for seed in seeds:
                 path = cells / f"{name}_{fraction}_s{seed}.json"
                 if path.is_file():
-                    rows.append(json.loads(path.read_text()))
+                    row = json.loads(path.read_text())
+                    missing = [m for m in methods if f"sense_{m}" in row]
+                    missing = [m for m in missing if f"pseudo_accuracy_{m}" not in row]
+                    if missing:  # a cell of an older run: score its kept pseudo-labels
+                        if ensemble is None:
+                            ensemble = make_ensemble(name, args.n, args.size, 0, args.crops_images)
+                        truth = np.asarray(ensemble.labels)
+                        labeled = hand_labeled(truth, fraction, seed)
+                        for method in missing:
+                            bundle = args.out / "bundles" / f"{name}_{fraction}_s{seed}_{method}"
+                            scores = pseudo_label_scores(bundle, truth, labeled)
+                            row.update({f"{k}_{method}": v for k, v in scores.items()})
+                        path.write_text(json.dumps(row, indent=1) + "\n")
+                    rows.append(row)
                     continue
                 if ensemble is None:
                     ensemble = make_ensemble(name, args.n, args.size, 0, args.crops_images)

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 from sense_core.errors import SenseError
 
-LOSS_TERMS = ("recon", "cluster", "contrastive")
+LOSS_TERMS = ("recon", "cluster", "contrastive", "instance")
 CONTRASTIVE_KINDS = ("margin", "supcon")
 ARCHITECTURES = ("ae", "vae")
 DEVICES = ("auto", "cpu", "cuda")
@@ -69,6 +69,35 @@ def parse_terms(terms: str | Sequence[str]) -> tuple[str, ...]:
             f"comma-separated subset of {', '.join(LOSS_TERMS)}"
         )
     return tuple(t for t in LOSS_TERMS if t in chosen)
+
+
+# Views of the instance-contrastive term (sense_training.data.InstanceViews): the symmetries and
+# perturbations that keep what a member is; presets name the ensemble kinds they are valid for
+# (docs/label_efficiency.md says why each op is or is not valid for each kind).
+VIEW_OPS = ("roll", "hflip", "vflip", "rot90", "shift", "hshift", "negate", "noise", "contrast")
+VIEW_PRESETS = {
+    "lattice": "roll,hflip,vflip,rot90,negate",  # periodic spin lattices (Ising): + spin flip
+    "periodic": "roll,hflip,vflip,rot90",  # fields on a periodic domain (reaction-diffusion)
+    "image": "shift,hflip,vflip,rot90,noise,contrast",  # photographs, micrographs, textures
+    "gravity": "hflip,hshift,noise",  # a vertical direction that means something (drops)
+    "oriented": "shift,hflip,vflip,noise",  # orientation is the class (channels ew / ns)
+    "handwriting": "shift,noise,contrast",  # no mirror: a mirrored 2 is no 2
+    "generic": "noise",  # valid for any field: small noise only
+}
+
+
+def view_ops(text: str | None) -> tuple[str, ...]:
+    """The operations of an instance-view spec (``"roll,hflip"`` or a preset name of
+    :data:`VIEW_PRESETS`) in canonical order; unknown ones are an error."""
+    text = VIEW_PRESETS.get((text or "").strip().lower(), text)
+    ops = {op.strip().lower() for op in (text or "").split(",") if op.strip()}
+    unknown = ops - set(VIEW_OPS)
+    if unknown or not ops:
+        raise SenseError(
+            f"instance views {sorted(unknown) or 'none'} not understood; choose a preset "
+            f"({', '.join(VIEW_PRESETS)}) or a comma-separated subset of {', '.join(VIEW_OPS)}"
+        )
+    return tuple(op for op in VIEW_OPS if op in ops)
 
 
 def augmentation_ops(text: str | None) -> tuple[str, ...]:
@@ -292,10 +321,15 @@ class LossConfig(ConfigSection):
     ``silhouette_target``: ``s*`` of the silhouette hinge (1 = ``1 − s̄``). ``memory_size``:
     codes in the memory bank of the silhouette (0 = in-batch). ``trim_fraction``: the share of
     each batch's labelled members with the lowest silhouette left out of the clustering loss.
+    ``instance_*``: the self-supervised term ``instance`` (NT-Xent between two views of every
+    member, labelled or not; the views from ``instance_views``, see :data:`VIEW_PRESETS`).
     """
 
     terms: tuple[str, ...] = option(
-        ("recon",), "loss terms: recon, cluster, contrastive", flag="--loss", metavar="TERMS"
+        ("recon",),
+        "loss terms: recon, cluster, contrastive, instance",
+        flag="--loss",
+        metavar="TERMS",
     )
     recon_weight: float = option(1.0, "weight of the reconstruction term")
     beta: float = option(1.0, "beta of the beta-VAE")
@@ -316,6 +350,15 @@ class LossConfig(ConfigSection):
         0.0,
         "share of each batch's worst-placed labelled members left out of the clustering loss "
         "(remedy against its overfitting)",
+    )
+    instance_weight: float = option(
+        1.0, "weight of the instance-contrastive term (loss term 'instance', NT-Xent)"
+    )
+    instance_temperature: float = option(0.2, "temperature of the instance-contrastive term")
+    instance_views: str = option(
+        "generic",
+        "views of the instance-contrastive term: a preset (" + ", ".join(VIEW_PRESETS) + ") or "
+        "ops among " + ", ".join(VIEW_OPS) + " that keep a member's class",
     )
 
     def __post_init__(self) -> None:
@@ -338,6 +381,9 @@ class LossConfig(ConfigSection):
         )
         if self.temperature <= 0:
             raise SenseError(f"temperature must be > 0, got {self.temperature}")
+        if self.instance_weight < 0 or self.instance_temperature <= 0:
+            raise SenseError("instance_weight must be >= 0 and instance_temperature > 0")
+        view_ops(self.instance_views)
 
     @property
     def uses_labels(self) -> bool:

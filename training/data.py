@@ -29,7 +29,7 @@ from torch.utils.data import Dataset, Sampler
 from sense_core.ensemble import UNLABELED, MemberStore, NormalizationStats
 from sense_core.errors import SenseError
 from sense_training.common import epoch_seed, torch_generator
-from sense_training.config import AUGMENTATION_OPS, augmentation_ops
+from sense_training.config import AUGMENTATION_OPS, augmentation_ops, view_ops
 from sense_training.distributed import DistributedContext, RankShare
 
 # ``shift`` moves a field by up to this fraction of its height / width (rounded, at least 1 px).
@@ -151,6 +151,77 @@ def _shifted(fields: np.ndarray, down: int, right: int) -> np.ndarray:
     height, width = fields.shape[1:]
     top, left = pad_rows - down, pad_cols - right
     return padded[:, top : top + height, left : left + width]
+
+
+# --------------------------------------------------------------------------- instance views
+# ``noise`` adds Gaussian noise of this standard deviation (normalised units: a tenth of the
+# field's spread); ``contrast`` scales by a factor in [1/CONTRAST, CONTRAST] (log-uniform) and
+# adds an offset of up to CONTRAST_OFFSET.
+NOISE_STD = 0.1
+CONTRAST = 1.25
+CONTRAST_OFFSET = 0.1
+
+
+@dataclass(frozen=True)
+class InstanceViews:
+    """Random views of a member for the instance-contrastive term (two views of one member are
+    a positive pair, views of the other members of the batch negatives). Applied to
+    *normalised* ``(C, H, W)`` fields. Ops (:data:`sense_training.config.VIEW_OPS`):
+
+    - ``roll``: a periodic (circular) shift by a random offset over the whole field: an exact
+      permutation of the values, valid only on a periodic domain (lattices, spectral PDEs);
+    - ``hflip``, ``vflip``, ``rot90``, ``shift``, ``hshift``: as :class:`Augmentation`;
+    - ``negate``: the sign of the normalised field flipped with probability 1/2 (the spin-flip
+      symmetry of an Ising lattice; valid where the class does not depend on the sign);
+    - ``noise``: Gaussian noise of ``NOISE_STD``; ``contrast``: a random gain and offset.
+    """
+
+    ops: tuple[str, ...] = ("noise",)
+
+    @classmethod
+    def parse(cls, text: str | None) -> InstanceViews:
+        """From a preset name (``"lattice"``) or a comma-separated list of ops."""
+        return cls(view_ops(text))
+
+    @property
+    def geometric(self) -> Augmentation:
+        return Augmentation(**{op: True for op in AUGMENTATION_OPS if op in self.ops})
+
+    def check(self, member_shape: Sequence[int]) -> None:
+        """Refuse views the member shape does not allow (rotating non-square fields)."""
+        self.geometric.check(member_shape)
+
+    def apply(self, fields: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """One random view of ``fields`` (C, H, W). Every op draws whether used or not, so
+        that the draws of one op do not depend on the others."""
+        out = self.geometric.apply(fields, rng)
+        height, width = out.shape[1:]
+        rows, cols = int(rng.integers(height)), int(rng.integers(width))
+        negate = rng.random() < 0.5
+        noise = rng.standard_normal(out.shape).astype(np.float32) * NOISE_STD
+        gain = float(np.exp(rng.uniform(-np.log(CONTRAST), np.log(CONTRAST))))
+        offset = float(rng.uniform(-CONTRAST_OFFSET, CONTRAST_OFFSET))
+        if "roll" in self.ops:
+            out = np.roll(out, (rows, cols), axis=(1, 2))
+        if "negate" in self.ops and negate:
+            out = -out
+        if "contrast" in self.ops:
+            out = out * gain + offset
+        if "noise" in self.ops:
+            out = out + noise
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+    def batch(
+        self, fields: torch.Tensor, index: torch.Tensor, seed: int, epoch: int
+    ) -> torch.Tensor:
+        """A view of every member of a batch (B, C, H, W), drawn from ``(seed, epoch, member
+        index)`` so that a resumed run sees the same views."""
+        values = fields.detach().cpu().numpy()
+        views = [
+            self.apply(member, np.random.default_rng([seed, epoch, int(i), 7]))
+            for member, i in zip(values, index.tolist())
+        ]
+        return torch.from_numpy(np.stack(views)).to(fields.device)
 
 
 # --------------------------------------------------------------------------- dataset

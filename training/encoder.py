@@ -63,7 +63,12 @@ from sense_core.ensemble import (
 from sense_core.errors import SenseError
 from sense_training.common import History, epoch_seed, load_checkpoint
 from sense_training.config import SELECT_CHOICES, EncoderConfig
-from sense_training.data import Augmentation, EnsembleDataset, EpochShuffleSampler
+from sense_training.data import (
+    Augmentation,
+    EnsembleDataset,
+    EpochShuffleSampler,
+    InstanceViews,
+)
 from sense_training.distributed import RankShare, mean_over_ranks, wrap_model
 from sense_training.export import ExportError, ExportReport
 from sense_training.loop import (
@@ -336,6 +341,11 @@ class EncoderResult:
     is_main: bool = True  # False on the other ranks of a torchrun run (they write nothing)
 
 
+def _first_half(outputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model's outputs for the first half of a batch that was doubled with views."""
+    return {key: value[: len(value) // 2] for key, value in outputs.items()}
+
+
 def trim_schedule(epoch: int, config: EncoderConfig) -> float:
     """The trimmed share of epoch ``epoch`` (0-based): ``τ · min(1, epoch / w)`` with
     ``w = trim_warmup_epochs`` (co-teaching's schedule, Han et al. 2018; τ from the start
@@ -362,11 +372,10 @@ class EncoderTrainer(Trainer):
     selection_name = "validation objective"
 
     def prepare(self, run: TrainingRun) -> dict[str, Any]:
-        terms = run.config.loss.terms
-        if len(run.store.class_names) < 2 and terms != ("recon",):
+        if len(run.store.class_names) < 2 and run.config.loss.uses_labels:
             raise SenseError("the clustering and contrastive losses need at least two classes")
         self.parts = training_parts(run.store, run.config)
-        if terms != ("recon",):
+        if run.config.loss.uses_labels:
             covered = np.unique(self.parts.labels[self.parts.train])
             if np.sum(covered != UNLABELED) < 2:
                 raise SenseError("the training members cover fewer than two classes")
@@ -384,6 +393,8 @@ class EncoderTrainer(Trainer):
             augmentation=Augmentation.parse(config.augment),
             seed=config.run.seed,
         )
+        self.views = InstanceViews.parse(config.loss.instance_views)  # the 'instance' term's
+        self.views.check(store.member_shape)
         self.monitor_set = EnsembleDataset(store, parts.train, self.normalization, parts.labels)
         self.val_set = EnsembleDataset(store, parts.split.validation, self.normalization)
         self.loader, self.samplers = self._loader(run)
@@ -418,7 +429,7 @@ class EncoderTrainer(Trainer):
         """Batches of the epoch (class batches when a latent term uses labels), this rank's
         share of them, and the samplers to tell each epoch."""
         config, labels = run.config, self.train_set.labels
-        if config.loss.terms == ("recon",) or not (labels != UNLABELED).any():
+        if not config.loss.uses_labels or not (labels != UNLABELED).any():
             sampler = EpochShuffleSampler(len(self.train_set), seed=config.run.seed)
             batches = torch.utils.data.BatchSampler(sampler, config.run.batch_size, False)
             samplers = [sampler]
@@ -453,11 +464,17 @@ class EncoderTrainer(Trainer):
         for fields_, labels, index in self.loader:
             fields_, labels = fields_.to(device), labels.to(device)
             confidence = torch.from_numpy(self.parts.confidence[index.numpy()]).to(device)
-            outputs = self.trained(fields_)
+            view_code = None
+            if "instance" in config.loss.terms:  # a second view of every member, one pass
+                view = self.views.batch(fields_, index, config.run.seed, epoch)
+                outputs = self.trained(torch.cat([fields_, view]))
+                outputs, view_code = _first_half(outputs), outputs["code"][len(fields_) :]
+            else:
+                outputs = self.trained(fields_)
             loss = self.objective(
                 fields_, outputs["reconstruction"], outputs["code"], labels,
                 confidence=confidence, logvar=outputs.get("logvar"), latent_scale=scale,
-                index=index.to(device), trim_fraction=trim,
+                index=index.to(device), trim_fraction=trim, view_code=view_code,
             )  # fmt: skip
             self.optimizer.zero_grad(set_to_none=True)
             loss.total.backward()

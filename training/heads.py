@@ -10,7 +10,15 @@ beat the CNN labeler on every held-out ensemble of the label-efficiency benchmar
   plus the propagated labels whose confidence reaches ``threshold`` (self-training), so that the
   result is again a linear head that labels new members.
 
-Both end as a :class:`LinearHead`: logits = latent @ weights.T + bias, exported to ONNX with
+- ``selftrain``: self-training rounds over the latent k-NN graph: in each round labels spread
+  from the hand labels and the members accepted so far, a logistic regression is fitted on them,
+  and the unlabeled members on which graph and head agree with a head confidence of at least
+  ``threshold`` are accepted for the next round; members under the threshold never become
+  training labels (:class:`SelfTraining` counts them).
+- ``raw_linear`` (when :func:`choose_head` is given the fields): a logistic regression on the
+  raw (normalised, flattened) fields, the baseline any labeler has to beat.
+
+All end as a :class:`LinearHead`: logits = latent @ weights.T + bias, exported to ONNX with
 the latent vector as input, so labeling costs one matrix product after the encoder.
 :func:`choose_head` scores the candidates by stratified cross-validation on the hand labels
 (the held-out fold's labels are hidden from propagation too) and keeps the best, with the reason.
@@ -30,7 +38,13 @@ import numpy as np
 from sense_core.ensemble import UNLABELED
 from sense_core.errors import SenseError
 
-CANDIDATES = ("linear", "propagation")
+CANDIDATES = ("linear", "propagation")  # the latent heads of `sense fit --labeler-method latent`
+# the candidates of `--labeler-method ssl`, simplest first (ties go to the earlier one)
+SSL_CANDIDATES = ("linear", "raw_linear", "propagation", "selftrain")
+# Self-training: rounds of accepting confident members, and the head confidence they need. Two
+# rounds: the third accepted few more members on the label-efficiency ensembles.
+SELF_TRAINING_ROUNDS = 2
+SELF_TRAINING_THRESHOLD = 0.9
 # Label spreading (Zhou et al. 2004) as scikit-learn implements it; 10 neighbours and alpha 0.2
 # (the share of a member's label taken from its neighbours per iteration) are scikit-learn's
 # defaults for alpha and a common k for graphs of a few thousand points.
@@ -147,6 +161,65 @@ def propagate(latents: np.ndarray, labels: np.ndarray, seed: int = 0) -> Propaga
     return Propagation(model.classes_[best], distributions.max(axis=1))
 
 
+@dataclass
+class SelfTraining:
+    """The result of :func:`self_train`: the head, the labels it trained on (-1: none) and how
+    many members each round accepted."""
+
+    head: LinearHead
+    targets: np.ndarray  # int64 (N,)
+    accepted: list[int]
+
+    def record(self, threshold: float) -> dict[str, Any]:
+        """JSON-ready counts: labels given, members accepted (per round), members left out."""
+        known = int(np.count_nonzero(self.targets != UNLABELED))
+        return {
+            "threshold": float(threshold),
+            "labels_given": known - sum(self.accepted),
+            "accepted_per_round": list(self.accepted),
+            "accepted": sum(self.accepted),
+            "below_threshold": int(len(self.targets)) - known,
+        }
+
+
+def self_train(
+    latents: np.ndarray,
+    labels: np.ndarray,
+    classes: int,
+    threshold: float = SELF_TRAINING_THRESHOLD,
+    rounds: int = SELF_TRAINING_ROUNDS,
+    seed: int = 0,
+) -> SelfTraining:
+    """Self-training over the latent k-NN graph (see the module docstring); ``labels`` -1 where
+    unknown. Accepted members keep their label in later rounds; hand labels are never changed."""
+    labels = np.asarray(labels, dtype=np.int64)
+    known = labels != UNLABELED
+    targets = labels.copy()
+    head = LinearHead.fit(latents[known], labels[known], classes, seed)
+    accepted: list[int] = []
+    for _ in range(rounds):
+        spread = propagate(latents, targets, seed)
+        chosen = targets != UNLABELED
+        head = LinearHead.fit(latents[chosen], targets[chosen], classes, seed)
+        probability = softmax(head.logits(latents))
+        predicted = probability.argmax(axis=1)
+        new = (~chosen) & (predicted == spread.labels) & (probability.max(axis=1) >= threshold)
+        targets[new] = predicted[new]
+        accepted.append(int(np.count_nonzero(new)))
+        if not new.any():
+            break
+    chosen = targets != UNLABELED
+    head = LinearHead.fit(latents[chosen], targets[chosen], classes, seed)
+    return SelfTraining(head, targets, accepted)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of (N, K) logits."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    weights = np.exp(shifted)
+    return weights / weights.sum(axis=1, keepdims=True)
+
+
 def fit_candidate(
     name: str,
     latents: np.ndarray,
@@ -154,18 +227,26 @@ def fit_candidate(
     classes: int,
     threshold: float = 0.9,
     seed: int = 0,
+    fields: np.ndarray | None = None,
 ) -> LinearHead:
-    """Train candidate ``name`` on ``latents`` of all members, ``labels`` -1 where unknown."""
+    """Train candidate ``name`` on ``latents`` of all members, ``labels`` -1 where unknown
+    (``raw_linear``: on ``fields``, the flattened normalised fields)."""
     labels = np.asarray(labels, dtype=np.int64)
     known = labels != UNLABELED
     if name == "linear":
         return LinearHead.fit(latents[known], labels[known], classes, seed)
+    if name == "raw_linear":
+        if fields is None:
+            raise SenseError("the raw_linear candidate needs the members' fields")
+        return LinearHead.fit(fields[known], labels[known], classes, seed)
     if name == "propagation":
         spread = propagate(latents, labels, seed)
         chosen = known | (spread.confidence >= threshold)
         targets = np.where(known, labels, spread.labels)
         return LinearHead.fit(latents[chosen], targets[chosen], classes, seed)
-    raise SenseError(f"unknown latent labeler {name!r}; choose from {', '.join(CANDIDATES)}")
+    if name == "selftrain":
+        return self_train(latents, labels, classes, threshold, seed=seed).head
+    raise SenseError(f"unknown latent labeler {name!r}; choose from {', '.join(SSL_CANDIDATES)}")
 
 
 def cross_validation_folds(
@@ -205,12 +286,14 @@ def choose_head(
     candidates: Sequence[str] = CANDIDATES,
     threshold: float = 0.9,
     seed: int = 0,
+    fields: np.ndarray | None = None,
 ) -> HeadChoice:
     """Score ``candidates`` by cross-validation on the hand labels and train the best on all.
 
     In each fold the held-out hand labels are hidden (set to -1) for every candidate, so a
     candidate that uses the unlabeled members (propagation) is scored as it will be used.
-    Ties go to the earlier candidate (the simpler one comes first)."""
+    Ties go to the earlier candidate (the simpler one comes first). ``fields`` (N, C·H·W): the
+    normalised fields, for the ``raw_linear`` candidate."""
     labels = np.asarray(labels, dtype=np.int64)
     known = np.flatnonzero(labels != UNLABELED)
     if len(known) == 0:
@@ -222,8 +305,9 @@ def choose_head(
         for _, held in folds:
             hidden = labels.copy()
             hidden[known[held]] = UNLABELED
-            head = fit_candidate(name, latents, hidden, classes, threshold, seed)
-            predicted = head.predict(latents[known[held]])
+            head = fit_candidate(name, latents, hidden, classes, threshold, seed, fields)
+            inputs = fields if name == "raw_linear" else latents
+            predicted = head.predict(inputs[known[held]])
             accuracies.append(float(np.mean(predicted == labels[known[held]])))
         scores[name] = {
             "cv_accuracy": float(np.mean(accuracies)) if accuracies else None,
@@ -242,7 +326,12 @@ def choose_head(
             f"{len(known)} hand labels leave a class with one member: no cross-validation "
             f"possible, the first candidate ({name}) is used"
         )
-    head = fit_candidate(name, latents, labels, classes, threshold, seed)
+    if "selftrain" in candidates:  # what self-training accepts and leaves out, for the report
+        trained = self_train(latents, labels, classes, threshold, seed=seed)
+        scores["selftrain"]["self_training"] = trained.record(threshold)
+        if name == "selftrain":
+            return HeadChoice(name, trained.head, scores, reason)
+    head = fit_candidate(name, latents, labels, classes, threshold, seed, fields)
     return HeadChoice(name, head, scores, reason)
 
 

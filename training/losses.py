@@ -24,8 +24,12 @@ latent vector of ``M`` values (for a β-VAE: mean ``μ`` and log-variance ``log 
   ``b`` are not estimated from a few in-batch members).
 - **Contrastive**: the margin pairwise loss (:func:`margin_contrastive_loss`, Hadsell et al.
   2006) and supervised contrastive loss (:func:`supcon_loss`, Khosla et al. 2020).
+- **Instance-contrastive** (:func:`nt_xent_loss`, SimCLR's NT-Xent, Chen et al. 2020): two views
+  of each member (:class:`~sense_training.data.InstanceViews`) are a positive pair, the other
+  members' views negatives; needs no label, so every member takes part.
 - **Joint objective** (:class:`JointLoss`):
-  ``L = w_rec·L_rec (+ β_norm·KL) + λ_clu·L_clu + λ_con·L_con`` with any subset of terms.
+  ``L = w_rec·L_rec (+ β_norm·KL) + λ_clu·L_clu + λ_con·L_con + λ_ins·L_ins`` with any subset
+  of terms.
 
 Members labelled ``-1`` (no label, no pseudo-label) take part in the reconstruction only.
 :class:`ClassBatchSampler` builds batches in which every class present has at least two
@@ -411,6 +415,32 @@ def supcon_loss(
     return (w * per_anchor).sum() / w.sum().clamp_min(1e-12)
 
 
+def nt_xent_loss(
+    first: torch.Tensor,
+    second: torch.Tensor,
+    temperature: float = 0.2,
+    index: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """NT-Xent (Chen et al. 2020) between two views (B, M) of the same B members: for each of
+    the 2B codes, the cross-entropy of picking its partner view among the other 2B − 1 codes by
+    cosine similarity / ``temperature``, averaged. ``index`` (B,) member ids: other rows of the
+    same member (a batch that repeats a member) are left out of the negatives."""
+    if first.shape != second.shape or first.ndim != 2:
+        raise ValueError(f"views {tuple(first.shape)} and {tuple(second.shape)} must be (B, M)")
+    count = len(first)
+    if count < 2:
+        return first.sum() * 0.0
+    codes = F.normalize(torch.cat([first, second]), dim=1)
+    logits = codes @ codes.T / float(temperature)
+    ids = torch.arange(count, device=first.device) if index is None else index.to(first.device)
+    ids = torch.cat([ids, ids])
+    partner = torch.cat([torch.arange(count, 2 * count), torch.arange(count)]).to(first.device)
+    same = ids[:, None] == ids[None, :]
+    same[torch.arange(2 * count), partner] = False  # the partner stays: it is the positive
+    logits = logits.masked_fill(same, float("-inf"))  # self and repeats of the member
+    return F.cross_entropy(logits, partner)
+
+
 # --------------------------------------------------------------------------- joint objective
 @dataclass
 class LossParts:
@@ -447,10 +477,12 @@ class JointLoss:
         latent_scale: float = 1.0,
         index: torch.Tensor | None = None,
         trim_fraction: float | None = None,
+        view_code: torch.Tensor | None = None,
     ) -> LossParts:
         """The joint loss of a batch; ``index`` (member ids of the rows) feeds the memory bank
         (without it the bank is neither used nor filled); ``trim_fraction`` overrides the
-        configured one (a schedule sets it)."""
+        configured one (a schedule sets it); ``view_code``: the codes of a second view of the
+        batch, for the ``instance`` term (left out without it, e.g. when scoring)."""
         config = self.config
         total = code.sum() * 0.0
         parts: dict[str, float] = {}
@@ -496,6 +528,10 @@ class JointLoss:
                 con = supcon_loss(code, labels, config.temperature, weights)
             total = total + latent_scale * config.contrastive_weight * con
             parts["contrastive"] = float(con.detach())
+        if "instance" in config.terms and view_code is not None:
+            ins = nt_xent_loss(code, view_code, config.instance_temperature, index)
+            total = total + config.instance_weight * ins  # label-free: no warm-up
+            parts["instance"] = float(ins.detach())
         parts["total"] = float(total.detach())
         return LossParts(total=total, parts=parts)
 

@@ -219,6 +219,10 @@ def fit(
         raise SenseError(
             f"unknown labeler method {labeler_method!r}; choose from {', '.join(LABELER_METHODS)}"
         )
+    if labeler_method == "ssl":  # members under the self-training threshold stay unlabelled
+        from sense_training.heads import SELF_TRAINING_THRESHOLD
+
+        threshold = threshold or SELF_TRAINING_THRESHOLD
     options = {
         "profile": profile,
         "labeler_method": labeler_method,
@@ -248,10 +252,12 @@ def fit(
             "or remove the labels: a fit without labels gives a map and suggested groups to name"
         )
 
-    latent = labeler_method == "latent"
+    latent = labeler_method in ("latent", "ssl")
     log(f"[1/{steps}] labeler ({profile} profile, {labeler_method})")
     labeled = state.kept("labeler", clock, log)
-    if labeled is None and latent:
+    if labeled is None and labeler_method == "ssl":
+        labeled = _ssl_labeler_stage(store, out, encoder, state, clock, command, threshold, log)
+    elif labeled is None and latent:
         labeled = _latent_labeler_stage(store, out, encoder, state, clock, command, log)
     elif labeled is None:
         labeled = _labeler_stage(store, out, labeler, state, clock, command, compress_labeler, log)
@@ -282,7 +288,8 @@ def fit(
     log(f"[3/{steps}] encoder")
     trained = state.kept("encoder", clock, log)
     if trained is None:
-        trained = _encoder_stage(relabeled, out, encoder, state, clock, command, log, head=latent)
+        heads = SSL_FINAL_HEADS if labeler_method == "ssl" else LATENT_HEADS if latent else ()
+        trained = _encoder_stage(relabeled, out, encoder, state, clock, command, log, heads)
     parts = _training_parts(relabeled, encoder)
     if latent:
         labeled = {**labeled, "metrics": trained["head"], "first_head": labeled["metrics"]}
@@ -409,10 +416,11 @@ def _pseudo_label_stage(store, bundle, threshold: float, state: FitState, clock)
 
 
 def _encoder_stage(
-    store, out: Path, config: EncoderConfig, state: FitState, clock, command, log, head=False
+    store, out: Path, config: EncoderConfig, state: FitState, clock, command, log, heads=()
 ) -> dict[str, Any]:
-    """Train (or continue training) the encoder on the pseudo-labelled ensemble; with ``head``,
-    give it a latent-space head as the bundle's labeler."""
+    """Train (or continue training) the encoder on the pseudo-labelled ensemble; with ``heads``
+    (candidates of :func:`sense_training.heads.choose_head`), give it the best latent-space head
+    as the bundle's labeler."""
     from sense_training.encoder import RUN_FOLDER, train_encoder
 
     resumes = state.start("encoder", out / RUN_FOLDER)
@@ -420,7 +428,7 @@ def _encoder_stage(
         trained = train_encoder(
             store, out, config, resume=resumes, overwrite=not resumes, command=command, log=log
         )
-        record = _add_latent_head(store, out, config, command, log) if head else None
+        record = _add_latent_head(store, out, config, command, log, heads) if heads else None
     return state.finish("encoder", clock, metrics=trained.metrics, head=record)
 
 
@@ -441,7 +449,79 @@ def _latent_labeler_stage(
     return state.finish("labeler", clock, metrics=record)
 
 
-def _add_latent_head(store, folder: Path, config: EncoderConfig, command, log) -> dict[str, Any]:
+def _ssl_labeler_stage(
+    store, out: Path, config: EncoderConfig, state: FitState, clock, command, threshold, log
+) -> dict[str, Any]:
+    """The ``ssl`` labeler: a self-supervised encoder (reconstruction + instance-contrastive
+    term, no label) trained on all members, then the best of the heads on its latents and a
+    linear classifier of the raw fields, chosen by cross-validation on the hand labels of the
+    training and validation splits (the encoder saw none of them, so the scores are fair to all
+    candidates); a bundle in ``fit_run/hand_bundle`` that pseudo-labels."""
+    from sense_training.encoder import RUN_FOLDER, train_encoder
+
+    terms = tuple(t for t in config.loss.terms if t == "recon") + ("instance",)
+    ssl = config.updated(losses=terms)
+    folder = out / FIT_RUN / HAND_BUNDLE
+    resumes = state.start("labeler", folder / RUN_FOLDER)
+    with clock("labeler"):
+        log(f"  self-supervised encoder ({', '.join(terms)}; views {config.loss.instance_views})")
+        train_encoder(
+            store, folder, ssl, resume=resumes, overwrite=not resumes, command=command, log=log
+        )
+        record = _add_ssl_head(store, folder, ssl, command, threshold, log)
+    return state.finish("labeler", clock, metrics=record)
+
+
+def _add_ssl_head(
+    store, folder: Path, config: EncoderConfig, command, threshold: float, log
+) -> dict[str, Any]:
+    """The bundle's labeler chosen among :data:`sense_training.heads.SSL_CANDIDATES`
+    (cross-validated on the training + validation hand labels; test hand labels kept aside)."""
+    from sense_core.bundle import Bundle
+    from sense_core.inference import Encoder
+    from sense_training.heads import SSL_CANDIDATES, add_head_to_bundle, choose_head
+
+    split = _training_parts(store, config).split
+    hand = np.where(manual_mask(store), store.labels, UNLABELED)
+    pool = np.concatenate([split.train, split.validation]).astype(np.int64)
+    labels = np.full(len(store), UNLABELED, dtype=np.int64)
+    labels[pool] = hand[pool]
+    bundle = Bundle.load(folder)
+    latents = Encoder(bundle).encode_store(store)
+    fields = bundle.normalization.apply(store.read_members(np.arange(len(store))))
+    fields = fields.reshape(len(store), -1)
+    choice = choose_head(
+        latents, labels, len(store.class_names), SSL_CANDIDATES, threshold,
+        config.run.seed, fields,
+    )  # fmt: skip
+    on_fields = choice.name == "raw_linear"
+    test = np.sort(np.asarray(split.test, dtype=np.int64))
+    inputs = fields if on_fields else latents
+    test_accuracy = (
+        float(np.mean(choice.head.predict(inputs[test]) == hand[test])) if len(test) else None
+    )
+    chosen = choice.scores[choice.name]
+    record = {
+        **choice.record(),
+        "hand_labels": int(np.count_nonzero(labels != UNLABELED)),
+        "validation": {"accuracy": chosen["cv_accuracy"]},
+        "test": {"accuracy": test_accuracy},
+    }
+    training = {"command": shlex.join(command), "config": {"split": config.split.to_dict()}}
+    add_head_to_bundle(folder, choice.head, record=record, training=training, on_fields=on_fields)
+    log(f"  labeler: {choice.name} ({choice.reason})")
+    architecture = "linear on the raw fields" if on_fields else f"latent head ({choice.name})"
+    return {
+        "architecture": f"{architecture} on a self-supervised encoder",
+        "validation": record["validation"],
+        "test": record["test"],
+        "choice": record,
+    }
+
+
+def _add_latent_head(
+    store, folder: Path, config: EncoderConfig, command, log, heads: Sequence[str] = ()
+) -> dict[str, Any]:
     """Give the bundle in ``folder`` its labeler: the best head on its encoder's latents
     (:func:`sense_training.heads.choose_head`, cross-validated on the hand labels of the
     encoder's training split), or a linear classifier of the raw fields where that is more
@@ -461,7 +541,7 @@ def _add_latent_head(store, folder: Path, config: EncoderConfig, command, log) -
     bundle = Bundle.load(folder)
     latents = Encoder(bundle).encode_store(store)
     classes = len(store.class_names)
-    choice = choose_head(latents, labels, classes, seed=config.run.seed)
+    choice = choose_head(latents, labels, classes, heads or LATENT_HEADS, seed=config.run.seed)
 
     def raw(members) -> np.ndarray:  # normalised fields, flattened: what labeler.onnx reads
         members = np.sort(np.asarray(members, dtype=np.int64))
@@ -557,7 +637,9 @@ PSEUDO_LABELS = "pseudo_labels.npz"
 FIT_STATE_FORMAT = 1
 STAGES = ("labeler", "pseudo_labels", "encoder", "projector", "evaluation")
 HAND_BUNDLE = "hand_bundle"  # the latent labeler's first encoder and head
-LABELER_METHODS = ("cnn", "latent")
+LABELER_METHODS = ("cnn", "latent", "ssl")
+LATENT_HEADS = ("linear", "propagation")  # the heads of the final encoder (latent method)
+SSL_FINAL_HEADS = ("linear", "propagation", "selftrain")  # ... and of the ssl method
 # options a resumed fit may change: they do not change what is computed (as in the loop)
 RESUMABLE_OPTIONS = frozenset({"labeler.run.threads", "encoder.run.threads"})
 
@@ -843,6 +925,8 @@ def _fit_report(
             "validation_accuracy": (labeler_metrics.get("validation") or {}).get("accuracy"),
             "test_accuracy": (labeler_metrics.get("test") or {}).get("accuracy"),
             "compression": labeled.get("compression"),
+            "choice": labeler_metrics.get("choice"),  # a latent head: candidates, scores, why
+            "first_choice": (labeled.get("first_head") or {}).get("choice"),  # its pseudo-labels
         },
         pseudo_labels={
             k: pseudo.get(k) for k in ("pseudo", "none", "agreement_with_manual_labels")
