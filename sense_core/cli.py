@@ -56,6 +56,9 @@ def _run_info(args: argparse.Namespace) -> int:
     store = open_from_args(args.path, args)
     summary = describe_ensemble(store, tuple(args.fractions), args.seed, args.stats)
     summary["label_origin"] = getattr(store, "label_origin", None)
+    from sense_core.generators.convergence import convergence_from_metadata
+
+    summary["convergence"] = convergence_from_metadata(store.metadata)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -68,6 +71,11 @@ def _run_info(args: argparse.Namespace) -> int:
         print(f"  class {name!r}: {count} labeled")
     if summary["metadata"]:
         print(f"  metadata: {', '.join(summary['metadata'])}")
+    if summary["convergence"]:
+        from sense_core.generators.cli import convergence_line
+
+        convergence = summary["convergence"]
+        print(f"  MCMC {convergence_line(convergence['r_hat'], convergence['ess'])}")
     split = summary["split"]
     if "error" in split:
         print(f"  split: not possible ({split['error']})")

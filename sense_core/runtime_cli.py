@@ -153,7 +153,8 @@ def _run_warmup(args: argparse.Namespace) -> int:
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
-    """Register ``embed``, ``project``, ``warmup``, ``unusual`` and ``stats`` on ``sense``."""
+    """Register ``embed``, ``project``, ``warmup``, ``unusual``, ``stats`` and ``paths`` on
+    ``sense``."""
     embed = commands.add_parser(
         "embed",
         help="embed an ensemble with a model bundle: latent vectors, labels, 2D map, report",
@@ -206,7 +207,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     warm.set_defaults(handler=_run_warmup)
 
     from sense_core.categorical import add_parser as add_stats
+    from sense_core.paths import add_parser as add_paths
     from sense_core.unusual import add_parser as add_unusual
 
     add_unusual(commands)
     add_stats(commands)
+    add_paths(commands)

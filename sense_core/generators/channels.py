@@ -59,6 +59,8 @@ from sense_core.generators.common import (
     class_counts,
     progress,
 )
+from sense_core.generators.convergence import convergence_table
+from sense_core.generators.convergence import gelman_rubin as gelman_rubin  # re-exported
 
 CLASS_NAMES = ("straight_ew", "straight_ns", "meandering_ew", "meandering_ns", "multi_channel")
 MAX_CHANNELS = 4
@@ -85,7 +87,12 @@ MOVE_GLOBAL, MOVE_CHANNEL, MOVE_DIMENSION = 0, 1, 2
 MOVE_PROBABILITIES = (0.45, 0.40, 0.15)
 TARGET_ACCEPTANCE = 0.3
 ADAPT_EVERY = 25
-SWAP_EVERY = 2
+SWAP_EVERY = 2  # "random" swap scheme: one random neighbour pair per group every 2 steps
+# Swap schemes: "random" (the scheme above, reversible) or "even_odd": every step, all pairs
+# (l, l+1) with l even, then all with l odd, alternately (deterministic even-odd swaps, the
+# non-reversible parallel tempering of Syed, Bouchard-Cote, Deligiannidis & Doucet 2022, JRSS B
+# 84, 321-350): a state crosses the ladder in O(levels) instead of O(levels^2) swap rounds.
+SWAP_SCHEMES = ("random", "even_odd")
 
 # Observation model.
 WELL_SAMPLES = 32  # facies logged at this many depths per borehole
@@ -291,6 +298,7 @@ def run_chains(
     burn_in: int,
     rng: np.random.Generator,
     show_progress: bool | None = None,
+    swap_scheme: str = "random",
 ) -> ChainSamples:
     """Vectorised Metropolis--Hastings with parallel tempering; keeps every ``thin``-th state.
 
@@ -350,7 +358,14 @@ def run_chains(
             n_channels[accept] = new_channels[accept]
             log_lik[accept] = new_log_lik[accept]
 
-            if levels > 1 and step % SWAP_EVERY == 0:
+            if levels > 1 and swap_scheme == "even_odd":
+                accepted, tried = _swap_levels(
+                    state, n_channels, log_lik, temperatures, rng, parity=step % 2
+                )
+                if step >= burn_in:
+                    swaps_accepted += accepted
+                    swaps_tried += tried
+            elif levels > 1 and step % SWAP_EVERY == 0:
                 accepted, tried = _swap_levels(state, n_channels, log_lik, temperatures, rng)
                 if step >= burn_in:
                     swaps_accepted += accepted
@@ -398,19 +413,28 @@ def _swap_levels(
     log_lik: np.ndarray,
     temperatures: np.ndarray,
     rng: np.random.Generator,
+    parity: int | None = None,
 ) -> tuple[int, int]:
-    """Propose, in every group, to exchange the states of levels l and l+1 (l random)."""
+    """Propose, in every group, to exchange the states of levels l and l+1: one random l
+    (``parity`` None), or every l with ``l % 2 == parity`` at once (disjoint pairs).
+    Returns (accepted, proposed)."""
     levels = temperatures.size
     groups = state.shape[0] // levels
-    lower = np.arange(groups) * levels + rng.integers(0, levels - 1, size=groups)
+    if parity is None:
+        lower = np.arange(groups) * levels + rng.integers(0, levels - 1, size=groups)
+    else:
+        pairs = np.arange(parity, levels - 1, 2)
+        if pairs.size == 0:
+            return 0, 0
+        lower = (np.arange(groups)[:, None] * levels + pairs[None, :]).ravel()
     upper = lower + 1
     beta = 1.0 / np.tile(temperatures, groups)
     log_ratio = (beta[lower] - beta[upper]) * (log_lik[upper] - log_lik[lower])
-    accept = np.log(rng.random(groups)) < log_ratio
+    accept = np.log(rng.random(lower.size)) < log_ratio
     a, b = lower[accept], upper[accept]
     for array in (state, n_channels, log_lik):
         array[a], array[b] = array[b].copy(), array[a].copy()
-    return int(accept.sum()), groups
+    return int(accept.sum()), int(lower.size)
 
 
 def _birth_death(
@@ -455,17 +479,19 @@ def _birth_death(
     n_channels[rows] = target
 
 
-def gelman_rubin(chains: np.ndarray) -> float:
-    """Potential scale reduction R-hat of one scalar, ``chains`` shaped (samples, chains)."""
-    samples = chains.shape[0]
-    if samples < 2 or chains.shape[1] < 2:
-        return float("nan")
-    within = chains.var(axis=0, ddof=1).mean()
-    between = samples * chains.mean(axis=0).var(ddof=1)
-    if within <= 0:
-        return float("inf") if between > 0 else 1.0
-    pooled = (samples - 1) / samples * within + between / samples
-    return float(np.sqrt(pooled / within))
+def convergence_summaries(
+    samples: ChainSamples, sand_fraction: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Scalar summaries of every kept cold-chain state, each (samples, chains), for R-hat/ESS:
+    the log-likelihood (the sampler's energy), the sand fraction of the rendered member, the
+    axial orientation cos(2 theta), the sinuosity and the channel count."""
+    return {
+        "log_likelihood": samples.log_likelihood,
+        "sand_fraction": sand_fraction,
+        "orientation": np.cos(2 * samples.state[..., 0]),
+        "sinuosity": samples.state[..., 1],
+        "n_channels": samples.n_channels.astype(np.float64),
+    }
 
 
 def generate_channels(
@@ -482,6 +508,7 @@ def generate_channels(
     temperature: float = 1.0,
     tempering_levels: int = 6,
     hottest_temperature: float = 50.0,
+    swap_scheme: str = "random",
     noise: float = 0.0,
     blur: float = 0.0,
     progress_bar: bool | None = None,
@@ -492,7 +519,8 @@ def generate_channels(
     chains (default grows with n, 4 to 64); each chain keeps every ``thin``-th state after
     ``burn_in`` steps. ``wells`` boreholes observe each true field; ``temperature`` > 1 widens
     the posterior. Each kept chain is the cold end of a parallel-tempering ladder of
-    ``tempering_levels`` chains up to ``hottest_temperature`` (1 level: plain MH).
+    ``tempering_levels`` chains up to ``hottest_temperature`` (1 level: plain MH), whose
+    neighbours swap states by ``swap_scheme`` (``SWAP_SCHEMES``: "random" or "even_odd").
     Returns the ensemble and the run info (acceptance rates, R-hat, timing).
     """
     started = time.perf_counter()
@@ -501,6 +529,8 @@ def generate_channels(
         raise EnsembleError(
             "channels needs problems, wells, thin and tempering_levels >= 1 and burn_in >= 0"
         )
+    if swap_scheme not in SWAP_SCHEMES:
+        raise EnsembleError(f"swap_scheme must be one of {SWAP_SCHEMES}, got {swap_scheme!r}")
     if temperature <= 0 or hottest_temperature < 1:
         raise EnsembleError("channels needs temperature > 0 and hottest_temperature >= 1")
     if chains_per_problem is None:
@@ -526,6 +556,7 @@ def generate_channels(
         burn_in,
         rng,
         progress_bar,
+        swap_scheme,
     )
     mcmc_seconds = time.perf_counter() - started
 
@@ -552,7 +583,7 @@ def generate_channels(
         "problem": chain_problem[chain_index],
         "true_regime": np.array([p.true_regime for p in problem_list])[chain_problem][chain_index],
         "chain": chain_index,
-        "mcmc_step": result.step[sample_index],
+        "step": result.step[sample_index],
         "log_likelihood": result.log_likelihood.reshape(-1)[:n],
         "chain_acceptance": result.acceptance[chain_index],
     }
@@ -560,7 +591,22 @@ def generate_channels(
         metadata[f"offset_{k}"] = state[:, OFFSET_COLUMNS[k]]
         metadata[f"phase_{k}"] = state[:, PHASE_COLUMNS[k]]
 
-    r_hat = [gelman_rubin(result.log_likelihood[:, chain_problem == p]) for p in range(problems)]
+    # Convergence over the complete rows of kept states (every chain has the same samples).
+    full = n // chains
+    sand_rows = sand_fraction[: full * chains].reshape(full, chains).astype(np.float64)
+    kept = ChainSamples(
+        state=result.state[:full],
+        n_channels=result.n_channels[:full],
+        log_likelihood=result.log_likelihood[:full],
+        step=result.step[:full],
+        acceptance=result.acceptance,
+        move_acceptance=result.move_acceptance,
+        swap_acceptance=result.swap_acceptance,
+    )
+    convergence = convergence_table(convergence_summaries(kept, sand_rows), chain_problem)
+    member_problem = chain_problem[chain_index]
+    metadata["problem_r_hat"] = np.asarray(convergence["r_hat"])[member_problem]
+    metadata["problem_ess"] = np.asarray(convergence["ess"])[member_problem]
     info = GenerationInfo(
         name="channels",
         n=n,
@@ -576,6 +622,7 @@ def generate_channels(
             "temperature": temperature,
             "tempering_levels": tempering_levels,
             "hottest_temperature": hottest_temperature,
+            "swap_scheme": swap_scheme,
             "noise": noise,
             "blur": blur,
         },
@@ -587,7 +634,9 @@ def generate_channels(
             "samples_per_chain": samples,
             "mcmc_steps": burn_in + samples * thin,
             "mcmc_seconds": mcmc_seconds,
-            "r_hat_log_likelihood": r_hat,
+            "r_hat": convergence["r_hat"],
+            "ess": convergence["ess"],
+            "convergence_by_summary": convergence["by_summary"],
             "true_regimes": [CLASS_NAMES[p.true_regime] for p in problem_list],
             "class_counts": class_counts(classes, CLASS_NAMES),
         },

@@ -24,9 +24,11 @@ channels  MCMC posterior of a channelised subsurface: sinuous sand channels in m
           thinned states are the members. 5 classes from each member's parameters:
           straight_ew, straight_ns (sinuosity < 0.9, n <= 2, orientation within 45 deg of
           E-W / N-S), meandering_ew, meandering_ns (sinuosity >= 0.9), multi_channel
-          (n >= 3). The acceptance rate is printed.
-drops     droplet impact on a liquid film, liquid fraction on the axial cross-section at
-          a random time after impact; a procedural kinematic model (not Navier-Stokes).
+          (n >= 3). The acceptance rate, and R-hat and effective sample size per
+          problem (also metadata problem_r_hat, problem_ess), are printed.
+drops     droplet impact on a liquid film, liquid fraction on the axial cross-section;
+          each simulated impact is seen at --times-per-simulation increasing times
+          (metadata simulation, time); a procedural kinematic model (not Navier-Stokes).
           7 classes from Weber We, Ohnesorge Oh, film ratio delta and K = We Oh^-0.4:
           bouncing (We < 10), coalescence (K < 400), jet_cavity (delta >= 0.8, K <
           K_splash), spreading_lamella (K < 0.35 K_splash), crown (K < K_splash =
@@ -71,8 +73,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     channels.add_argument("--temperature", type=float, help="likelihood temperature (1)")
     channels.add_argument("--tempering-levels", type=int, help="parallel tempering levels (6)")
     channels.add_argument("--hottest-temperature", type=float, help="hottest level (50)")
+    channels.add_argument(
+        "--swap-scheme",
+        choices=("random", "even_odd"),
+        help="tempering swaps: one random pair every 2 steps, or all even/odd pairs each step",
+    )
     drops = parser.add_argument_group("drops options")
     drops.add_argument("--balance", choices=("uniform", "natural"), help="class balance (uniform)")
+    drops.add_argument(
+        "--times-per-simulation",
+        type=int,
+        help="snapshots of each simulated impact, at increasing times (8; 1: independent)",
+    )
     crops = parser.add_argument_group("crops options")
     crops.add_argument("--images", nargs="+", type=Path, help="source images (PNG, TIFF...)")
     crops.add_argument("--per-image", type=int, help="crops per image")
@@ -97,8 +109,9 @@ GENERATOR_OPTIONS = {
         "temperature",
         "tempering_levels",
         "hottest_temperature",
+        "swap_scheme",
     ),
-    "drops": ("balance",),
+    "drops": ("balance", "times_per_simulation"),
     "crops": ("images", "per_image", "split_fractions"),
 }
 
@@ -158,13 +171,12 @@ def summary(ensemble, info, generated_s: float, total_s: float, written: Path) -
     stats = info.stats
     if "acceptance_rate" in stats:
         moves = ", ".join(f"{k} {v:.2f}" for k, v in stats["acceptance_by_move"].items())
-        r_hat = ", ".join(f"{v:.2f}" for v in stats["r_hat_log_likelihood"])
         lines.append(
             f"MCMC: acceptance rate {stats['acceptance_rate']:.3f} ({moves}); tempering swaps "
             f"{stats['swap_acceptance']:.2f}; {stats['chains']} chains x "
-            f"{stats['samples_per_chain']} samples, {stats['mcmc_steps']} steps; "
-            f"R-hat(log-likelihood) per problem: {r_hat}"
+            f"{stats['samples_per_chain']} samples, {stats['mcmc_steps']} steps"
         )
+        lines.append(convergence_line(stats["r_hat"], stats["ess"]))
     if "region_counts" in stats:
         lines.append(f"regions: {stats['region_counts']}")
     lines.append(
@@ -173,6 +185,21 @@ def summary(ensemble, info, generated_s: float, total_s: float, written: Path) -
     )
     lines.append(f"reproduce: {info.command()}")
     return "\n".join(lines)
+
+
+def convergence_line(r_hat, ess, threshold: float = 1.1) -> str:
+    """One line: R-hat and ESS per problem, and whether every problem is below ``threshold``."""
+    r_text = ", ".join(f"{v:.2f}" for v in r_hat)
+    ess_text = ", ".join("nan" if not np.isfinite(v) else f"{v:.0f}" for v in ess)
+    worst = max((v for v in r_hat if np.isfinite(v)), default=float("nan"))
+    verdict = (
+        "not enough samples to judge"
+        if not np.isfinite(worst)
+        else f"converged (max R-hat {worst:.2f} <= {threshold})"
+        if worst <= threshold
+        else f"NOT converged (max R-hat {worst:.2f} > {threshold}: chains have not mixed)"
+    )
+    return f"convergence per problem: split-R-hat {r_text}; ESS {ess_text}; {verdict}"
 
 
 def main(argv: list[str] | None = None) -> int:

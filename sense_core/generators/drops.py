@@ -88,6 +88,7 @@ DELTA_RANGE = (0.02, 1.5)
 DOMAIN = 5.0  # drop diameters across and up
 MAX_DROPLETS = 5  # secondary droplets per side
 RENDER_CHUNK = 512
+DEFAULT_TIMES_PER_SIMULATION = 8  # snapshots of each simulated impact (members per path)
 
 
 def splash_threshold(delta: np.ndarray) -> np.ndarray:
@@ -112,10 +113,20 @@ def regime_of(weber: np.ndarray, ohnesorge: np.ndarray, delta: np.ndarray) -> np
     return regime
 
 
+def class_quota(n: int) -> np.ndarray:
+    """Members per regime of a balanced ensemble: n // 7 each, the remainder to the first."""
+    quota = np.full(len(CLASS_NAMES), n // len(CLASS_NAMES))
+    quota[: n % len(CLASS_NAMES)] += 1
+    return quota
+
+
 def sample_parameters(
-    n: int, rng: np.random.Generator, balance: str = "uniform"
+    n: int, rng: np.random.Generator, balance: str = "uniform", quota: np.ndarray | None = None
 ) -> dict[str, np.ndarray]:
-    """Draw (We, Oh, delta) for ``n`` members, class-balanced or from the prior as is."""
+    """Draw (We, Oh, delta) for ``n`` members, class-balanced or from the prior as is.
+
+    ``quota``: with ``balance="uniform"``, how many draws each regime gets (summing to ``n``;
+    default :func:`class_quota`)."""
     if balance not in ("uniform", "natural"):
         raise EnsembleError(f"balance must be 'uniform' or 'natural', got {balance!r}")
 
@@ -128,8 +139,7 @@ def sample_parameters(
     if balance == "natural":
         weber, ohnesorge, delta = draw(n)
     else:
-        quota = np.full(len(CLASS_NAMES), n // len(CLASS_NAMES))
-        quota[: n % len(CLASS_NAMES)] += 1
+        quota = class_quota(n) if quota is None else np.asarray(quota, dtype=np.int64)
         parts: list[tuple[np.ndarray, ...]] = []
         filled = np.zeros_like(quota)
         while (filled < quota).any():
@@ -158,10 +168,14 @@ TIME_WINDOWS = {
 }
 
 
-def sample_times(regime: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    low = np.array([TIME_WINDOWS[r][0] for r in range(7)])[regime]
-    high = np.array([TIME_WINDOWS[r][1] for r in range(7)])[regime]
-    return low + (high - low) * rng.random(regime.size)
+def sample_times(regime: np.ndarray, rng: np.random.Generator, times: int = 1) -> np.ndarray:
+    """(count, times) increasing snapshot times of each simulation inside its regime's window:
+    one uniform draw in each of ``times`` equal parts of the window (stratified), so that a
+    simulation is seen from impact towards its end, and ``times=1`` is a uniform draw."""
+    low = np.array([TIME_WINDOWS[r][0] for r in range(7)])[regime][:, None]
+    high = np.array([TIME_WINDOWS[r][1] for r in range(7)])[regime][:, None]
+    part = (np.arange(times)[None, :] + rng.random((regime.size, times))) / times
+    return low + (high - low) * part
 
 
 # ---------------------------------------------------------------- signed distance primitives
@@ -387,17 +401,49 @@ def generate_drops(
     seed: int = 0,
     *,
     balance: str = "uniform",
+    times_per_simulation: int = DEFAULT_TIMES_PER_SIMULATION,
     noise: float = 0.0,
     blur: float = 0.0,
     progress_bar: bool | None = None,
 ) -> tuple[Ensemble, GenerationInfo]:
-    """``n`` impact snapshots (see the module docstring); returns the ensemble and run info."""
+    """``n`` impact snapshots (see the module docstring); returns the ensemble and run info.
+
+    Members come from ``ceil(n / times_per_simulation)`` simulations (one parameter set and
+    one set of shape jitters each), every simulation seen at ``times_per_simulation``
+    increasing times (:func:`sample_times`); members are in simulation order, then time, and
+    the last simulation may have fewer snapshots. Metadata ``simulation`` and ``time`` let
+    ``sense paths`` draw each impact's path through the map. ``times_per_simulation=1``:
+    independent snapshots.
+    """
     started = time.perf_counter()
     check_common_arguments(n, size, labeled_fraction)
+    times = int(times_per_simulation)
+    if times != times_per_simulation or times < 1:
+        raise EnsembleError(
+            f"times_per_simulation must be a positive integer, got {times_per_simulation!r}"
+        )
     rng = np.random.default_rng(seed)
-    params = sample_parameters(n, rng, balance)
-    params["tau"] = sample_times(params["regime"], rng)
-    jitter = rng.random((n, JITTER_COLUMNS))
+    if balance == "uniform":  # balanced members: each regime's last simulation is cut short
+        member_quota = class_quota(n)
+        sim_quota = -(-member_quota // times)
+        sim_params = sample_parameters(int(sim_quota.sum()), rng, balance, sim_quota)
+        lengths = np.full(sim_params["regime"].size, times)
+        for regime, count in enumerate(member_quota):
+            mine = np.flatnonzero(sim_params["regime"] == regime)
+            if mine.size:
+                lengths[mine[-1]] = count - (mine.size - 1) * times
+    else:
+        sim_params = sample_parameters(-(-n // times), rng, balance)
+        lengths = np.full(sim_params["regime"].size, times)
+        lengths[-1] = n - (lengths.size - 1) * times
+    simulations = lengths.size
+    sim_tau = sample_times(sim_params["regime"], rng, times)
+    sim_jitter = rng.random((simulations, JITTER_COLUMNS))
+    simulation = np.repeat(np.arange(simulations), lengths)
+    snapshot = np.arange(times)[None, :] < lengths[:, None]
+    params = {key: value[simulation] for key, value in sim_params.items()}
+    params["tau"] = sim_tau[snapshot]
+    jitter = sim_jitter[simulation]
     fields = np.empty((n, 1, size, size), dtype=np.float32)
     batch = 4096
     parts = list(chunks(n, batch))
@@ -417,6 +463,7 @@ def generate_drops(
         "splash_k_threshold": splash_threshold(params["delta"]),
         "time": params["tau"],
         "regime": classes,
+        "simulation": simulation.astype(np.int64),
     }
     info = GenerationInfo(
         name="drops",
@@ -424,8 +471,13 @@ def generate_drops(
         size=size,
         labeled_fraction=labeled_fraction,
         seed=seed,
-        options={"balance": balance, "noise": noise, "blur": blur},
-        stats={"class_counts": class_counts(classes, CLASS_NAMES)},
+        options={
+            "balance": balance,
+            "times_per_simulation": times,
+            "noise": noise,
+            "blur": blur,
+        },
+        stats={"class_counts": class_counts(classes, CLASS_NAMES), "simulations": simulations},
     )
     ensemble = Ensemble(fields=fields, labels=labels, class_names=CLASS_NAMES, metadata=metadata)
     info.seconds = time.perf_counter() - started
