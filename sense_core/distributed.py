@@ -1,8 +1,10 @@
 """Embedding an ensemble whose members are spread over MPI ranks (pvbatch/pvserver under MPI).
 
-Each rank encodes (and labels) the members it holds; the latent vectors and labels are gathered
-to rank 0, put back in the ensemble's member order and projected there, so rank 0's result is
-the single-process result (same members, order and values up to float rounding). Works with any
+Each rank encodes (and labels) the members it holds and, with the bundle's decoder, measures
+their reconstruction errors; the latent vectors, labels and errors are gathered to rank 0, put
+back in the ensemble's member order, scored for unusual members (class prototypes need every
+member) and projected there, so rank 0's result is the single-process result (same members,
+order, unusual-member scores and values up to float rounding). Works with any
 communicator offering mpi4py's ``allgather``/``gather``/``Get_rank`` (``mpi4py.MPI.COMM_WORLD``
 in ParaView's MPI runs). No VTK here: the ParaView filter hands over numpy members.
 
@@ -119,6 +121,8 @@ def _local_embedding(ids, labels, fields, class_names, bundle, options) -> dict[
         "confidence": local.confidence,
         "predicted_labels": local.predicted_labels,
         "predicted_confidence": local.predicted_confidence,
+        # a member's own (with the bundle's decoder); prototypes need every member: rank 0
+        "reconstruction_error": local.reconstruction_error,
         "class_names": local.class_names,
         "provenance": local.provenance,
     }
@@ -159,6 +163,7 @@ def _merge(parts: list[dict[str, Any]], order: np.ndarray):
         class_names=tuple(parts[0]["class_names"]),
         predicted_labels=stacked("predicted_labels"),
         predicted_confidence=stacked("predicted_confidence"),
+        reconstruction_error=stacked("reconstruction_error"),
         provenance=provenance,
     )
 
@@ -214,6 +219,18 @@ def _project_parts(gathered, bundle, projection, options, started):
     if len(np.unique(order)) != len(order):
         raise SenseError("a member is held by several ranks; the input's blocks overlap")
     merged = _merge(parts, order)
+    if merged.reconstruction_error is not None:  # unusual members, as one process scores them
+        from sense_core.embedding import set_unusual_scores
+        from sense_core.unusual import score_members
+
+        scores = score_members(
+            merged.latents,
+            merged.labels,
+            merged.label_source,
+            len(merged.class_names),
+            reconstruction_error=merged.reconstruction_error,
+        )
+        set_unusual_scores(merged, scores)
     result = reproject(
         merged,
         projection or ProjectionOptions(),
