@@ -109,6 +109,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     _add_evaluate(commands)
     _add_fit(commands)
     _add_experiment(commands)
+    _add_train_version(commands)
 
 
 # --------------------------------------------------------------------------- shared options
@@ -426,7 +427,10 @@ def _add_fit(commands: argparse._SubParsersAction) -> None:
         "an encoder on all members with the hand labels first and label with the best head on "
         "its latent space (linear or label propagation, chosen by cross-validation), then give "
         "the final encoder its own head as the bundle's labeler (better with few hand labels; "
-        "see docs/label_efficiency.md)",
+        "see docs/label_efficiency.md); ssl: the first encoder is self-supervised (recon + "
+        "instance-contrastive term with --instance-views, no label), the labeler is chosen among "
+        "latent heads, self-training and a raw-field classifier by cross-validation, and members "
+        "under --threshold (default 0.9 here) stay unlabelled",
     )
     parser.add_argument(
         "--compress-labeler",
@@ -545,3 +549,150 @@ def _run_experiment(args: argparse.Namespace) -> int:
 
     run_experiment(args.config, overwrite=args.overwrite, command=_command(args))
     return 0
+
+
+# --------------------------------------------------------------------------- train-version
+TRAIN_VERSION_DESCRIPTION = """\
+Train a new bundle for an ensemble and keep it as the next version beside it
+(<ensemble>.sense/bundles/NNN/, see docs/labeling.md), from the hand labels it has now (its
+own and its label sidecar's). --kind head: a classifier head on the latent space of an existing
+bundle (--bundle, default: the newest version, else the shipped bundle for the member shape),
+cross-validated on the hand labels; seconds. --kind full: a whole sense fit (--profile); with no
+hand label at all, a label-free fit (a map and suggested groups). Progress lines are
+"[k/n] stage" and "epoch e/E"; the last line names the version. A failure or a SIGTERM leaves no
+version behind. What sense_paraview.train runs in the background.
+"""
+
+
+def _add_train_version(commands: argparse._SubParsersAction) -> None:
+    from sense_core.bundle_versions import KINDS
+
+    parser = commands.add_parser(
+        "train-version",
+        help="train a head or a whole fit into the ensemble's next bundle version",
+        description=TRAIN_VERSION_DESCRIPTION,
+    )
+    parser.add_argument("ensemble", help="ensemble .npz file or folder of members")
+    parser.add_argument("--kind", choices=KINDS[:2], default="head", help="head or full (head)")
+    parser.add_argument("--bundle", help="the bundle a head goes on (default: see above)")
+    parser.add_argument("--profile", default="quick", help="sense fit profile for --kind full")
+    parser.add_argument("--epochs", type=int, help="epochs of the full fit (default: profile's)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    parser.set_defaults(handler=_run_train_version)
+
+
+def _run_train_version(args: argparse.Namespace) -> int:
+    from sense_core.bundle_versions import check_training_labels, latest_version, new_version
+    from sense_core.io import open_ensemble
+
+    store = open_ensemble(args.ensemble)
+    classes = check_training_labels(store, args.kind, args.ensemble)
+    command = _command(args)
+    if args.kind == "head":
+        base = args.bundle
+        if base is None:
+            latest = latest_version(args.ensemble)
+            base = latest.path if latest is not None else None
+        if base is None:
+            from sense_core.bundle import find_shipped_bundle
+
+            base = find_shipped_bundle(store.member_shape, store.class_names)
+        base = Path(base).resolve()
+        with new_version(args.ensemble, "head", base=base, command=command) as draft:
+            _train_head(store, base, draft, args.seed)
+    else:
+        kind = "full" if classes else "label-free"
+        with new_version(args.ensemble, kind, command=command) as draft:
+            _train_full(store, draft, args)
+    print(f"version {draft.number:03d}: {draft.path}", flush=True)
+    return 0
+
+
+def _train_head(store, base: Path, draft, seed: int) -> None:
+    """Copy the bundle ``base`` into the draft and make a head on its latents its labeler."""
+    import shutil
+
+    import numpy as np
+
+    from sense_core.bundle import MANIFEST, Bundle, manifest_text, read_manifest
+    from sense_core.bundle_versions import RECORD
+    from sense_core.ensemble import UNLABELED, manual_mask
+    from sense_core.inference import Encoder
+    from sense_core.io.atomic import atomic_write_text
+    from sense_training.heads import add_head_to_bundle, choose_head
+
+    Bundle.load(base).check_compatible(store)
+    for item in base.iterdir():  # the models and records, not the training runs
+        if item.is_file() and not item.name.startswith(".") and item.name != RECORD:
+            shutil.copy2(item, draft.folder / item.name)
+    print(f"[1/3] encoding {len(store)} members with {base}", flush=True)
+    latents = Encoder(Bundle.load(draft.folder)).encode_store(store)
+    labels = np.where(manual_mask(store), store.labels, UNLABELED).astype(np.int64)
+    print(f"[2/3] head on the latents ({int(np.sum(labels != UNLABELED))} hand labels)", flush=True)
+    choice = choose_head(latents, labels, len(store.class_names), seed=seed)
+    manifest = read_manifest(draft.folder)
+    manifest["class_names"] = list(store.class_names)  # labeling may have added classes
+    atomic_write_text(draft.folder / MANIFEST, manifest_text(manifest))
+    add_head_to_bundle(
+        draft.folder,
+        choice.head,
+        record=choice.record(),
+        training={"command": " ".join(draft.command), "base": str(base)},
+    )
+    draft.labels = int(np.sum(labels != UNLABELED))
+    draft.classes = list(store.class_names)
+    draft.accuracy = choice.scores[choice.name]["cv_accuracy"]
+    print(f"[3/3] labeler: {choice.name} head ({choice.reason})", flush=True)
+
+
+def _train_full(store, draft, args: argparse.Namespace) -> None:
+    """A whole ``sense fit`` (label-free without hand labels) into the draft."""
+    import numpy as np
+
+    from sense_core.ensemble import manual_mask
+    from sense_training.pipeline import fit, profile_configs
+
+    configs = profile_configs(args.profile)
+    run = {"seed": args.seed, **({"epochs": args.epochs} if args.epochs else {})}
+    report = fit(
+        store,
+        draft.folder,
+        profile=args.profile,
+        labeler=configs.labeler.updated({"run": run}),
+        encoder=configs.encoder.updated({"run": run}),
+        command=draft.command,
+        log=lambda line: print(line, flush=True),
+    )
+    draft.labels = int(np.sum(manual_mask(store)))
+    draft.classes = list(store.class_names)
+    test = (report.labeler or {}).get("test") or {}
+    draft.accuracy = test.get("accuracy")
+    if draft.kind == "label-free":
+        draft.classes = _label_groups(store, draft.folder, args.seed)
+
+
+def _label_groups(store, folder: Path, seed: int) -> list[str]:
+    """Give a label-free bundle a labeler that predicts its suggested groups (classes
+    ``group 1``..``group k``), so that a map made with it shows them, coloured and in the
+    legend, until hand labels name them. The groups are the fit's (``groups.csv``: the same
+    latents and seed)."""
+    import numpy as np
+
+    from sense_core.bundle import MANIFEST, Bundle, manifest_text, read_manifest
+    from sense_core.groups import suggest_groups
+    from sense_core.inference import Encoder
+    from sense_core.io.atomic import atomic_write_text
+    from sense_training.heads import LinearHead, add_head_to_bundle
+
+    latents = Encoder(Bundle.load(folder)).encode_store(store)
+    groups = suggest_groups(latents, seed=seed)
+    names = [f"group {g + 1}" for g in range(groups.k)]
+    manifest = read_manifest(folder)
+    manifest["class_names"] = names
+    atomic_write_text(folder / MANIFEST, manifest_text(manifest))
+    head = LinearHead.fit(latents, groups.labels, groups.k, seed)
+    agreement = float(np.mean(head.predict(latents) == groups.labels))
+    record = {"groups": groups.record(), "agreement_with_groups": round(agreement, 4)}
+    add_head_to_bundle(folder, head, record=record, training={"source": "suggested groups"})
+    print(f"  labeler: the {groups.k} suggested groups (agreement {agreement:.3f})", flush=True)
+    return names
