@@ -54,9 +54,9 @@ def test_member_view_titles_each_image_in_its_top_left_corner():
     x_min, _, _, y_max, _, _ = mosaic.GetBounds()
     # 3 members -> 2 x 2 tiles of 12 x 10 with 2-pixel gaps; (left, top) of each image
     mean_left = blocks.GetBlock(2).GetBounds()[0]
-    std_left = blocks.GetBlock(3).GetBounds()[0]
+    std_left, _, _, std_top, _, _ = blocks.GetBlock(3).GetBounds()  # std under mean
     corners = {"run3": (0, y_max), "run7": (12, y_max), ids[2]: (0, y_max - 14),
-               "mean": (mean_left, y_max), "std": (std_left, y_max)}  # fmt: skip
+               "mean": (mean_left, y_max), "std": (std_left, std_top)}  # fmt: skip
     seen = set()
     for cell in range(titles.GetNumberOfCells()):
         text = labels.GetValue(cell)

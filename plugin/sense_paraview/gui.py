@@ -118,6 +118,11 @@ def _views_showing(proxy) -> list:
     return views
 
 
+def _links() -> list:
+    """The selection links the GUI's watcher keeps (one per laid-out embedding)."""
+    return list(_WATCHER.links.values()) if _WATCHER is not None else []
+
+
 def _lay_out(smproxy):
     """Link an existing member view of the embedding's ensemble (a loaded state), else build
     the linked layout in the active render view; return the selection link."""
@@ -133,6 +138,9 @@ def _lay_out(smproxy):
     ensemble = embedding.Input
     ensemble_proxy = getattr(ensemble, "SMProxy", None)
     existing = _member_views_of(ensemble_proxy) if ensemble_proxy is not None else []
+    # a member view that another embedding's link drives belongs to that map's layout
+    driven = {link.member_view.SMProxy.GetGlobalID() for link in _links() if link is not None}
+    existing = [view for view in existing if view.SMProxy.GetGlobalID() not in driven]
     if existing:
         member_view = existing[0]
         return link_selection(embedding, member_view, views=_views_showing(member_view))

@@ -97,7 +97,10 @@ def point_indices(embedding, member_ids) -> list[int]:
 
 
 class SelectionLink:
-    """Keeps ``member_view.MemberIds`` equal to the ids of the points selected on ``source``."""
+    """Keeps ``member_view.MemberIds`` equal to the ids of the points selected on ``source``.
+
+    ``hint``: a Text source shown in ``views`` while nothing is selected (what to do) or when
+    the member view fails (the error; the member view's old members are hidden then)."""
 
     def __init__(
         self,
@@ -107,20 +110,24 @@ class SelectionLink:
         port: int = 0,
         id_array: str = "member_id",
         fit_views: bool = False,
+        hint=None,
     ) -> None:
         from paraview import servermanager
 
         self.source, self.member_view, self.views = source, member_view, list(views)
         self.port, self.id_array, self.fit_views = port, id_array, fit_views
+        self.hint = hint
+        self.error = ""  # the member view's failure for the current selection, if any
+        self.companions: list[SelectionLink] = []  # links that live and go with this one
         self._extract = servermanager.filters.ExtractSelection(
             Input=servermanager.OutputPort(source, port)
         )
         self._last: list[str] | None = None
         self._tag = source.SMProxy.AddObserver("SelectionChangedEvent", self._on_selection)
+        if hint is not None and not list(member_view.MemberIds):
+            self._show([])  # nothing selected yet: the hint, no colour bar
 
     def _on_selection(self, obj=None, event=None) -> None:
-        from paraview.simple import GetDisplayProperties, Render, ResetCamera
-
         try:
             ids = selected_member_ids(self.source, self.port, self.id_array, self._extract)
         except Exception as exc:  # noqa: BLE001 - an observer must never take the GUI down
@@ -132,13 +139,45 @@ class SelectionLink:
             return
         self._last = ids
         self.member_view.MemberIds = ids
+        self.error = self._update() if ids else ""
+        self._show(ids)
         for view in self.views:
-            if self.fit_views and ids:
-                self.member_view.UpdatePipeline()
-                ResetCamera(view)
-                display = GetDisplayProperties(self.member_view, view)
+            # not simple.Render: on a session's first call it resets the camera just framed
+            view.StillRender()
+
+    def _update(self) -> str:
+        """Update the member view; its error message ("" when it worked). The failure itself
+        is already in Output Messages."""
+        from sense_paraview.failures import FilterError, update_or_raise
+
+        try:
+            update_or_raise(self.member_view)
+        except FilterError as exc:
+            return str(exc)
+        return ""
+
+    def _show(self, ids) -> None:
+        """Members (framed), or the hint: what to do, or why the members are not shown."""
+        from paraview.simple import GetDisplayProperties
+
+        from sense_paraview.layout import HINT, frame_members
+
+        showing = bool(ids) and not self.error
+        for view in self.views:
+            display = GetDisplayProperties(self.member_view, view)
+            display.Visibility = int(showing)  # never the previous members after an error
+            if display.LookupTable is not None:  # no colour bar beside an empty pane
+                display.SetScalarBarVisibility(view, showing)
+            if showing and self.fit_views:
+                frame_members(self.member_view, view)
                 display.RescaleTransferFunctionToDataRange(False, True)
-            Render(view)
+            if self.hint is not None:
+                hint_display = GetDisplayProperties(self.hint, view)
+                hint_display.Visibility = int(not showing)
+        if self.hint is not None:
+            self.hint.Text = (
+                f"Could not show the selected members:\n{self.error}" if self.error else HINT
+            )
 
     @property
     def member_ids(self) -> list[str]:
@@ -146,8 +185,10 @@ class SelectionLink:
         return list(self._last or [])
 
     def remove(self) -> None:
-        """Stop following the selection."""
+        """Stop following the selection (this link and its companions)."""
         self.source.SMProxy.RemoveObserver(self._tag)
+        for companion in self.companions:
+            companion.remove()
 
 
 def link_selection(source, member_view, views: Sequence = (), **options) -> SelectionLink:

@@ -47,15 +47,17 @@ def _tile_labels(origins, member_ids, mosaic_height: int):
 
 # Title letters: this fraction of a tile's height, inset by half that from the tile's corner.
 TITLE_HEIGHT = 0.14
+DENSE_TITLE_HEIGHT = 0.22
 
 
 def _titles(boxes) -> object:
     """Text geometry (``vtkVectorText`` polygons, z = 0.1 so it lies on the images in a 2D
-    view) for ``boxes`` of (text, left x, top y, box width, box height) in world units: each
-    text in its box's top-left corner, ``TITLE_HEIGHT`` of the box high and narrowed to fit its
-    width. Geometry rather than view annotations, so that the titles are part of the filter's
-    output and appear wherever it is shown (GUI, pvbatch screenshots) without extra setup. The
-    polygons carry the title as a ``title`` cell array."""
+    view) for ``boxes`` of (text, left x, top y, box width, box height[, height fraction]) in
+    world units: each text in its box's top-left corner, ``TITLE_HEIGHT`` (or the fraction)
+    of the box high and narrowed to fit its width. Geometry rather than view annotations, so
+    that the titles are part of the filter's output and appear wherever it is shown (GUI,
+    pvbatch screenshots) without extra setup. The polygons carry the title as a ``title`` cell
+    array."""
     from vtkmodules.vtkCommonCore import vtkStringArray
     from vtkmodules.vtkCommonTransforms import vtkTransform
     from vtkmodules.vtkFiltersCore import vtkAppendPolyData
@@ -63,12 +65,12 @@ def _titles(boxes) -> object:
     from vtkmodules.vtkRenderingFreeType import vtkVectorText
 
     append = vtkAppendPolyData()
-    for text, left, top, width, height in boxes:
+    for text, left, top, width, height, *fraction in boxes:
         letters = vtkVectorText()
         letters.SetText(text)
         letters.Update()
         x0, x1, y0, y1, _, _ = letters.GetOutput().GetBounds()
-        size = TITLE_HEIGHT * height
+        size = (fraction[0] if fraction else TITLE_HEIGHT) * height
         scale = min(size / max(y1 - y0, 1e-6), 0.9 * width / max(x1 - x0, 1e-6))
         place = vtkTransform()
         place.Translate(left + size / 2, top - size / 2 - scale * (y1 - y0), 0.1)
@@ -113,38 +115,63 @@ def _selected_fields(ids: Sequence[str], fields: np.ndarray, member_ids: Sequenc
     return fields[[position[m] for m in member_ids]]
 
 
-def member_view_from_fields(selected: np.ndarray, member_ids: Sequence[str], columns=None):
+# At most this many members are tiled (their ids readable); mean and std cover all of them.
+MAX_TILES = 64
+
+
+def member_view_from_fields(
+    selected: np.ndarray, member_ids: Sequence[str], columns=None, max_tiles: int = MAX_TILES
+):
     """Blocks ``mosaic``, ``tile_labels``, ``mean``, ``std`` and ``titles`` of the (k, C, H, W)
     fields of the selected members (in ``member_ids`` order), then, for each categorical
-    channel, ``probability_<code>`` and ``entropy`` blocks (one row each, under mean and std)."""
-    mosaic = tile_members(selected, columns)
+    channel, ``probability_<code>`` and ``entropy`` blocks (one row each, under mean and std).
+
+    The first ``max_tiles`` members are tiled (a title above the mosaic says "showing 64 of N");
+    mean, std and the categorical maps cover every selected member. Mean and std stand to the
+    right of the mosaic, one above the other, scaled up to about the mosaic's height (so they
+    stay readable beside a large mosaic); titles scale with the image they name."""
+    count = len(member_ids)
+    shown = min(count, max(1, int(max_tiles)))
+    mosaic = tile_members(selected[:shown], columns)
     mean, std = selection_statistics(selected)
     categories = selection_categories(selected)
     _, height, width = mosaic.image.shape
     tile_height, tile_width = selected.shape[2:]
+    # mean, std and each categorical row stacked in a column, together about the mosaic's height
+    stacked = 2 + len(categories)
+    scale = max(1.0, mosaic.rows / (1.5 * stacked - 0.5))
 
     outputs = [
-        ("mosaic", member_to_image(mosaic.image, FIELD_ARRAY, {"count": len(member_ids)})),
-        ("tile_labels", _tile_labels(mosaic.origins, member_ids, height)),
-        ("mean", member_to_image(mean, FIELD_ARRAY, {"count": len(member_ids)})),
-        ("std", member_to_image(std, FIELD_ARRAY, {"count": len(member_ids)})),
+        ("mosaic", member_to_image(mosaic.image, FIELD_ARRAY, {"count": count})),
+        ("tile_labels", _tile_labels(mosaic.origins, member_ids[:shown], height)),
+        ("mean", member_to_image(mean, FIELD_ARRAY, {"count": count})),
+        ("std", member_to_image(std, FIELD_ARRAY, {"count": count})),
     ]
-    # Mean and std stand to the right of the mosaic, top-aligned, half a tile apart.
-    mean_x = width + tile_width // 2
+    left = width + tile_width // 2
+    step_x, step_y = 1.5 * tile_width * scale, 1.5 * tile_height * scale
     # titles at the top-left corner of each image (image points sit at whole units)
-    corners = [(m, left, height - 1 - top) for (top, left), m in zip(mosaic.origins, member_ids)]
+    # ids of small tiles (many members, each small on screen) get larger letters
+    id_height = TITLE_HEIGHT if mosaic.rows < 4 else DENSE_TITLE_HEIGHT
+    boxes = [
+        (m, x - 0.5, height - top - 0.5, tile_width, tile_height, id_height)
+        for (top, x), m in zip(mosaic.origins, member_ids)
+    ]
     extra = category_images(categories, selected.shape[1])
-    step_x, step_y = tile_width + tile_width // 2, tile_height + tile_height // 2
-    placed = [("mean", mean_x, 0), ("std", mean_x + step_x, 0)]
-    for row, item in enumerate(categories, start=1):
+    placed = [("mean", left, 0), ("std", left, 1)]
+    for row, item in enumerate(categories, start=2):
         names = item.names(selected.shape[1])
-        placed += [(name, mean_x + i * step_x, row) for i, name in enumerate(names)]
+        placed += [(name, left + i * step_x, row) for i, name in enumerate(names)]
     images = dict(outputs + extra)
     for name, x, row in placed:
         top = height - 1 - row * step_y
-        images[name].SetOrigin(x, top - tile_height + 1, 0.0)
-        corners.append((name, x, top))
-    boxes = [(text, x - 0.5, y + 0.5, tile_width, tile_height) for text, x, y in corners]
+        images[name].SetSpacing(scale, scale, 1.0)
+        images[name].SetOrigin(x, top - (tile_height - 1) * scale, 0.0)
+        box_width, box_height = tile_width * scale, tile_height * scale
+        boxes.append((name, x - 0.5 * scale, top + 0.5 * scale, box_width, box_height))
+    if shown < count:
+        note = f"showing {shown} of {count} (mean and std of all {count})"
+        size = TITLE_HEIGHT * tile_height  # the note is twice a title's height
+        boxes.append((note, -0.5, height - 0.5 + 4.0 * size, width, 2 * tile_height))
     outputs.append(("titles", _titles(boxes)))
     return _named_blocks(outputs + extra)
 
@@ -219,8 +246,8 @@ def member_view(
 
 
 def _embedding_columns(embedding) -> list:
-    """VTK arrays, one value per member: ids, labels, class names, sources, confidences, the
-    unusual-member scores (when computed), latents."""
+    """VTK arrays, one value per member: ids, labels, class names, sources, hand flags,
+    confidences, the unusual-member scores (when computed), metadata, latents."""
     from vtkmodules.util.numpy_support import numpy_to_vtk
     from vtkmodules.vtkCommonCore import VTK_DOUBLE, VTK_FLOAT, VTK_INT, vtkStringArray
 
@@ -239,7 +266,8 @@ def _embedding_columns(embedding) -> list:
         return array
 
     class_of = [embedding.class_names[i] if i >= 0 else "" for i in embedding.labels]
-    own = ["member_id", "label", "class_name", "label_source", "confidence", "latent", "x", "y"]
+    own = ["member_id", "label", "class_name", "label_source", "hand_labeled", "confidence"]
+    own += ["label_certainty", "latent", "x", "y"]
     metadata = [  # colour or threshold the map by any per-member metadata
         numbers(name, values.astype(np.float64), VTK_DOUBLE)
         if values.dtype.kind in "biuf"
@@ -257,7 +285,11 @@ def _embedding_columns(embedding) -> list:
         numbers("label", embedding.labels.astype(np.int32), VTK_INT),
         strings("class_name", class_of),
         strings("label_source", embedding.label_source),
+        # numeric, so that a Threshold can pick the hand labels (the map rings them)
+        numbers("hand_labeled", (embedding.label_source == "manual").astype(np.int32), VTK_INT),
         numbers("confidence", embedding.confidence.astype(np.float32), VTK_FLOAT),
+        # the map's point size and opacity: confidence, 0 where unlabeled (NaN confidence)
+        numbers("label_certainty", np.nan_to_num(embedding.confidence, nan=0.0), VTK_FLOAT),
         *unusual,
         *metadata,
         numbers("latent", embedding.latents.astype(np.float32), VTK_FLOAT),
@@ -346,13 +378,16 @@ def embed_images(
     projection in the GUI costs the projection, not the models' run over every member.
     ``source``: the ensemble's path, for the provenance (the images do not know it).
     """
-    from sense_core.bundle import bundle_checksum, find_shipped_bundle
+    from sense_core.bundle import bundle_checksum
     from sense_core.embedding import embed_ensemble, reproject
     from sense_core.io.vti import images_to_ensemble
 
     projection = projection or ProjectionOptions()
     ensemble = images_to_ensemble(images, array_name)
-    bundle = bundle or str(find_shipped_bundle(ensemble.member_shape, ensemble.class_names))
+    if not bundle:  # shipped for the shape, else the ensemble's newest kept version
+        from sense_paraview.training_jobs import bundle_for_filter
+
+        bundle = bundle_for_filter(ensemble.member_shape, ensemble.class_names, source or None)
     key = None
     if cache is not None and input_key is not None:
         try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import binascii
 import dataclasses
+import json
 import lzma
 import os
 import re
@@ -31,6 +32,9 @@ from sense_core.errors import EnsembleError, SenseError
 
 FIELD_ARRAY = "field"
 CLASS_NAMES_ARRAY = "class_names"  # field data: the ensemble's class names, on every member
+# field data: the member's metadata as one JSON string (numeric field data arrays beside the
+# others break ParaView's client/server transfer of the reader's output)
+METADATA_ARRAY = "sense_metadata"
 
 
 def _vtk():
@@ -80,15 +84,22 @@ def store_member_image(store, index: int, member: np.ndarray, array_name: str = 
     a labeled member in a subset keep their names when read back)."""
     core, _, _ = _vtk()
     label = int(store.labels[index])
-    image = member_to_image(
-        member,
-        array_name,
-        field_data={
-            "member_id": store.member_ids[index],
-            "label": label,
-            "class_name": store.class_names[label] if label >= 0 else "",
-        },
-    )
+    field_data = {
+        "member_id": store.member_ids[index],
+        "label": label,
+        "class_name": store.class_names[label] if label >= 0 else "",
+    }
+    # per-member metadata travels with the member, so that the map can be coloured by it
+    metadata = {}
+    for name, values in (getattr(store, "metadata", None) or {}).items():
+        value = np.asarray(values)[index]
+        kind = value.dtype.kind
+        metadata[name] = (
+            int(value) if kind == "b" else value.item() if kind in "iuf" else str(value)
+        )
+    if metadata:
+        field_data[METADATA_ARRAY] = json.dumps(metadata)
+    image = member_to_image(member, array_name, field_data=field_data)
     names = core.vtkStringArray()
     names.SetName(CLASS_NAMES_ARRAY)
     for name in store.class_names:
@@ -607,6 +618,16 @@ def _field_value(image, name: str):
     return array.GetValue(0)
 
 
+def image_metadata(image) -> dict:
+    """The per-member metadata stored with a member image ({name: value}, empty when none)."""
+    text = _field_value(image, METADATA_ARRAY)
+    try:
+        found = json.loads(text) if text else {}
+    except ValueError:
+        return {}  # not written by SENSE
+    return found if isinstance(found, dict) else {}
+
+
 def image_class_names(image) -> list[str]:
     """The ensemble's class names stored with a member image (empty when absent)."""
     array = image.GetFieldData().GetAbstractArray(CLASS_NAMES_ARRAY)
@@ -656,8 +677,11 @@ def images_to_ensemble(images, array_name: str | None = None):
         raise EnsembleError("the input holds no 2D image members")
     ids, labels, names, fields = [], [], {}, []
     listed: list[str] = []
+    metadata: dict[str, list] = {}
     for fallback_id, image in images:
         member_id, label, class_name = image_member_info(image, fallback_id)
+        for name, value in image_metadata(image).items():
+            metadata.setdefault(name, []).append(value)
         ids.append(member_id)
         labels.append(label)
         if label != UNLABELED and class_name:
@@ -674,7 +698,14 @@ def images_to_ensemble(images, array_name: str | None = None):
     class_names = [
         names.get(i, listed[i] if i < len(listed) else f"class_{i}") for i in range(count)
     ]
-    return Ensemble(np.stack(fields), labels=labels, class_names=class_names, member_ids=ids)
+    complete = {n: np.asarray(v) for n, v in metadata.items() if len(v) == len(ids)}
+    return Ensemble(
+        np.stack(fields),
+        labels=labels,
+        class_names=class_names,
+        member_ids=ids,
+        metadata=complete,
+    )
 
 
 def composite_members(composite, array_name: str | None = None) -> tuple[list[str], np.ndarray]:

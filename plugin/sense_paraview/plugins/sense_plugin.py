@@ -26,7 +26,10 @@ from sense_paraview.algorithms import (
     PROJECTIONS,
     enumeration_xml,
 )
+from sense_paraview.decode import Decode as DecodeAlgorithm
 from sense_paraview.panel import Group, Item, layout, shown_when
+from sense_paraview.paths import SHOW_CHOICES
+from sense_paraview.paths import Paths as _Paths
 
 ARRAY_LIST_XML = """<ArrayListDomain name="array_list" attribute_type="Scalars"
      input_domain_name="inputs_array">
@@ -117,7 +120,8 @@ class SENSEMemberView(algorithms.MemberView):
         "Bundle",
         Item(
             "Bundle",
-            "Empty: the shipped bundle for the input's member shape",
+            "Empty: the shipped bundle for the input's member shape, else the newest bundle "
+            "trained for the ensemble (kept beside it; sense_paraview.train)",
             cli="bundle",
         ),
         FIELD_ARRAY,
@@ -221,3 +225,118 @@ class SENSEEmbedding(algorithms.Embedding):
     @smproperty.intvector(name="Seed", label="Seed", default_values=DEFAULT_PROJECTION.seed)
     def SetSeed(self, value):
         super().SetSeed(value)
+
+
+@layout(
+    Item("Input", "The map (port 0) of a SENSE Embedding made with a bundle that has a decoder"),
+    Item(
+        "Point",
+        "The point (x, y) of the map to decode; z is ignored (the map lies in z = 0). In the "
+        "GUI, drag the handle in the map's view, or press P over the map to put it there",
+    ),
+    Item(
+        "Neighbours",
+        "How many members nearest to the point on the map its latent vector is interpolated "
+        "from (inverse-distance weights)",
+    ),
+    Group(
+        "Advanced",
+        Item("Bundle", "Empty: the bundle the embedding was made with"),
+        Item(
+            "FieldArray",
+            "Name of the decoded field's point array (empty: field, as SENSE's reader names "
+            "members' fields)",
+        ),
+        advanced=True,
+    ),
+)
+@smproxy.filter(name="SENSEDecode", label="SENSE Decode", support_reload=False)
+@smhint.xml('<ShowInMenu category="SENSE"/>')
+@smproperty.xml(
+    """<PropertyGroup label="Point on the map" panel_widget="InteractiveHandle">
+         <Property function="WorldPosition" name="Point"/>
+       </PropertyGroup>"""
+)
+@smproperty.input(name="Input", label="Input", port_index=0)
+@smdomain.datatype(dataTypes=["vtkPolyData"])
+class SENSEDecode(DecodeAlgorithm):
+    @smproperty.doublevector(name="Point", label="Point", default_values=[0.0, 0.0, 0.0])
+    def SetPoint(self, x, y, z):
+        super().SetPoint(x, y, z)
+
+    @smproperty.intvector(name="Neighbours", label="Neighbours", default_values=8)
+    @smdomain.intrange(min=1, max=100)
+    def SetNeighbours(self, value):
+        super().SetNeighbours(value)
+
+    @smproperty.xml(
+        """<StringVectorProperty name="Bundle" label="Bundle" command="SetBundle"
+             number_of_elements="1" default_values="">
+           <FileListDomain name="files"/>
+           <Hints><UseDirectoryName/></Hints>
+         </StringVectorProperty>"""
+    )
+    def SetBundle(self, path):
+        super().SetBundle(path)
+
+    @smproperty.stringvector(name="FieldArray", label="Field Array", default_values="")
+    def SetFieldArray(self, name):
+        super().SetFieldArray(name)
+
+
+@layout(
+    Item("Input", "The map: output 0 (Map) of SENSE Embedding"),
+    Item(
+        "Show",
+        "All paths, none, or only the paths through the selected members (Member Ids; "
+        "show_paths keeps them equal to the map's selection)",
+    ),
+    Item("MemberIds", "Ids of the selected members whose paths are shown when Show says so"),
+    Group(
+        "Order",
+        Item(
+            "GroupColumn",
+            "Point array naming each member's sequence (empty: found automatically, e.g. "
+            "chain or simulation)",
+        ),
+        Item(
+            "OrderColumn",
+            "Point array ordering the members of a sequence (empty: step, time, or the time "
+            "series' member ids)",
+        ),
+        Item("MaxGap", "Cut a path where two consecutive orders differ by more (0: never)"),
+        advanced=True,
+    ),
+)
+@smproxy.filter(name="SENSEPaths", label="SENSE Paths", support_reload=False)
+@smhint.xml('<ShowInMenu category="SENSE"/>')
+@smproperty.input(name="Input", label="Input", port_index=0)
+@smdomain.datatype(dataTypes=["vtkPolyData"], composite_data_supported=False)
+class SENSEPaths(_Paths):
+    @smproperty.xml(enumeration_xml("Show", "SetShow", SHOW_CHOICES, "all", label="Show"))
+    def SetShow(self, value):
+        super().SetShow(value)
+
+    @smproperty.xml(
+        """<StringVectorProperty name="MemberIds" label="Member Ids" command="AddMemberId"
+             clean_command="ClearMemberIds" repeat_command="1"
+             number_of_elements_per_command="1" number_of_elements="0"/>"""
+    )
+    def AddMemberId(self, member_id):
+        super().AddMemberId(member_id)
+
+    def ClearMemberIds(self):
+        super().ClearMemberIds()
+
+    @smproperty.stringvector(name="GroupColumn", label="Group Column", default_values="")
+    def SetGroupColumn(self, name):
+        super().SetGroupColumn(name)
+
+    @smproperty.stringvector(name="OrderColumn", label="Order Column", default_values="")
+    def SetOrderColumn(self, name):
+        super().SetOrderColumn(name)
+
+    @smproperty.doublevector(name="MaxGap", label="Max Gap", default_values=0.0)
+    @smdomain.doublerange(min=0.0)
+    def SetMaxGap(self, value):
+        super().SetMaxGap(value)
