@@ -148,7 +148,21 @@ class EnsembleReader(_SenseAlgorithm):
         return 1
 
 
-class MemberView(_SenseAlgorithm):
+class _MemberIds:
+    """The ``MemberIds`` property of a filter: ParaView clears the list, then adds each id."""
+
+    _member_ids: list[str]
+
+    def AddMemberId(self, member_id):
+        self._member_ids.append(str(member_id))
+        self.Modified()
+
+    def ClearMemberIds(self):
+        self._member_ids = []
+        self.Modified()
+
+
+class MemberView(_MemberIds, _SenseAlgorithm):
     """Shows the selected members of an ensemble: a tiled mosaic of their fields (block "mosaic",
     with "tile_labels" points carrying the member ids), their pixel-wise mean and standard
     deviation (blocks "mean" and "std", to the right of the mosaic) and block "titles" (each
@@ -160,14 +174,6 @@ class MemberView(_SenseAlgorithm):
         self._member_ids: list[str] = []
         self._array_name = ""
         self._columns = 0
-
-    def AddMemberId(self, member_id):
-        self._member_ids.append(str(member_id))
-        self.Modified()
-
-    def ClearMemberIds(self):
-        self._member_ids = []
-        self.Modified()
 
     def SetFieldArray(self, name):
         self._set("_array_name", name or "")

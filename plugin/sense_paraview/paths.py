@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sense_paraview.algorithms import _SenseAlgorithm, choice
+from sense_paraview.algorithms import _MemberIds, _SenseAlgorithm, choice
 
 # Drop-down choices (value used by SENSE, text shown); the position is what a state file stores.
 SHOW_CHOICES = (("all", "All paths"), ("none", "None"), ("selected", "Paths of selected members"))
@@ -89,7 +89,7 @@ def paths_polydata(found, points: np.ndarray, member_ids) -> object:
     return output
 
 
-class Paths(_SenseAlgorithm):
+class Paths(_MemberIds, _SenseAlgorithm):
     """Draws members that carry an order as lines through the SENSE map: each MCMC chain
     (chain + step), each simulation (simulation + time) or a time series (member ids t000000,
     ...) becomes a polyline through its members in order, with point array step to colour by.
@@ -106,14 +106,6 @@ class Paths(_SenseAlgorithm):
 
     def SetShow(self, value):
         self._set("_show", choice(SHOW_CHOICES, value))
-
-    def AddMemberId(self, member_id):
-        self._member_ids.append(str(member_id))
-        self.Modified()
-
-    def ClearMemberIds(self):
-        self._member_ids = []
-        self.Modified()
 
     def SetGroupColumn(self, name):
         self._set("_group", name or "")

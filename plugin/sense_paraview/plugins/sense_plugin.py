@@ -31,6 +31,16 @@ from sense_paraview.panel import Group, Item, layout, shown_when
 from sense_paraview.paths import SHOW_CHOICES
 from sense_paraview.paths import Paths as _Paths
 
+# a list of member ids, set as ParaView sets repeated string properties: clear, then add each
+MEMBER_IDS_XML = """<StringVectorProperty name="MemberIds" label="Member Ids" command="AddMemberId"
+     clean_command="ClearMemberIds" repeat_command="1"
+     number_of_elements_per_command="1" number_of_elements="0"/>"""
+# a bundle folder, chosen with a directory dialog
+BUNDLE_XML = """<StringVectorProperty name="Bundle" label="Bundle" command="SetBundle"
+     number_of_elements="1" default_values="">
+   <FileListDomain name="files"/>
+   <Hints><UseDirectoryName/></Hints>
+ </StringVectorProperty>"""
 ARRAY_LIST_XML = """<ArrayListDomain name="array_list" attribute_type="Scalars"
      input_domain_name="inputs_array">
    <RequiredProperties><Property name="Input" function="Input"/></RequiredProperties>
@@ -88,11 +98,7 @@ class SENSEEnsembleReader(algorithms.EnsembleReader):
     composite_data_supported=True,
 )
 class SENSEMemberView(algorithms.MemberView):
-    @smproperty.xml(
-        """<StringVectorProperty name="MemberIds" label="Member Ids" command="AddMemberId"
-             clean_command="ClearMemberIds" repeat_command="1"
-             number_of_elements_per_command="1" number_of_elements="0"/>"""
-    )
+    @smproperty.xml(MEMBER_IDS_XML)
     def AddMemberId(self, member_id):
         super().AddMemberId(member_id)
 
@@ -161,13 +167,7 @@ class SENSEMemberView(algorithms.MemberView):
     composite_data_supported=True,
 )
 class SENSEEmbedding(algorithms.Embedding):
-    @smproperty.xml(
-        """<StringVectorProperty name="Bundle" label="Bundle" command="SetBundle"
-             number_of_elements="1" default_values="">
-           <FileListDomain name="files"/>
-           <Hints><UseDirectoryName/></Hints>
-         </StringVectorProperty>"""
-    )
+    @smproperty.xml(BUNDLE_XML)
     def SetBundle(self, path):
         super().SetBundle(path)
 
@@ -269,13 +269,7 @@ class SENSEDecode(DecodeAlgorithm):
     def SetNeighbours(self, value):
         super().SetNeighbours(value)
 
-    @smproperty.xml(
-        """<StringVectorProperty name="Bundle" label="Bundle" command="SetBundle"
-             number_of_elements="1" default_values="">
-           <FileListDomain name="files"/>
-           <Hints><UseDirectoryName/></Hints>
-         </StringVectorProperty>"""
-    )
+    @smproperty.xml(BUNDLE_XML)
     def SetBundle(self, path):
         super().SetBundle(path)
 
@@ -317,11 +311,7 @@ class SENSEPaths(_Paths):
     def SetShow(self, value):
         super().SetShow(value)
 
-    @smproperty.xml(
-        """<StringVectorProperty name="MemberIds" label="Member Ids" command="AddMemberId"
-             clean_command="ClearMemberIds" repeat_command="1"
-             number_of_elements_per_command="1" number_of_elements="0"/>"""
-    )
+    @smproperty.xml(MEMBER_IDS_XML)
     def AddMemberId(self, member_id):
         super().AddMemberId(member_id)
 
