@@ -47,11 +47,6 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 STRATEGIES = ("suggested", "random")
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
-
-
 def label_free_latents(ensemble, name: str, out: Path, profile: str) -> tuple[np.ndarray, dict]:
     """The latent vectors of every member under a label-free ``fit`` of ``ensemble`` (cached)."""
     from sense_core.bundle import Bundle
@@ -88,6 +83,7 @@ def run_loop(
     """One simulated user: rounds of ``per_round`` answers until ``max_labels``; the head's
     accuracy on the members not yet labeled after each round."""
     from sense_core.ensemble import UNLABELED
+    from sense_core.inference import softmax
     from sense_core.suggest import suggest_members
     from sense_training.heads import choose_head
 
@@ -99,7 +95,7 @@ def run_loop(
     while (answers != UNLABELED).sum() < max_labels:
         open_members = np.flatnonzero(answers == UNLABELED)
         if strategy == "suggested":
-            probabilities = None if head is None else _softmax(head.logits(latents))
+            probabilities = None if head is None else softmax(head.logits(latents))
             picks = suggest_members(
                 latents, probabilities, answers, count=per_round, seed=seed + len(curve)
             ).indices

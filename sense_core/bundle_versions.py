@@ -34,7 +34,8 @@ from sense_core.errors import SenseError
 
 VERSIONS_FOLDER = "bundles"
 RECORD = "version.json"
-KINDS = ("head", "full", "label-free")
+TRAINING_KINDS = ("head", "full")  # what a user asks for (label-free: a full fit, no labels)
+KINDS = (*TRAINING_KINDS, "label-free")
 _NAME = re.compile(r"^\d{3,}$")
 
 

@@ -283,7 +283,7 @@ def write_paths_vtk(paths: Paths, xy: np.ndarray, path: str | os.PathLike) -> Pa
     """The paths as legacy-VTK ASCII polydata (opens in ParaView, VisIt, ``vtkPolyDataReader``):
     one point (x, y, 0) per member on a path, one polyline per path, point arrays ``step``
     (the order value) and ``path`` (the path index). Written atomically."""
-    from sense_core.io.atomic import atomic_path
+    from sense_core.io.atomic import atomic_write_text
 
     xy = np.asarray(xy, np.float64)
     members = np.concatenate(paths.paths) if paths.paths else np.array([], dtype=np.int64)
@@ -306,10 +306,7 @@ def write_paths_vtk(paths: Paths, xy: np.ndarray, path: str | os.PathLike) -> Pa
     lines += [f"{v:.9g}" for v in paths.order[members]]
     lines += ["SCALARS path int 1", "LOOKUP_TABLE default"]
     lines += [str(int(k)) for k in owner]
-    target = Path(path)
-    with atomic_path(target) as tmp:
-        Path(tmp).write_text("\n".join(lines) + "\n", encoding="ascii")
-    return target
+    return atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def write_paths_png(

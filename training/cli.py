@@ -565,7 +565,7 @@ version behind. What sense_paraview.train runs in the background.
 
 
 def _add_train_version(commands: argparse._SubParsersAction) -> None:
-    from sense_core.bundle_versions import KINDS
+    from sense_core.bundle_versions import TRAINING_KINDS
 
     parser = commands.add_parser(
         "train-version",
@@ -573,7 +573,9 @@ def _add_train_version(commands: argparse._SubParsersAction) -> None:
         description=TRAIN_VERSION_DESCRIPTION,
     )
     parser.add_argument("ensemble", help="ensemble .npz file or folder of members")
-    parser.add_argument("--kind", choices=KINDS[:2], default="head", help="head or full (head)")
+    parser.add_argument(
+        "--kind", choices=TRAINING_KINDS, default="head", help="head or full (head)"
+    )
     parser.add_argument("--bundle", help="the bundle a head goes on (default: see above)")
     parser.add_argument("--profile", default="quick", help="sense fit profile for --kind full")
     parser.add_argument("--epochs", type=int, help="epochs of the full fit (default: profile's)")

@@ -37,6 +37,7 @@ import numpy as np
 
 from sense_core.ensemble import UNLABELED
 from sense_core.errors import SenseError
+from sense_core.inference import softmax
 
 CANDIDATES = ("linear", "propagation")  # the latent heads of `sense fit --labeler-method latent`
 # the candidates of `--labeler-method ssl`, simplest first (ties go to the earlier one)
@@ -211,13 +212,6 @@ def self_train(
     chosen = targets != UNLABELED
     head = LinearHead.fit(latents[chosen], targets[chosen], classes, seed)
     return SelfTraining(head, targets, accepted)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of (N, K) logits."""
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    weights = np.exp(shifted)
-    return weights / weights.sum(axis=1, keepdims=True)
 
 
 def fit_candidate(

@@ -503,7 +503,9 @@ def _show_paths(embedding, view, columns: dict, link):
     show = "all" if len(found) <= MAX_PATHS_SHOWN else "selected"
     paths, display, paths_link = show_paths(embedding, view, show)
     colours = GetColorTransferFunction("step")
-    # the map's own "step" column may have prepared this table already: set its range here
+    # the map's own "step" column may have made this table categorical (a few steps): the
+    # paths' order is continuous, with its own range
+    colours.InterpretValuesAsCategories = 0
     order = found.order[np.isfinite(found.order)]
     colours.RescaleTransferFunction(float(order.min()), float(max(order.max(), order.min() + 1)))
     bar = GetScalarBar(colours, view)

@@ -26,10 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from sense_core.bundle_versions import BundleVersion, list_versions, read_version
+from sense_core.bundle_versions import TRAINING_KINDS, BundleVersion, list_versions, read_version
 from sense_core.errors import SenseError
 
-KINDS = ("head", "full")
 POLL_MS = 500
 _STAGE = re.compile(r"^\[(\d+)/(\d+)\]\s*(.*)")
 _EPOCH = re.compile(r"^\s*epoch (\d+)/(\d+)")
@@ -248,8 +247,8 @@ def train(
     from sense_core.io import open_ensemble
     from sense_paraview.labeling import EMBEDDING_NAME, _xml_name, ensemble_path
 
-    if kind not in KINDS:
-        raise SenseError(f"unknown training kind {kind!r}; choose from {', '.join(KINDS)}")
+    if kind not in TRAINING_KINDS:
+        raise SenseError(f"unknown training kind {kind!r}; choose from {', '.join(TRAINING_KINDS)}")
     path = ensemble_path(ensemble)
     if embedding is None and _xml_name(ensemble) == EMBEDDING_NAME:
         embedding = ensemble
