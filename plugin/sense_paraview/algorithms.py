@@ -266,6 +266,8 @@ class Embedding(_SenseAlgorithm):
         self._batch_size = DEFAULT_BATCH_SIZE
         self._projection = DEFAULT_PROJECTION
         self._linked_layout = 1
+        self._class_name = ""
+        self._suggestion_count = 10
         self._series = TimeSeriesCollector()
         self._cache: dict = {}  # latents of the last input: new seeds only re-project
 
@@ -298,6 +300,43 @@ class Embedding(_SenseAlgorithm):
 
     def SetLinkedLayout(self, value):
         self._linked_layout = int(value)  # read by sense_paraview.gui; no pipeline change
+
+    # The Labeling and Training buttons (sense_paraview.actions); they change no pipeline
+    # setting, so neither they nor the two values below re-run the filter.
+    def SetClassName(self, name):
+        self._class_name = name or ""
+
+    def SetSuggestionCount(self, count):
+        self._suggestion_count = int(count)
+
+    def LabelSelectedPoints(self):
+        return self._act("label")
+
+    def UnlabelSelectedPoints(self):
+        return self._act("unlabel")
+
+    def UndoLabeling(self):
+        return self._act("undo")
+
+    def SuggestMembers(self):
+        return self._act("suggest")
+
+    def TrainHead(self):
+        return self._act("train_head")
+
+    def TrainFullFit(self):
+        return self._act("train_full")
+
+    def TrainingStatus(self):
+        return self._act("status")
+
+    def CancelTraining(self):
+        return self._act("cancel")
+
+    def _act(self, action: str) -> int:
+        from sense_paraview.actions import run
+
+        return int(run(self, action))
 
     def FillInputPortInformation(self, port, info):
         info.Set(self.INPUT_REQUIRED_DATA_TYPE(), "vtkDataObject")

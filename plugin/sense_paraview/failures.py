@@ -20,6 +20,14 @@ class FilterError(SenseError):
     """A filter of the pipeline failed; the message is what it reported."""
 
 
+def report_message(message: str) -> None:
+    """Show ``message`` as a SENSE line in ParaView's Output Messages (on the terminal in
+    pvpython/pvbatch): what a SENSE action did, or how far it is."""
+    from vtkmodules.vtkCommonCore import vtkOutputWindow
+
+    vtkOutputWindow.GetInstance().DisplayText(f"{PREFIX}{message}\n")
+
+
 def report_warning(message: str) -> None:
     """Show ``message`` as a SENSE warning in ParaView's Output Messages (and on stderr in
     pvbatch/pvpython); the filter goes on."""

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from sense_core.bundle_versions import TRAINING_KINDS, BundleVersion, list_versions, read_version
 from sense_core.errors import SenseError
+from sense_paraview.failures import report_message
 
 POLL_MS = 500
 _STAGE = re.compile(r"^\[(\d+)/(\d+)\]\s*(.*)")
@@ -110,7 +111,7 @@ class TrainingJob:
             self.progress = max(self.progress, (step - 1 + e / max(total, 1)) / steps)
         else:
             return
-        _message(f"training {self.kind} {100 * self.progress:3.0f} %: {line.strip()}")
+        report_message(f"training {self.kind} {100 * self.progress:3.0f} %: {line.strip()}")
 
     def poll(self) -> str:
         """Take the child's new output (progress, Output Messages); when it has ended, finish
@@ -130,7 +131,7 @@ class TrainingJob:
         if self.process.returncode == 0 and found:
             self.version = read_version(Path(found[-1].group(2)))
             self.state, self.progress = "done", 1.0
-            _message(f"training done: {self.version.describe()}")
+            report_message(f"training done: {self.version.describe()}")
             if self.embedding is not None:
                 use_version(self.embedding, self.version)
             return
@@ -180,17 +181,10 @@ class TrainingJob:
         self.lines += self._new_lines(final=True)
         self._log.close()
         self.state, self.error = "cancelled", "cancelled by the user"
-        _message(f"training {self.kind} cancelled; no version was written")
+        report_message(f"training {self.kind} cancelled; no version was written")
 
     def __repr__(self) -> str:
         return f"<TrainingJob {self.kind} {self.state} {100 * self.progress:.0f} % {self.stage!r}>"
-
-
-def _message(text: str) -> None:
-    """A SENSE line in Output Messages (on the terminal in pvpython/pvbatch)."""
-    from vtkmodules.vtkCommonCore import vtkOutputWindow
-
-    vtkOutputWindow.GetInstance().DisplayText(f"SENSE: {text}\n")
 
 
 def _resolve(value) -> str:
@@ -238,7 +232,8 @@ def train(
     the shipped bundle; seconds) or ``full`` (``sense fit``; minutes; label-free without hand
     labels). ``embedding`` (a SENSE Embedding; ``ensemble`` itself when it is one) gets the new
     bundle when the job is done. In the GUI, with ``follow``, a timer polls the job
-    (:func:`watch`; call ``train`` from the Python Shell or a ``--script``: ParaView 5.11
+    (:func:`watch`; call ``train`` from the Python Shell, a ``--script`` or a panel button
+    (the SENSE Embedding's *Train Head*/*Train Full Fit* do): ParaView 5.11
     crashes when the timer was made by a macro or a filter, so there pass ``follow=False`` and
     call ``job.poll()``); a script calls ``job.wait()``, or passes ``wait=True``.
     One class of hand labels, or none for a head, is refused at once
@@ -259,7 +254,7 @@ def train(
     args += ["--bundle", bundle] if bundle else []
     args += ["--epochs", str(epochs)] if epochs else []
     job = TrainingJob(path, kind, sense_command(*args), embedding)
-    _message(f"training {kind} started for {path} (pid {job.process.pid})")
+    report_message(f"training {kind} started for {path} (pid {job.process.pid})")
     if wait:
         job.wait()
     elif follow:
@@ -276,10 +271,11 @@ def watch(job: TrainingJob, interval_ms: int = POLL_MS) -> bool:
     stops with the job. False where there is no event loop to run it (pvpython, pvbatch:
     call ``job.wait()`` or ``job.poll()``).
 
-    Measured on ParaView 5.11 (tests/test_training_jobs.py): the timer's Python callback runs
-    when ``watch`` is called from the Python Shell or a ``--script``; made from a macro, from a
-    filter's execution or from another observer's callback, its first call crashes ParaView
-    (SIGSEGV in ``vtkPythonCommand``). Call it only from the Shell or a script."""
+    Measured on ParaView 5.11 (tests/test_training_jobs.py, tests/test_gui_labeling.py): the
+    timer's Python callback runs when ``watch`` is called from the Python Shell, a ``--script``
+    or a button of a SENSE filter's panel (:mod:`sense_paraview.actions`); made from a macro,
+    from a filter's execution or from another observer's callback, its first call crashes
+    ParaView (SIGSEGV in ``vtkPythonCommand``). Call it only from those three."""
     from sense_paraview.gui import in_gui
 
     if not in_gui():
@@ -290,7 +286,7 @@ def watch(job: TrainingJob, interval_ms: int = POLL_MS) -> bool:
     has_interactor = view is not None and hasattr(view, "GetInteractor")
     interactor = view.GetInteractor() if has_interactor else None
     if interactor is None:
-        _message("no render view to poll the training from: call job.poll() now and then")
+        report_message("no render view to poll the training from: call job.poll() now and then")
         return False
 
     def tick(obj, event) -> None:
@@ -314,6 +310,11 @@ def watch(job: TrainingJob, interval_ms: int = POLL_MS) -> bool:
 
 
 _FIRST_USE: dict[str, TrainingJob] = {}
+
+
+def first_use_job(ensemble: str) -> TrainingJob | None:
+    """The label-free training a SENSE Embedding's first Apply started for ``ensemble``."""
+    return _FIRST_USE.get(ensemble)
 
 
 def bundle_for_filter(member_shape, class_names, ensemble: str | None) -> str:
@@ -341,7 +342,7 @@ def bundle_for_filter(member_shape, class_names, ensemble: str | None) -> str:
             job = _FIRST_USE[ensemble] = train(ensemble, "full", follow=False)
         raise BundleError(
             f"{exc.args[0].split('; train one')[0]}: training a label-free bundle in the "
-            f"background ({job.progress:.0%} done, a few minutes); the map and its suggested "
-            "groups appear at this filter's first update after it is done (Apply again, e.g. "
-            "after changing the Seed)"
+            f"background ({job.progress:.0%} done, a few minutes); press Training Status (the "
+            "filter's Training group) to see how far it is, and once it is done to show the "
+            "map and its suggested groups"
         ) from None

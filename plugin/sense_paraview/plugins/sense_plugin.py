@@ -45,6 +45,15 @@ ARRAY_LIST_XML = """<ArrayListDomain name="array_list" attribute_type="Scalars"
      input_domain_name="inputs_array">
    <RequiredProperties><Property name="Input" function="Input"/></RequiredProperties>
  </ArrayListDomain>"""
+
+
+def command_button(name: str, label: str) -> str:
+    """A property shown as a push button that calls the algorithm's method ``name``."""
+    return (
+        f'<Property name="{name}" label="{label}" command="{name}" panel_widget="command_button"/>'
+    )
+
+
 FIELD_ARRAY = Item(
     "FieldArray", "Point array holding the members' fields (empty: the active scalars)"
 )
@@ -145,6 +154,45 @@ class SENSEMemberView(algorithms.MemberView):
         Item("Seed", cli="--seed", shown=UMAP_ONLY),
     ),
     Group(
+        "Labeling",
+        Item(
+            "ClassName",
+            "The class Label Selected Points gives: an existing class or a new one (read as "
+            "typed; no Apply needed)",
+        ),
+        Item(
+            "LabelSelectedPoints",
+            "Give the points selected in the map the class typed above, as hand labels in the "
+            "label sidecar beside the ensemble (one step; the ensemble is not rewritten); the "
+            "map and its legend update. Outcome or error in Output Messages",
+        ),
+        Item("UnlabelSelectedPoints", "Remove the labels of the points selected in the map"),
+        Item("UndoLabeling", "Take back the last labeling step (again for the one before)"),
+        Item("SuggestionCount", "How many members Suggest Members picks"),
+        Item(
+            "SuggestMembers",
+            "Select the members whose labels would help most (where the labeler is least sure, "
+            "one per region of the map; regions without hand labels first), so that the member "
+            "view shows them: label them next",
+        ),
+    ),
+    Group(
+        "Training",
+        Item(
+            "TrainHead",
+            "Train a classifier on this bundle's latent space from the hand labels, in the "
+            "background (seconds); the map switches to the new bundle when it is done",
+        ),
+        Item(
+            "TrainFullFit",
+            "Train a whole new bundle (sense fit, quick profile) from the hand labels, in the "
+            "background (minutes; label-free when there are none); the map switches to it when "
+            "it is done. Every trained bundle is kept beside the ensemble (Bundle switches back)",
+        ),
+        Item("TrainingStatus", "Report how far the training is (and finish it when it is done)"),
+        Item("CancelTraining", "Stop the training; no bundle version is written"),
+    ),
+    Group(
         "Advanced",
         Item("Device", cli="--device"),
         Item("BatchSize", cli="--batch-size"),
@@ -225,6 +273,47 @@ class SENSEEmbedding(algorithms.Embedding):
     @smproperty.intvector(name="Seed", label="Seed", default_values=DEFAULT_PROJECTION.seed)
     def SetSeed(self, value):
         super().SetSeed(value)
+
+    @smproperty.stringvector(name="ClassName", label="Class Name", default_values="")
+    def SetClassName(self, name):
+        super().SetClassName(name)
+
+    @smproperty.intvector(name="SuggestionCount", label="Suggestion Count", default_values=10)
+    @smdomain.intrange(min=1, max=200)
+    def SetSuggestionCount(self, count):
+        super().SetSuggestionCount(count)
+
+    @smproperty.xml(command_button("LabelSelectedPoints", "Label Selected Points"))
+    def LabelSelectedPoints(self):
+        return super().LabelSelectedPoints()
+
+    @smproperty.xml(command_button("UnlabelSelectedPoints", "Unlabel Selected Points"))
+    def UnlabelSelectedPoints(self):
+        return super().UnlabelSelectedPoints()
+
+    @smproperty.xml(command_button("UndoLabeling", "Undo Labeling"))
+    def UndoLabeling(self):
+        return super().UndoLabeling()
+
+    @smproperty.xml(command_button("SuggestMembers", "Suggest Members"))
+    def SuggestMembers(self):
+        return super().SuggestMembers()
+
+    @smproperty.xml(command_button("TrainHead", "Train Head"))
+    def TrainHead(self):
+        return super().TrainHead()
+
+    @smproperty.xml(command_button("TrainFullFit", "Train Full Fit"))
+    def TrainFullFit(self):
+        return super().TrainFullFit()
+
+    @smproperty.xml(command_button("TrainingStatus", "Training Status"))
+    def TrainingStatus(self):
+        return super().TrainingStatus()
+
+    @smproperty.xml(command_button("CancelTraining", "Cancel Training"))
+    def CancelTraining(self):
+        return super().CancelTraining()
 
 
 @layout(
