@@ -176,12 +176,12 @@ def run_cell(
     }
     for method in labeler_methods:
         row.update(
-            _fit_and_score(hidden, truth, labeled, name, fraction, seed, out, profile, method)
+            fit_and_score(hidden, truth, labeled, name, fraction, seed, out, profile, method)
         )
     return row
 
 
-def _fit_and_score(hidden, truth, labeled, name, fraction, seed, out: Path, profile, method):
+def fit_and_score(hidden, truth, labeled, name, fraction, seed, out: Path, profile, method):
     """``fit`` with one labeler method; its figures, keyed ``<figure>_<method>``."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline

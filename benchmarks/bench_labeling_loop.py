@@ -79,9 +79,11 @@ def run_loop(
     seed: int,
     per_round: int,
     max_labels: int,
+    snapshots: dict[int, np.ndarray] | None = None,
 ) -> list[dict[str, Any]]:
     """One simulated user: rounds of ``per_round`` answers until ``max_labels``; the head's
-    accuracy on the members not yet labeled after each round."""
+    accuracy on the members not yet labeled after each round. ``snapshots``: its keys are
+    label counts; the answers given by then are stored under them (for the full refits)."""
     from sense_core.ensemble import UNLABELED
     from sense_core.inference import softmax
     from sense_core.suggest import suggest_members
@@ -103,6 +105,8 @@ def run_loop(
             picks = rng.choice(open_members, min(per_round, len(open_members)), replace=False)
         answers[picks] = truth[picks]
         known = answers != UNLABELED
+        if snapshots is not None and int(known.sum()) in snapshots:
+            snapshots[int(known.sum())] = answers.copy()
         seen = np.unique(answers[known])
         if len(seen) >= 2:
             choice = choose_head(latents, answers, classes, seed=seed)
@@ -120,6 +124,65 @@ def run_loop(
             }
         )
     return curve
+
+
+def refit(ensemble, answers: np.ndarray, truth: np.ndarray, tag: str, out: Path, args) -> dict:
+    """A full ``sense fit`` with the answers so far as its hand labels (what *Train Full Fit*
+    runs, with ``--refit-method``), scored as the head is: the new bundle's labels on every
+    member the user has not labeled."""
+    from bench_label_efficiency import fit_and_score
+
+    from sense_core.ensemble import UNLABELED, Ensemble
+
+    labeled = answers != UNLABELED
+    hidden = Ensemble(
+        fields=ensemble.fields,
+        labels=answers,
+        class_names=ensemble.class_names,
+        member_ids=ensemble.member_ids,
+    )
+    method = args.refit_method
+    row = fit_and_score(hidden, truth, labeled, tag, "refit", 0, out, args.profile, method)
+    if f"fit_error_{method}" in row:
+        return {"hand_labels": int(labeled.sum()), "error": row[f"fit_error_{method}"]}
+    return {
+        "hand_labels": int(labeled.sum()),
+        "method": method,
+        "accuracy": row[f"sense_{method}"],
+        "first_labeler_accuracy": row.get(f"pseudo_accuracy_{method}"),
+        "silhouette_2d_test": row.get(f"silhouette_2d_test_{method}"),
+        "fit_seconds": row[f"fit_seconds_{method}"],
+    }
+
+
+def refit_table(results: list[dict[str, Any]]) -> str:
+    """Head on the label-free latents against a full refit with the same answers."""
+    lines = [
+        "| ensemble | picking | hand labels | head on the label-free latents (per seed) | "
+        "full refit (per seed) | refit mean | fit seconds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for result in results:
+        for strategy in STRATEGIES:
+            refits = result.get("refits", {}).get(strategy) or []
+            counts = sorted({r["hand_labels"] for seed in refits for r in seed})
+            for count in counts:
+                heads = [
+                    next(p["accuracy"] for p in curve if p["hand_labels"] == count)
+                    for curve in result["curves"][strategy]
+                ]
+                done = [r for seed in refits for r in seed if r["hand_labels"] == count]
+                scores = [r["accuracy"] for r in done if "accuracy" in r]
+                lines.append(
+                    f"| {result['ensemble']} | {strategy} | {count} | "
+                    + ", ".join(f"{h:.3f}" for h in heads)
+                    + " | "
+                    + ", ".join(f"{v:.3f}" for v in scores)
+                    + f" | {np.mean(scores):.3f} | "
+                    + ", ".join(f"{r['fit_seconds']:.0f}" for r in done if "fit_seconds" in r)
+                    + " |"
+                )
+    return "\n".join(lines) + "\n"
 
 
 def labels_to_reach(curve: list[dict[str, Any]], target: float) -> int | None:
@@ -214,6 +277,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the curves and the machine here")
     parser.add_argument("--markdown", type=Path, help="write the table here")
     parser.add_argument("--plot", type=Path, help="write the curves' plot (PNG) here")
+    parser.add_argument(
+        "--refit-at",
+        default="",
+        help="comma-separated label counts at which each user's answers so far also train a "
+        "full fit (what Train Full Fit does; minutes each), scored like the head",
+    )
+    parser.add_argument(
+        "--refit-method", default="ssl", help="labeler method of the full refits (ssl)"
+    )
     args = parser.parse_args(argv)
 
     from bench_label_efficiency import make_ensemble
@@ -226,12 +298,28 @@ def main(argv: list[str] | None = None) -> int:
         truth = np.asarray(ensemble.labels, dtype=np.int64)
         latents, report = label_free_latents(ensemble, name, args.out, args.profile)
         curves: dict[str, list] = {}
+        refits: dict[str, list] = {}
+        refit_at = [int(n) for n in args.refit_at.split(",") if n]
         for strategy in STRATEGIES:
             started = time.perf_counter()
-            curves[strategy] = [
-                run_loop(latents, truth, strategy, seed, args.per_round, args.max_labels)
-                for seed in seeds
-            ]
+            curves[strategy], refits[strategy] = [], []
+            for seed in seeds:
+                snapshots: dict[int, np.ndarray] = dict.fromkeys(refit_at)
+                curves[strategy].append(
+                    run_loop(
+                        latents, truth, strategy, seed, args.per_round, args.max_labels, snapshots
+                    )
+                )
+                refits[strategy].append(
+                    [
+                        refit(ensemble, answers, truth, f"{name}_{strategy}{count}_s{seed}",
+                              args.out, args)
+                        for count, answers in snapshots.items()
+                        if answers is not None
+                    ]
+                )  # fmt: skip
+                if refits[strategy][-1]:
+                    print(f"{name} {strategy} seed {seed}: {refits[strategy][-1]}", flush=True)
             reach = [labels_to_reach(c, args.target) for c in curves[strategy]]
             print(
                 f"{name} {strategy}: labels to reach {args.target}: {reach}; final accuracy "
@@ -246,9 +334,12 @@ def main(argv: list[str] | None = None) -> int:
                 "classes": len(ensemble.class_names),
                 "label_free_fit_seconds": report.get("seconds", {}).get("total"),
                 "curves": curves,
+                **({"refits": refits} if refit_at else {}),
             }
         )
     table = markdown_table(results, args.target)
+    if any("refits" in result for result in results):
+        table += "\n" + refit_table(results)
     print(table)
     machine = {
         "platform": platform.platform(),

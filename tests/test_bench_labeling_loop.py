@@ -65,3 +65,18 @@ def test_target_counts_only_when_it_holds_to_the_end():
         0.90,
     )
     assert "| e | 9 | 2 | suggested | 40 |" in table
+
+
+def test_the_loop_keeps_the_answers_given_by_each_refit_point():
+    latents, truth = _blobs()
+    snapshots = dict.fromkeys((10, 20, 35))
+    curve = loop.run_loop(
+        latents, truth, "suggested", 0, per_round=5, max_labels=30, snapshots=snapshots
+    )
+    assert snapshots[35] is None  # never reached: no refit there
+    for count in (10, 20):
+        answered = snapshots[count] >= 0
+        assert answered.sum() == count
+        assert np.array_equal(snapshots[count][answered], truth[answered])  # the true answers
+    assert (snapshots[10] >= 0).sum() < (snapshots[20] >= 0).sum()
+    assert curve[-1]["hand_labels"] == 30

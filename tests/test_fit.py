@@ -302,6 +302,33 @@ def test_fit_without_hand_labels_gives_a_bundle_a_map_and_suggested_groups(tmp_p
     assert embedding.xy.shape == (240, 2) and np.isfinite(embedding.xy).all()
 
 
+def test_fit_with_too_few_hand_labels_to_evaluate_still_makes_the_bundle(tmp_path):
+    """A first full fit of the labeling loop (8 hand labels: one or two test members): the
+    evaluation is skipped with a line saying why, and the bundle is complete and labels."""
+    from sense_core.embedding import embed_ensemble
+    from sense_core.projection import ProjectionOptions
+    from sense_training.config import EncoderConfig
+    from sense_training.pipeline import fit
+
+    blobs = blob_ensemble(90, shape=(1, 16, 16))
+    few = np.where(np.arange(90) < 8, np.arange(90) % 3, -1)
+    ensemble = Ensemble(fields=blobs.fields, labels=few, class_names=blobs.class_names)
+    logged: list[str] = []
+    encoder = EncoderConfig().updated(
+        epochs=2, latent_dim=4, base_channels=8, batch_size=24, threads=1, losses="recon,cluster"
+    )
+    report = fit(
+        ensemble, tmp_path / "bundle", encoder=encoder, labeler_method="latent",
+        projector=False, log=logged.append,
+    )  # fmt: skip
+    skipped = [line for line in logged if "evaluation skipped" in line]
+    assert len(skipped) == 1 and "hand-labeled test member" in skipped[0]
+    assert report.silhouette_2d_test == {}
+    assert not (tmp_path / "bundle" / "evaluation").exists()
+    embedding = embed_ensemble(ensemble, tmp_path / "bundle", projection=ProjectionOptions("pca"))
+    assert embedding.predicted_labels.shape == (90,)
+
+
 def test_fit_with_a_single_hand_labeled_class_says_what_to_do(tmp_path):
     from sense_training.pipeline import fit
 

@@ -557,15 +557,16 @@ Train a new bundle for an ensemble and keep it as the next version beside it
 (<ensemble>.sense/bundles/NNN/, see docs/labeling.md), from the hand labels it has now (its
 own and its label sidecar's). --kind head: a classifier head on the latent space of an existing
 bundle (--bundle, default: the newest version, else the shipped bundle for the member shape),
-cross-validated on the hand labels; seconds. --kind full: a whole sense fit (--profile); with no
-hand label at all, a label-free fit (a map and suggested groups). Progress lines are
-"[k/n] stage" and "epoch e/E"; the last line names the version. A failure or a SIGTERM leaves no
-version behind. What sense_paraview.train runs in the background.
+cross-validated on the hand labels; seconds. --kind full: a whole sense fit (--profile,
+--labeler-method); with no hand label at all, a label-free fit (a map and suggested groups).
+Progress lines are "[k/n] stage" and "epoch e/E"; the last line names the version. A failure
+or a SIGTERM leaves no version behind. What sense_paraview.train runs in the background.
 """
 
 
 def _add_train_version(commands: argparse._SubParsersAction) -> None:
     from sense_core.bundle_versions import TRAINING_KINDS
+    from sense_training.pipeline import LABELER_METHODS
 
     parser = commands.add_parser(
         "train-version",
@@ -579,6 +580,13 @@ def _add_train_version(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--bundle", help="the bundle a head goes on (default: see above)")
     parser.add_argument("--profile", default="quick", help="sense fit profile for --kind full")
     parser.add_argument("--epochs", type=int, help="epochs of the full fit (default: profile's)")
+    parser.add_argument(
+        "--labeler-method",
+        choices=LABELER_METHODS,
+        default="ssl",
+        help="labeler of a full fit with hand labels (ssl: the best with few hand labels in "
+        "docs/label_efficiency.md; see sense fit --help)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
     parser.set_defaults(handler=_run_train_version)
 
@@ -656,6 +664,7 @@ def _train_full(store, draft, args: argparse.Namespace) -> None:
 
     configs = profile_configs(args.profile)
     run = {"seed": args.seed, **({"epochs": args.epochs} if args.epochs else {})}
+    method = {"labeler_method": args.labeler_method} if draft.kind == "full" else {}
     report = fit(
         store,
         draft.folder,
@@ -664,6 +673,7 @@ def _train_full(store, draft, args: argparse.Namespace) -> None:
         encoder=configs.encoder.updated({"run": run}),
         command=draft.command,
         log=lambda line: print(line, flush=True),
+        **method,
     )
     draft.labels = int(np.sum(manual_mask(store)))
     draft.classes = list(store.class_names)

@@ -166,6 +166,10 @@ def _clean(value: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- members
+class TooFewTestLabels(SenseError):
+    """Too few hand-labeled test members (fewer than 4, or of one class) to evaluate a bundle."""
+
+
 def evaluation_members(
     store: MemberStore,
     fractions: Sequence[float] = (0.7, 0.15, 0.15),
@@ -180,7 +184,7 @@ def evaluation_members(
         raise SenseError(f"fit must be one of {FIT_CHOICES}, got {fit!r}")
     manual, split = split_hand_labeled(store, tuple(fractions), split_seed)
     if len(split.test) < 4 or np.unique(store.labels[split.test]).size < 2:
-        raise SenseError(
+        raise TooFewTestLabels(
             f"only {len(split.test)} hand-labeled test member(s) in "
             f"{np.unique(store.labels[split.test]).size} class(es): label more members or raise "
             "the test fraction to evaluate"

@@ -27,7 +27,7 @@ from sense_core.ensemble import UNLABELED, MemberStore, manual_mask
 from sense_core.errors import SenseError
 from sense_core.io.atomic import atomic_write_text
 from sense_training.config import EncoderConfig, LabelerConfig, ProjectorConfig
-from sense_training.evaluation import EvaluationConfig
+from sense_training.evaluation import EvaluationConfig, TooFewTestLabels
 
 Log = Callable[[str], Any]
 
@@ -307,7 +307,7 @@ def fit(
     log(f"[{steps}/{steps}] evaluation")
     if state.kept("evaluation", clock, log) is None:
         with clock("evaluation"):
-            evaluate_and_report(relabeled, {"sense": out}, out / "evaluation", evaluation, log=log)
+            _evaluate_if_possible(relabeled, out, evaluation, log)
         state.finish("evaluation", clock)
     report = _fit_report(
         relabeled, out, profile, command, clock, load_before, labeled, pseudo, trained
@@ -955,6 +955,16 @@ def _log_fit_summary(report: FitReport, clock, load_before, out: Path, log: Log)
             f"(UMAP of the latents: {sense.get('mean')})"
         )
     log(f"bundle {out} ready in {seconds['total']:.0f} s; report {out / FIT_REPORT}")
+
+
+def _evaluate_if_possible(store, out: Path, evaluation: EvaluationConfig, log: Log) -> None:
+    """Evaluate the bundle into ``out/evaluation``; with too few hand-labeled test members
+    (a first fit in the labeling loop) say so and go on: the bundle is complete without it,
+    and its report has no test scores."""
+    try:
+        evaluate_and_report(store, {"sense": out}, out / "evaluation", evaluation, log=log)
+    except TooFewTestLabels as exc:
+        log(f"  evaluation skipped: {exc}")
 
 
 def _evaluation_silhouettes(path: Path) -> dict[str, dict[str, Any]]:
