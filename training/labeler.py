@@ -169,19 +169,14 @@ def predict(
     return np.concatenate(logits), np.concatenate(labels), np.concatenate(indices)
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64 (stable for large logits)."""
-    shifted = np.asarray(logits, dtype=np.float64)
-    shifted = shifted - shifted.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
-
-
 def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
     """Mean cross-entropy of ``logits`` against ``labels`` (unweighted)."""
     if len(labels) == 0:
         return float("nan")
-    log_probs = np.log(np.clip(softmax(logits)[np.arange(len(labels)), labels], 1e-300, None))
+    from sense_core.inference import softmax
+
+    probabilities = softmax(np.asarray(logits, dtype=np.float64))
+    log_probs = np.log(np.clip(probabilities[np.arange(len(labels)), labels], 1e-300, None))
     return float(-log_probs.mean())
 
 

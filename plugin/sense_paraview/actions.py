@@ -39,7 +39,11 @@ def proxy_of(algorithm):
     a :class:`SenseError` where there is none (a remote server holds the algorithm)."""
     import paraview.simple as simple
 
-    for proxy in simple.GetSources().values():
+    try:
+        sources = list(simple.GetSources().values())
+    except Exception:  # noqa: BLE001 - a server process has no session of proxies to search
+        sources = []
+    for proxy in sources:
         if proxy.GetClientSideObject() is algorithm:
             return proxy
     raise SenseError(
