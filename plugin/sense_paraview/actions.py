@@ -29,6 +29,17 @@ from collections.abc import Callable
 
 from sense_core.errors import SenseError, describe_exception
 
+# The panel's buttons: the property (and the algorithm's method) -> (button text, action).
+BUTTONS = {
+    "LabelSelectedPoints": ("Label Selected Points", "label"),
+    "UnlabelSelectedPoints": ("Unlabel Selected Points", "unlabel"),
+    "UndoLabeling": ("Undo Labeling", "undo"),
+    "SuggestMembers": ("Suggest Members", "suggest"),
+    "TrainHead": ("Train Head", "train_head"),
+    "TrainFullFit": ("Train Full Fit", "train_full"),
+    "TrainingStatus": ("Training Status", "status"),
+    "CancelTraining": ("Cancel Training", "cancel"),
+}
 # Training jobs started from the buttons, by the embedding proxy's global id.
 _JOBS: dict[int, object] = {}
 DEFAULT_SUGGESTIONS = 10

@@ -21,6 +21,7 @@ from xml.sax.saxutils import escape, quoteattr
 from vtkmodules.util.vtkAlgorithm import VTKPythonAlgorithmBase
 
 from sense_core.projection import ProjectionOptions
+from sense_paraview.actions import BUTTONS
 from sense_paraview.failures import describe_failure, report_error
 
 # Drop-down choices: (value used by SENSE, text shown in ParaView). The position is what a
@@ -301,39 +302,17 @@ class Embedding(_SenseAlgorithm):
     def SetLinkedLayout(self, value):
         self._linked_layout = int(value)  # read by sense_paraview.gui; no pipeline change
 
-    # The Labeling and Training buttons (sense_paraview.actions); they change no pipeline
-    # setting, so neither they nor the two values below re-run the filter.
+    # The Labeling and Training buttons: one method per entry of sense_paraview.actions.BUTTONS
+    # (made below the class). They change no pipeline setting, so neither they nor the two
+    # values below re-run the filter.
     def SetClassName(self, name):
         self._class_name = name or ""
 
     def SetSuggestionCount(self, count):
         self._suggestion_count = int(count)
 
-    def LabelSelectedPoints(self):
-        return self._act("label")
-
-    def UnlabelSelectedPoints(self):
-        return self._act("unlabel")
-
-    def UndoLabeling(self):
-        return self._act("undo")
-
-    def SuggestMembers(self):
-        return self._act("suggest")
-
-    def TrainHead(self):
-        return self._act("train_head")
-
-    def TrainFullFit(self):
-        return self._act("train_full")
-
-    def TrainingStatus(self):
-        return self._act("status")
-
-    def CancelTraining(self):
-        return self._act("cancel")
-
-    def _act(self, action: str) -> int:
+    def press(self, action: str) -> int:
+        """Do a button's ``action`` (:func:`sense_paraview.actions.run`); 1 when it worked."""
         from sense_paraview.actions import run
 
         return int(run(self, action))
@@ -398,3 +377,14 @@ class Embedding(_SenseAlgorithm):
             vtkTable.GetData(outInfo, 1).ShallowCopy(table)
         self.UpdateProgress(1.0)
         return 1
+
+
+def _button(action: str):
+    def pressed(self) -> int:
+        return self.press(action)
+
+    return pressed
+
+
+for _name, (_, _action) in BUTTONS.items():
+    setattr(Embedding, _name, _button(_action))

@@ -15,9 +15,12 @@ Manage Plugins in the GUI, or start ParaView through ``sense paraview`` (which s
 PV_PLUGIN_PATH). This folder holds plugin files only: PV_PLUGIN_PATH loads every .py in it.
 """
 
+import functools
+
 from paraview.util.vtkAlgorithm import smdomain, smhint, smproperty, smproxy
 
 from sense_paraview import algorithms
+from sense_paraview.actions import BUTTONS
 from sense_paraview.algorithms import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_PROJECTION,
@@ -47,11 +50,22 @@ ARRAY_LIST_XML = """<ArrayListDomain name="array_list" attribute_type="Scalars"
  </ArrayListDomain>"""
 
 
-def command_button(name: str, label: str) -> str:
-    """A property shown as a push button that calls the algorithm's method ``name``."""
-    return (
-        f'<Property name="{name}" label="{label}" command="{name}" panel_widget="command_button"/>'
-    )
+def with_buttons(cls):
+    """Class decorator (below ``@smproxy``): each of ``BUTTONS`` as a property shown as a push
+    button that calls the algorithm's method of that name."""
+    for name, (label, _) in BUTTONS.items():
+        method = getattr(cls, name)
+
+        @functools.wraps(method)
+        def press(self, _method=method):
+            return _method(self)
+
+        xml = (
+            f'<Property name="{name}" label="{label}" command="{name}" '
+            'panel_widget="command_button"/>'
+        )
+        setattr(cls, name, smproperty.xml(xml)(press))
+    return cls
 
 
 FIELD_ARRAY = Item(
@@ -214,6 +228,7 @@ class SENSEMemberView(algorithms.MemberView):
     dataTypes=["vtkMultiBlockDataSet", "vtkPartitionedDataSetCollection", "vtkImageData"],
     composite_data_supported=True,
 )
+@with_buttons
 class SENSEEmbedding(algorithms.Embedding):
     @smproperty.xml(BUNDLE_XML)
     def SetBundle(self, path):
@@ -282,38 +297,6 @@ class SENSEEmbedding(algorithms.Embedding):
     @smdomain.intrange(min=1, max=200)
     def SetSuggestionCount(self, count):
         super().SetSuggestionCount(count)
-
-    @smproperty.xml(command_button("LabelSelectedPoints", "Label Selected Points"))
-    def LabelSelectedPoints(self):
-        return super().LabelSelectedPoints()
-
-    @smproperty.xml(command_button("UnlabelSelectedPoints", "Unlabel Selected Points"))
-    def UnlabelSelectedPoints(self):
-        return super().UnlabelSelectedPoints()
-
-    @smproperty.xml(command_button("UndoLabeling", "Undo Labeling"))
-    def UndoLabeling(self):
-        return super().UndoLabeling()
-
-    @smproperty.xml(command_button("SuggestMembers", "Suggest Members"))
-    def SuggestMembers(self):
-        return super().SuggestMembers()
-
-    @smproperty.xml(command_button("TrainHead", "Train Head"))
-    def TrainHead(self):
-        return super().TrainHead()
-
-    @smproperty.xml(command_button("TrainFullFit", "Train Full Fit"))
-    def TrainFullFit(self):
-        return super().TrainFullFit()
-
-    @smproperty.xml(command_button("TrainingStatus", "Training Status"))
-    def TrainingStatus(self):
-        return super().TrainingStatus()
-
-    @smproperty.xml(command_button("CancelTraining", "Cancel Training"))
-    def CancelTraining(self):
-        return super().CancelTraining()
 
 
 @layout(
