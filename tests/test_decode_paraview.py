@@ -98,7 +98,7 @@ def test_decode_algorithm_in_process_equals_sense_core_decode(decoding):
     from sense_core.errors import SenseError
     from sense_core.io.vti import image_to_member
     from sense_core.projection import ProjectionOptions
-    from sense_paraview.decode import Decode, decode_on_map
+    from sense_paraview.decoding import Decode, decode_on_map
     from sense_paraview.vtk_views import embedding_to_polydata
 
     ensemble, _, bundle, plain = decoding

@@ -7,7 +7,7 @@ pvserver`` launchers and ``sense demo``, and pvpython / pvbatch / GUI helpers: a
 (:mod:`sense_paraview.training_jobs`).
 
 Decoding a point of the map: :func:`decode` (fields at map points), :func:`show_decoded` (a
-SENSE Decode shown beside the members) and :func:`map_positions` (:mod:`sense_paraview.decode`).
+SENSE Decode shown beside the members) and :func:`map_positions` (:mod:`sense_paraview.decoding`).
 
 The linked layout (:func:`show_linked_layout`: scatter coloured by class beside the selected
 members' fields) and the live link under it (:func:`link_selection`). ParaView's
@@ -16,8 +16,7 @@ mapping goes through member ids. ``paraview`` is imported inside the functions, 
 imports anywhere.
 """
 
-# decode (the function) shadows the module's name: import from sense_paraview.decode by name
-from sense_paraview.decode import decode, map_positions, show_decoded
+from sense_paraview.decoding import decode, map_positions, show_decoded
 from sense_paraview.failures import FilterError, update_or_raise
 from sense_paraview.labeling import label, suggest, undo, unlabel
 from sense_paraview.launcher import plugin_dir, plugin_file

@@ -29,7 +29,7 @@ from sense_paraview.algorithms import (
     PROJECTIONS,
     enumeration_xml,
 )
-from sense_paraview.decode import Decode as DecodeAlgorithm
+from sense_paraview.decoding import Decode as DecodeAlgorithm
 from sense_paraview.panel import Group, Item, layout, shown_when
 from sense_paraview.paths import SHOW_CHOICES
 from sense_paraview.paths import Paths as _Paths
