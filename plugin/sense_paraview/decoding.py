@@ -10,7 +10,7 @@ so that it can be shown and coloured beside real members.
 
 The work is :func:`sense_core.decode.decode_points`: the latent vector of a point is interpolated
 from the members nearest to it on the map, and the bundle's decoder turns it into a field. A
-bundle without a decoder (the shipped bundles have none) is an error that says which command
+bundle without a decoder (one trained before SENSE exported decoders) is an error that says which command
 makes one.
 
 For scripts: :func:`decode` (pvpython/pvbatch: fields decoded at several points, as numpy arrays
@@ -41,7 +41,7 @@ def no_decoder_message(bundle: str | Path) -> str:
     bundle with one."""
     return (
         f"{bundle}: the bundle has no decoder, so points of the map cannot be decoded (the "
-        "shipped bundles and bundles trained before SENSE exported decoders have none); "
+        "bundles trained before SENSE exported decoders have none); "
         "`sense fit --data ENSEMBLE --out BUNDLE` (or `sense train-encoder`) makes a bundle with "
         "one: embed the ensemble with that bundle, then decode"
     )
