@@ -223,7 +223,7 @@ def test_sense_demo_report_names_the_ensemble_file(tmp_path, monkeypatch):
 
     generate = generators.generate_with_info
 
-    def tiny(name, n, size, labeled_fraction, seed):  # drops: milliseconds, not MCMC
+    def tiny(name, n, size, labeled_fraction, seed, **options):  # drops: ms, not MCMC
         return generate("drops", 40, 64, 0.2, seed)
 
     real = projection.ProjectionOptions

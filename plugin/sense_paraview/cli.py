@@ -21,7 +21,14 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     from sense_paraview.demo import run_demo
 
-    run_demo(Path(args.out), args.members, args.size, args.seed, paraview=not args.no_paraview)
+    run_demo(
+        Path(args.out),
+        args.members,
+        args.size,
+        args.seed,
+        paraview=not args.no_paraview,
+        quick=args.quick,
+    )
     return 0
 
 
@@ -48,6 +55,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     demo.add_argument("--size", type=int, default=64, help="field size in pixels (default 64)")
     demo.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     demo.add_argument("--no-paraview", action="store_true", help="skip the ParaView rendering")
+    demo.add_argument(
+        "--quick",
+        action="store_true",
+        help="the generator's default MCMC (seconds) instead of the demo's mixing chains (~1 min)",
+    )
     demo.set_defaults(handler=_run_demo)
 
     for program, what in LAUNCHER_HELP.items():

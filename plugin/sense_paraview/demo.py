@@ -22,6 +22,18 @@ from pathlib import Path
 from sense_core.errors import SenseError
 from sense_paraview import scripts_dir
 
+# The demo's MCMC settings, not ``sense generate channels``' defaults (which the shipped bundles'
+# recorded commands use): even-odd swaps on a hotter, denser tempering ladder and longer chains,
+# so that the chains of each inverse problem mix (R-hat 1.04-1.27 per problem on the default
+# demo ensemble instead of 1.90-4.09, for 15x the MCMC work; docs/generators.md, Convergence).
+DEMO_CHANNELS = {
+    "swap_scheme": "even_odd",
+    "tempering_levels": 10,
+    "hottest_temperature": 200.0,
+    "burn_in": 6000,
+    "thin": 200,
+}
+
 
 def _step(message: str) -> float:
     print(f"[demo] {message}", flush=True)
@@ -47,9 +59,16 @@ def _pvbatch(script: str, *args: str) -> None:
 
 
 def run_demo(
-    out: Path, members: int = 600, size: int = 64, seed: int = 0, paraview: bool = True
+    out: Path,
+    members: int = 600,
+    size: int = 64,
+    seed: int = 0,
+    paraview: bool = True,
+    quick: bool = False,
 ) -> dict:
-    """Run the demo into ``out``; return what was written (paths and a summary)."""
+    """Run the demo into ``out``; return what was written (paths and a summary). ``quick``
+    generates with the generator's default MCMC (seconds; the chains do not mix) instead of
+    ``DEMO_CHANNELS`` (about a minute on two cores)."""
     from sense_core.ensemble import describe_ensemble
     from sense_core.generators import generate_with_info
     from sense_core.generators.preview import write_preview
@@ -57,8 +76,12 @@ def run_demo(
     from sense_core.io.atomic import atomic_write_text
 
     out.mkdir(parents=True, exist_ok=True)
-    start = _step(f"generating the default ensemble: {members} MCMC channel members, {size}px")
-    ensemble, info = generate_with_info("channels", members, size, 0.1, seed)
+    settings = {} if quick else DEMO_CHANNELS
+    start = _step(
+        f"generating the default ensemble: {members} MCMC channel members, {size}px"
+        + (" (quick MCMC: chains do not mix)" if quick else "")
+    )
+    ensemble, info = generate_with_info("channels", members, size, 0.1, seed, **settings)
     outputs = {
         "ensemble": write_ensemble(ensemble, out / "channels.npz", overwrite=True),
         "members": write_ensemble(ensemble, out / "members", overwrite=True),
@@ -69,7 +92,11 @@ def run_demo(
     summary["generated_by"] = info.to_dict()
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     outputs["summary"] = out / "summary.json"
-    print(f"[demo] {members} members in {time.perf_counter() - start:.1f} s; labeled per class:")
+    print(f"[demo] {members} members in {time.perf_counter() - start:.1f} s")
+    if "r_hat" in info.stats:
+        r_hat = ", ".join(f"{value:.2f}" for value in info.stats["r_hat"])
+        print(f"[demo] R-hat per problem {r_hat} (1.1 or less: the problem's chains mix)")
+    print("[demo] labeled per class:")
     for name, count in summary["class_counts"].items():
         print(f"         {name:<16} {count}")
     split = summary["split"]

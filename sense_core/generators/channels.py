@@ -44,6 +44,7 @@ boundaries exist, as in real posteriors; exact counts are reported.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -255,6 +256,248 @@ class ChannelLikelihood:
         seismic = -0.5 * ((proportion - self.proportion) / PROPORTION_SIGMA) ** 2
         return logs + seismic
 
+    def tracker(self, state: np.ndarray, n_channels: np.ndarray) -> LikelihoodTracker:
+        """An incremental evaluator started at the chains' current ``state`` (see
+        ``LikelihoodTracker``); a flat likelihood needs none and gets the plain one."""
+        if not self.data:
+            return PlainTracker(self, state, n_channels)
+        return LikelihoodTracker(self, state, n_channels)
+
+
+class PlainTracker:
+    """Evaluates every proposal in full with ``likelihood(state, n_channels)``: the tracker
+    interface of ``run_chains`` for any callable likelihood (and the reference for the cached
+    ``LikelihoodTracker``, which must give the same values)."""
+
+    def __init__(self, likelihood, state: np.ndarray, n_channels: np.ndarray):
+        self.likelihood = likelihood
+        self.current = likelihood(state, n_channels)
+
+    def propose(self, proposal: np.ndarray, n_channels: np.ndarray, valid: np.ndarray):
+        """Log likelihood of every proposal (-inf where not ``valid``)."""
+        return np.where(valid, self.likelihood(proposal, n_channels), -np.inf)
+
+    def accept(self, accepted: np.ndarray) -> None:
+        """Nothing to keep: every proposal is evaluated afresh."""
+
+    def swap(self, a: np.ndarray, b: np.ndarray) -> None:
+        """Nothing cached to exchange."""
+
+
+def _slot_distance(
+    params: np.ndarray, along: np.ndarray, across: np.ndarray, work: list[np.ndarray]
+) -> np.ndarray:
+    """Distance (P, M) to one channel centre line per row, with the arithmetic of
+    ``channel_distance`` element for element. ``params`` (P, 5): theta, sinuosity, wavelength,
+    offset, phase; ``along``/``across`` (P, M) are overwritten; ``work``: two (P, M) scratch
+    arrays, the first gets the result."""
+    sinuosity = params[:, 1, None]
+    wavenumber = (2 * np.pi / params[:, 2])[:, None]
+    angle = np.multiply(wavenumber, along, out=work[0])
+    angle += params[:, 4, None]
+    centre = np.sin(angle, out=work[1])
+    centre *= sinuosity / wavenumber
+    centre += params[:, 3, None]
+    slope = np.cos(angle, out=along)
+    slope *= sinuosity
+    gap = np.abs(np.subtract(across, centre, out=across), out=across)
+    slope *= slope
+    slope += 1.0
+    return np.divide(gap, np.sqrt(slope, out=slope), out=work[0])
+
+
+def _slot_outside(width: np.ndarray, distance: np.ndarray, work: list[np.ndarray]) -> np.ndarray:
+    """1 - the smooth sand indicator of ``sand_probability``, (P, M), for widths (P,);
+    ``distance`` is overwritten; ``work``: two (P, M) scratch arrays, the second gets the
+    result."""
+    scaled = np.subtract(width[:, None] / 2, distance, out=distance)
+    scaled /= 2 * EDGE_SOFTNESS
+    inside = np.tanh(scaled, out=work[0])
+    inside += 1.0
+    inside *= 0.5
+    return np.subtract(1.0, inside, out=work[1])
+
+
+class LikelihoodTracker:
+    """Incremental ``ChannelLikelihood`` for ``run_chains``.
+
+    It caches, per chain and channel slot, the centre-line distance and the sand indicator of
+    the chain's current state at its borehole log points and the proportion grid (one row of
+    points per chain: logs first, then grid), and for a proposal recomputes only the (chain,
+    slot) pairs whose parameters changed bit for bit -- one slot for a channel move, the new
+    slot of a birth, none for a death -- and the indicator where only the width changed. It
+    writes the proposal into the cache and keeps what it overwrote to restore rejected chains,
+    and works in preallocated buffers: a sampler step allocates no large array (fresh
+    allocations of large temporaries made page faults most of the plain evaluation's time).
+
+    The arithmetic per element is that of ``ChannelLikelihood.__call__``, so the values, and
+    the chains of ``run_chains``, are exactly those of the plain evaluation (a test pins this).
+    """
+
+    def __init__(self, likelihood: ChannelLikelihood, state: np.ndarray, n_channels: np.ndarray):
+        self.likelihood = likelihood
+        chains = state.shape[0]
+        logs, grid = likelihood.points, likelihood.grid
+        self.logs = logs.shape[1]
+        points = np.concatenate(
+            [
+                np.broadcast_to(logs, (chains, *logs.shape[1:])),
+                np.broadcast_to(grid, (chains, *grid.shape[1:])),
+            ],
+            axis=1,
+        )
+        self.x, self.y = points[..., 0].copy(), points[..., 1].copy()  # (B, M)
+        size = points.shape[1]
+        pairs = chains * MAX_CHANNELS  # row of a (chain, slot) pair: chain * MAX_CHANNELS + slot
+        self.along = np.empty((chains, size))
+        self.across = np.empty((chains, size))
+        self.distance = np.empty((pairs, size))
+        self.outside = np.ones((pairs, size))  # 1 - sand indicator (1 for an inactive slot)
+        # What each cached value was computed from (NaN: nothing yet): the orientation of the
+        # rotated coordinates, the (theta, sinuosity, wavelength, offset, phase) of each slot's
+        # distances and the width of each slot's indicator (NaN too for an inactive slot).
+        self.theta = np.full(chains, np.nan)
+        self.slot_key = np.full((pairs, 5), np.nan)
+        self.slot_width = np.full(pairs, np.nan)
+        # Separate allocations: numpy computes some functions differently (last bit) when the
+        # input and output are adjacent parts of one array.
+        self._work = [np.empty((pairs, size)) for _ in range(4)]
+        # What a proposal overwrote in the caches, to restore the chains that reject it.
+        self._saved = {name: np.empty((chains, size)) for name in ("along", "across")}
+        self._saved.update({name: np.empty((pairs, size)) for name in ("distance", "outside")})
+        self._sand = np.empty((chains, size))
+        self._logs = [np.empty((chains, self.logs)) for _ in range(3)]
+        self._facies = likelihood.facies > 0.5
+        everyone = np.ones(chains, dtype=bool)
+        self.current = self.propose(state, n_channels, everyone)
+        self.accept(everyone)
+
+    def propose(self, proposal: np.ndarray, n_channels: np.ndarray, valid: np.ndarray):
+        """Log likelihood of every proposal (-inf where not ``valid``). The proposal becomes
+        the cached state until ``accept`` says which chains keep it."""
+        chains = proposal.shape[0]
+        key = np.empty((chains, MAX_CHANNELS, 5))
+        key[:, :, 0:3] = proposal[:, None, 0:3]
+        key[:, :, 3] = proposal[:, OFFSET_COLUMNS]
+        key[:, :, 4] = proposal[:, PHASE_COLUMNS]
+        key = key.reshape(-1, 5)
+        bits = np.int64
+        active = (np.arange(MAX_CHANNELS)[None, :] < n_channels[:, None]) & valid[:, None]
+        active = active.ravel()
+        width = np.repeat(proposal[:, 3], MAX_CHANNELS)
+        moved = active & (key.view(bits) != self.slot_key.view(bits)).any(axis=1)
+        redraw = active & (moved | (width.view(bits) != self.slot_width.view(bits)))
+        cleared = ~active & np.repeat(valid, MAX_CHANNELS) & ~np.isnan(self.slot_width)
+        rotate = np.flatnonzero(valid & (proposal[:, 0].view(bits) != self.theta.view(bits)))
+        moved, redraw = np.flatnonzero(moved), np.flatnonzero(redraw | cleared)
+        cleared = np.flatnonzero(cleared)
+        saved = self._saved
+        self._undo = (
+            rotate,
+            self.theta[rotate],
+            moved,
+            self.slot_key[moved],
+            redraw,
+            self.slot_width[redraw],
+        )
+        np.take(self.along, rotate, axis=0, out=saved["along"][: rotate.size], mode="clip")
+        np.take(self.across, rotate, axis=0, out=saved["across"][: rotate.size], mode="clip")
+        np.take(self.distance, moved, axis=0, out=saved["distance"][: moved.size], mode="clip")
+        np.take(self.outside, redraw, axis=0, out=saved["outside"][: redraw.size], mode="clip")
+        self.theta[rotate] = proposal[rotate, 0]
+        self.slot_key[moved] = key[moved]
+        self.slot_width[redraw] = width[redraw]
+        self.slot_width[cleared] = np.nan
+
+        w = self._work
+        if rotate.size:  # along/across as channel_distance computes them
+            count = rotate.size
+            theta = proposal[rotate, 0:1]
+            cos_t, sin_t = np.cos(theta), np.sin(theta)
+            x = np.take(self.x, rotate, axis=0, out=w[0][:count], mode="clip")
+            y = np.take(self.y, rotate, axis=0, out=w[1][:count], mode="clip")
+            along = np.multiply(x, cos_t, out=w[2][:count])
+            along += np.multiply(y, sin_t, out=w[3][:count])
+            self.along[rotate] = along
+            across = np.multiply(np.negative(x, out=x), sin_t, out=w[2][:count])
+            across += np.multiply(y, cos_t, out=w[3][:count])
+            self.across[rotate] = across
+        if moved.size:
+            count = moved.size
+            rows = moved // MAX_CHANNELS
+            along = np.take(self.along, rows, axis=0, out=w[0][:count], mode="clip")
+            across = np.take(self.across, rows, axis=0, out=w[1][:count], mode="clip")
+            self.distance[moved] = _slot_distance(
+                key[moved], along, across, [w[2][:count], w[3][:count]]
+            )
+        redrawn = redraw[~np.isin(redraw, cleared, assume_unique=True)]
+        if redrawn.size:
+            count = redrawn.size
+            distance = np.take(self.distance, redrawn, axis=0, out=w[0][:count], mode="clip")
+            self.outside[redrawn] = _slot_outside(
+                width[redrawn], distance, [w[1][:count], w[2][:count]]
+            )
+        self.outside[cleared] = 1.0
+
+        outside = self.outside.reshape(chains, MAX_CHANNELS, -1)
+        sand = np.prod(outside, axis=1, out=self._sand)
+        np.subtract(1.0, sand, out=sand)
+        p_read, log_read, log_miss = self._logs
+        np.multiply(1 - 2 * LOG_ERROR, sand[:, : self.logs], out=p_read)
+        p_read += LOG_ERROR
+        np.log(p_read, out=log_read)
+        np.log1p(np.negative(p_read, out=p_read), out=log_miss)
+        np.copyto(log_miss, log_read, where=self._facies)
+        logs = log_miss.sum(axis=1)
+        proportion = sand[:, self.logs :].mean(axis=1)
+        seismic = -0.5 * ((proportion - self.likelihood.proportion) / PROPORTION_SIGMA) ** 2
+        return np.where(valid, logs + seismic, -np.inf)
+
+    def accept(self, accepted: np.ndarray) -> None:
+        """Keep the last proposal of the ``accepted`` chains; restore the others' caches."""
+        rotate, theta, moved, key, redraw, width = self._undo
+        saved, w = self._saved, self._work
+        for index, rows, arrays in (
+            (rotate, rotate, ((self.along, "along"), (self.across, "across"))),
+            (moved, moved // MAX_CHANNELS, ((self.distance, "distance"),)),
+            (redraw, redraw // MAX_CHANNELS, ((self.outside, "outside"),)),
+        ):
+            back = np.flatnonzero(~accepted[rows])
+            for array, name in arrays:
+                array[index[back]] = np.take(
+                    saved[name], back, axis=0, out=w[0][: back.size], mode="clip"
+                )
+        back = ~accepted[rotate]
+        self.theta[rotate[back]] = theta[back]
+        back = ~accepted[moved // MAX_CHANNELS]
+        self.slot_key[moved[back]] = key[back]
+        back = ~accepted[redraw // MAX_CHANNELS]
+        self.slot_width[redraw[back]] = width[back]
+        self._undo = None
+
+    def swap(self, a: np.ndarray, b: np.ndarray) -> None:
+        """Exchange the caches of chains ``a`` and ``b`` (tempering swaps exchange states)."""
+        slots = np.arange(MAX_CHANNELS)
+        pair_a = (a[:, None] * MAX_CHANNELS + slots).ravel()
+        pair_b = (b[:, None] * MAX_CHANNELS + slots).ravel()
+        w = self._work
+        for array, i, j in (
+            (self.theta, a, b),
+            (self.along, a, b),
+            (self.across, a, b),
+            (self.slot_key, pair_a, pair_b),
+            (self.slot_width, pair_a, pair_b),
+            (self.distance, pair_a, pair_b),
+            (self.outside, pair_a, pair_b),
+        ):
+            if array.ndim == 2 and array.shape[1] == w[0].shape[1]:
+                first = np.take(array, i, axis=0, out=w[0][: i.size], mode="clip")
+                second = np.take(array, j, axis=0, out=w[1][: j.size], mode="clip")
+            else:
+                first, second = array[i], array[j]
+            array[i] = second
+            array[j] = first
+
 
 def reflect_and_wrap(state: np.ndarray) -> np.ndarray:
     """Map a proposal back into the prior box: wrap periodic columns, reflect the others.
@@ -314,7 +557,12 @@ def run_chains(
     inverse_t = np.tile(1.0 / temperatures, groups)
     state = initial_state.copy()
     n_channels = initial_channels.copy()
-    log_lik = likelihood(state, n_channels)
+    tracker = (
+        likelihood.tracker(state, n_channels)
+        if hasattr(likelihood, "tracker")
+        else PlainTracker(likelihood, state, n_channels)
+    )
+    log_lik = tracker.current
     scale = np.ones(chains)
     window_accepted = np.zeros(chains)
     window_tried = np.zeros(chains)
@@ -351,22 +599,25 @@ def run_chains(
             _birth_death(proposal, new_channels, valid, dim, rng)
 
             proposal = reflect_and_wrap(proposal)
-            new_log_lik = np.where(valid, likelihood(proposal, new_channels), -np.inf)
+            new_log_lik = tracker.propose(proposal, new_channels, valid)
             log_ratio = inverse_t * (new_log_lik - log_lik)
             accept = np.log(rng.random(chains)) < np.where(valid, log_ratio, -np.inf)
+            tracker.accept(accept)
             state[accept] = proposal[accept]
             n_channels[accept] = new_channels[accept]
             log_lik[accept] = new_log_lik[accept]
 
             if levels > 1 and swap_scheme == "even_odd":
                 accepted, tried = _swap_levels(
-                    state, n_channels, log_lik, temperatures, rng, parity=step % 2
+                    state, n_channels, log_lik, temperatures, rng, step % 2, tracker.swap
                 )
                 if step >= burn_in:
                     swaps_accepted += accepted
                     swaps_tried += tried
             elif levels > 1 and step % SWAP_EVERY == 0:
-                accepted, tried = _swap_levels(state, n_channels, log_lik, temperatures, rng)
+                accepted, tried = _swap_levels(
+                    state, n_channels, log_lik, temperatures, rng, on_swap=tracker.swap
+                )
                 if step >= burn_in:
                     swaps_accepted += accepted
                     swaps_tried += tried
@@ -414,10 +665,12 @@ def _swap_levels(
     temperatures: np.ndarray,
     rng: np.random.Generator,
     parity: int | None = None,
+    on_swap: Callable[[np.ndarray, np.ndarray], None] | None = None,
 ) -> tuple[int, int]:
     """Propose, in every group, to exchange the states of levels l and l+1: one random l
-    (``parity`` None), or every l with ``l % 2 == parity`` at once (disjoint pairs).
-    Returns (accepted, proposed)."""
+    (``parity`` None), or every l with ``l % 2 == parity`` at once (disjoint pairs). ``on_swap(a,
+    b)`` is told which chains exchanged states (to exchange caches). Returns (accepted,
+    proposed)."""
     levels = temperatures.size
     groups = state.shape[0] // levels
     if parity is None:
@@ -434,6 +687,8 @@ def _swap_levels(
     a, b = lower[accept], upper[accept]
     for array in (state, n_channels, log_lik):
         array[a], array[b] = array[b].copy(), array[a].copy()
+    if on_swap is not None:
+        on_swap(a, b)
     return int(accept.sum()), int(lower.size)
 
 
