@@ -10,8 +10,8 @@ so that it can be shown and coloured beside real members.
 
 The work is :func:`sense_core.decode.decode_points`: the latent vector of a point is interpolated
 from the members nearest to it on the map, and the bundle's decoder turns it into a field. A
-bundle without a decoder (one trained before SENSE exported decoders) is an error that says which command
-makes one.
+bundle without a decoder (one trained before SENSE exported decoders) is an error that says
+which command makes one.
 
 For scripts: :func:`decode` (pvpython/pvbatch: fields decoded at several points, as numpy arrays
 or images) and :func:`show_decoded` (a SENSE Decode at a point, shown in a render view beside
