@@ -62,7 +62,7 @@ EOF
 ship_channels() { ship channels channels64 "" "--labeler-method latent"; }
 ship_drops() {
     ship drops drops64 "--times-per-simulation 1" \
-        "--labeler-epochs 30 --labeler-patience 0 --labeler-augment hflip,hshift"
+        "--labeler-method cnn --labeler-epochs 30 --labeler-patience 0 --labeler-augment hflip,hshift"
 }
 
 case "$WHICH" in

@@ -338,6 +338,8 @@ def test_fit_runs_labeler_pseudo_labels_encoder_and_evaluation(tmp_path, monkeyp
             str(data),
             "--out",
             str(out),
+            "--labeler-method",
+            "cnn",
             "--epochs",
             "1",
             "--latent",

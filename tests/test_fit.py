@@ -94,7 +94,8 @@ def test_sense_fit_writes_a_bundle_with_projector_and_a_fit_report(tmp_path, mon
     write_plain_npz(data, ensemble)
     out = tmp_path / "bundle"
     argv = [
-        "fit", "--data", str(data), "--out", str(out), "--labeler-epochs", "1",
+        "fit", "--data", str(data), "--out", str(out), "--labeler-method", "cnn",
+        "--labeler-epochs", "1",
         "--epochs", "1", "--latent", "4", "--batch-size", "24", "--threads", "1",
         "--seeds", "0", "--projection", "pca", "--baselines", "pca_raw",
         "--projector-points", "120", "--min-confidence", "0",
@@ -157,7 +158,8 @@ def test_sense_fit_skips_the_projector_when_too_few_members_train(tmp_path, monk
     make_runtime_bundle(out, (1, 12, 12), 3, ("c0", "c1"), labeler=False, projector=True)
     assert (out / "projector.onnx").exists()
     argv = [
-        "fit", "--data", str(data), "--out", str(out), "--epochs", "1", "--latent", "3",
+        "fit", "--data", str(data), "--out", str(out), "--labeler-method", "cnn",
+        "--epochs", "1", "--latent", "3",
         "--batch-size", "8", "--fractions", "0.4,0.2,0.4", "--seeds", "0", "--projection",
         "pca", "--baselines", "none",
     ]  # fmt: skip
@@ -192,6 +194,7 @@ def test_fit_library_returns_the_report_it_writes(tmp_path):
         ensemble,
         tmp_path / "bundle",
         labeler=labeler,
+        labeler_method="cnn",
         encoder=encoder,
         evaluation=EvaluationConfig(seeds=(0,), projection="pca", baselines=()),
         threshold=0.4,
@@ -362,6 +365,7 @@ def test_fit_options_follow_the_profile_and_share_run_options():
     base = ["fit", "--data", "d.npz", "--out", "b"]
     labeler, encoder = fit_configs(parse(base))
     assert (labeler.run.epochs, encoder.run.epochs, encoder.model.latent_dim) == (8, 12, 32)
+    assert parse(base).labeler_method == "latent"  # the default: better with few labels
     args = parse([
         *base, "--profile", "paper", "--seed", "3", "--labeler-threads", "2", "--threads", "1",
         "--labeler-epochs", "2", "--labeler-arch", "tf_efficientnetv2_b1",

@@ -56,10 +56,16 @@ def test_drops_shapes_classes_and_labels(drops_run):
     assert ensemble.fields.shape == (140, 1, 48, 48)
     assert ensemble.fields.dtype == np.float32
     assert 0.0 <= ensemble.fields.min() and ensemble.fields.max() <= 1.0
-    regime = ensemble.metadata["regime"]
-    # Balanced by default: 140 / 7 = 20 per regime.
-    assert np.bincount(regime, minlength=7).tolist() == [20] * 7
-    assert info.stats["class_counts"] == dict.fromkeys(dr.CLASS_NAMES, 20)
+    regime, physical = ensemble.metadata["regime"], ensemble.metadata["parameter_regime"]
+    # Balanced by default: 140 / 7 = 20 per parameter regime; the classes say what the field
+    # shows, which differs only between crown and crown_splash.
+    assert np.bincount(physical, minlength=7).tolist() == [20] * 7
+    assert info.stats["parameter_class_counts"] == dict.fromkeys(dr.CLASS_NAMES, 20)
+    assert info.stats["class_counts"] == dict(
+        zip(dr.CLASS_NAMES, np.bincount(regime, minlength=7).tolist())
+    )
+    differ = regime != physical
+    assert set(regime[differ]) | set(physical[differ]) <= {dr.CROWN, dr.SPLASH}
     labeled = ensemble.labels != UNLABELED
     assert labeled.sum() == 14
     np.testing.assert_array_equal(ensemble.labels[labeled], regime[labeled])
@@ -71,8 +77,25 @@ def test_drops_shapes_classes_and_labels(drops_run):
             ensemble.metadata["ohnesorge"],
             ensemble.metadata["film_ratio"],
         ),
-        regime,
+        physical,
     )
+
+
+def test_drops_class_is_crown_splash_exactly_when_the_field_shows_the_splash():
+    """A late splash on a thin film whose droplets have left the window is drawn as a crown and
+    labelled one; the same impact early shows its droplets and is crown_splash."""
+    oh, delta = np.full(2, 1e-2), np.full(2, 0.03)
+    weber = np.full(2, 2.0 * dr.splash_threshold(0.03) * 1e-2**0.4)  # K = 2 K_splash
+    params = {"weber": weber, "ohnesorge": oh, "delta": delta, "tau": np.array([0.3, 0.8])}
+    params["regime"] = dr.regime_of(weber, oh, delta)
+    assert params["regime"].tolist() == [dr.SPLASH, dr.SPLASH]
+    jitter = np.full((2, dr.JITTER_COLUMNS), 0.5)
+    fields = dr.render_drops(params, jitter, 64)
+    assert dr.splash_shown(params, jitter, fields).tolist() == [True, False]
+    assert dr.shown_regime(params, jitter, fields).tolist() == [dr.SPLASH, dr.CROWN]
+    # Without the splash the early field loses its fingers and droplets: many pixels change.
+    plain = dr.render_drops({**params, "no_splash": np.ones(2, dtype=bool)}, jitter, 64)
+    assert (np.abs(fields[0] - plain[0]) > 0.5).sum() >= 8
 
 
 def test_drops_regime_boundaries_follow_the_documented_thresholds():
@@ -146,12 +169,30 @@ def test_channels_shapes_classes_labels_and_parameters(channel_run):
     assert labeled.sum() == 50
     np.testing.assert_array_equal(ensemble.labels[labeled], regime[labeled])
     meta = ensemble.metadata
+    theta = np.radians(meta["theta_deg"])
     np.testing.assert_array_equal(
-        ch.regime_of(np.radians(meta["theta_deg"]), meta["sinuosity"], meta["n_channels"]), regime
+        ch.regime_of(theta, meta["sinuosity"], meta["visible_channels"]), regime
     )
+    np.testing.assert_array_equal(
+        ch.regime_of(theta, meta["sinuosity"], meta["n_channels"]), meta["parameter_regime"]
+    )
+    assert np.all(meta["visible_channels"] <= meta["n_channels"])
     assert np.all((meta["n_channels"] >= 1) & (meta["n_channels"] <= 4))
     assert np.all((meta["width"] >= 0.04) & (meta["width"] <= 0.12))
     assert info.options["burn_in"] == 300 and "--burn-in 300" in info.command()
+
+
+def test_channels_class_counts_the_channels_the_map_shows():
+    """Three channels: the third on top of the first, or the second hidden between the others:
+    the map shows two, and so does the class; three apart show three."""
+    state = np.zeros((3, ch.N_CONTINUOUS))
+    state[:, 0], state[:, 1], state[:, 2], state[:, 3] = 0.0, 0.3, 0.6, 0.08  # straight, east
+    state[:, ch.OFFSET_COLUMNS[:3]] = [[-0.25, 0.25, -0.25], [-0.04, 0.0, 0.04], [-0.3, 0.0, 0.3]]
+    n_channels = np.array([3, 3, 3])
+    fields, visible = ch.render_facies_and_visible(state, n_channels, 64)
+    assert visible.tolist() == [2, 2, 3]
+    np.testing.assert_array_equal(fields, ch.render_facies(state, n_channels, 64))
+    assert ch.regime_of(state[:, 0], state[:, 1], visible).tolist() == [0, 0, 4]
 
 
 def test_channels_sampler_accepts_in_a_sane_band_and_chains_move(channel_run):

@@ -353,10 +353,10 @@ def test_scratch_folders_of_killed_exports_are_removed(tmp_path):
 
 # --------------------------------------------------------------------------- sense fit --resume
 FIT_OPTIONS = (
-    "--labeler-epochs", "2", "--labeler-arch", "test_efficientnet", "--epochs", "2",
-    "--latent", "4", "--base-channels", "8", "--batch-size", "24", "--threads", "1",
-    "--device", "cpu", "--seeds", "0", "--projection", "pca", "--baselines", "none",
-    "--projector-points", "60", "--min-confidence", "0",
+    "--labeler-method", "cnn", "--labeler-epochs", "2", "--labeler-arch", "test_efficientnet",
+    "--epochs", "2", "--latent", "4", "--base-channels", "8", "--batch-size", "24",
+    "--threads", "1", "--device", "cpu", "--seeds", "0", "--projection", "pca",
+    "--baselines", "none", "--projector-points", "60", "--min-confidence", "0",
 )  # fmt: skip
 # run-specific values: timings, paths (temporaries, --out), the command, the creation time
 VOLATILE = ("created", "command", "argv", "path", "bundle", "machine")

@@ -64,7 +64,7 @@ def test_drops_simulations_are_seen_at_increasing_times():
     ensemble, info = generate_with_info("drops", 50, 32, 0.2, seed=2, times_per_simulation=6)
     meta = ensemble.metadata
     assert info.stats["simulations"] == len(np.unique(meta["simulation"]))
-    assert np.bincount(meta["regime"], minlength=7).tolist() == [8, 7, 7, 7, 7, 7, 7]
+    assert np.bincount(meta["parameter_regime"], minlength=7).tolist() == [8, 7, 7, 7, 7, 7, 7]
     for sim in np.unique(meta["simulation"]):
         mine = meta["simulation"] == sim
         assert 1 <= mine.sum() <= 6

@@ -68,7 +68,8 @@ evaluation.json/.csv/.md and maps.png into --out.
 """
 
 FIT_DESCRIPTION = """\
-Everything in one go: train the labeler on the hand-labeled members, pseudo-label the others,
+Everything in one go: label the members (by default an encoder trained on all members with the
+hand labels, and the best head on its latent space: --labeler-method), pseudo-label the others,
 train the encoder with the pseudo-labels, export both into the bundle folder --out, map the
 encoder's training latents with UMAP and train the parametric projector that reproduces that map
 (projector.onnx, its fidelity in sense.json), and evaluate (report in <out>/evaluation). Stage
@@ -398,7 +399,12 @@ LABELER_PREFIX = "labeler-"
 
 
 def _add_fit(commands: argparse._SubParsersAction) -> None:
-    from sense_training.pipeline import LABELER_METHODS, PROFILES, profile_configs
+    from sense_training.pipeline import (
+        DEFAULT_LABELER_METHOD,
+        LABELER_METHODS,
+        PROFILES,
+        profile_configs,
+    )
 
     parser = commands.add_parser(
         "fit",
@@ -422,15 +428,17 @@ def _add_fit(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--labeler-method",
         choices=LABELER_METHODS,
-        default="cnn",
-        help="cnn: train the image labeler (EfficientNetV2) on the hand labels; latent: train "
-        "an encoder on all members with the hand labels first and label with the best head on "
-        "its latent space (linear or label propagation, chosen by cross-validation), then give "
-        "the final encoder its own head as the bundle's labeler (better with few hand labels; "
-        "see docs/label_efficiency.md); ssl: the first encoder is self-supervised (recon + "
-        "instance-contrastive term with --instance-views, no label), the labeler is chosen among "
-        "latent heads, self-training and a raw-field classifier by cross-validation, and members "
-        "under --threshold (default 0.9 here) stay unlabelled",
+        default=DEFAULT_LABELER_METHOD,
+        help=f"({DEFAULT_LABELER_METHOD}) latent: train an encoder on all members with the hand "
+        "labels first and label with the best head on its latent space (linear or label "
+        "propagation, chosen by cross-validation; a linear classifier of the raw fields "
+        "competes), then give the final encoder its own head as the bundle's labeler; cnn: "
+        "train the image labeler (EfficientNetV2) on the hand labels (weaker with few labels, "
+        "see docs/label_efficiency.md; the --labeler-* options are its settings); ssl: the "
+        "first encoder is self-supervised (recon + instance-contrastive term with "
+        "--instance-views, no label), the labeler is chosen among latent heads, self-training "
+        "and a raw-field classifier by cross-validation, and members under --threshold "
+        "(default 0.9 here) stay unlabelled (better with few labels, about 1.6x the time)",
     )
     parser.add_argument(
         "--compress-labeler",

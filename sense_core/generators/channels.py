@@ -33,6 +33,12 @@ Regime classes (``CLASS_NAMES``), from a member's own parameters
 3 ``meandering_ns`` n <= 2, s >= 0.9, north-south
 4 ``multi_channel`` n >= 3 (any orientation and sinuosity)
 
+``n`` here is the number of channels the map *shows* (metadata ``visible_channels``): a channel
+counts when 20 of 64 x 64 pixels (``VISIBLE_CHANNEL_FRACTION``) are sand because of it alone
+(two channels on top of each other count once).
+A state with three channels, one hidden under another, is drawn as two channels and labelled as
+two; metadata ``parameter_regime`` keeps the class of the state's own ``n``.
+
 Class balance: the inverse problems cycle through the 5 regimes (problem ``p`` hides a true
 field of regime ``p mod 5``, drawn a margin away from the regime edges), with the same number of
 chains and samples each, so with ``problems`` a multiple of 5 the classes are roughly balanced.
@@ -102,6 +108,9 @@ PROPORTION_GRID = 16  # sand proportion is evaluated on a PROPORTION_GRID^2 grid
 PROPORTION_SIGMA = 0.03  # standard deviation of the observed sand proportion
 EDGE_SOFTNESS = 0.006  # soft channel edge (domain units) that makes the likelihood smooth
 RENDER_CHUNK = 128
+# A channel counts towards a member's class when this share of the pixels (20 of 64 x 64) is
+# sand because of it alone: the class says what the map shows.
+VISIBLE_CHANNEL_FRACTION = 20 / 4096
 
 
 def regime_of(theta: np.ndarray, sinuosity: np.ndarray, n_channels: np.ndarray) -> np.ndarray:
@@ -152,15 +161,47 @@ def sand_probability(state: np.ndarray, n_channels: np.ndarray, points: np.ndarr
 
 def render_facies(state: np.ndarray, n_channels: np.ndarray, size: int) -> np.ndarray:
     """Binary facies maps (B, size, size) float32 in image order (row 0 = north)."""
+    return render_facies_and_visible(state, n_channels, size)[0]
+
+
+def render_facies_and_visible(
+    state: np.ndarray, n_channels: np.ndarray, size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Facies maps (B, size, size) and how many channels each map shows (B,): a channel shows
+    when at least ``VISIBLE_CHANNEL_FRACTION`` of the pixels are sand because of it alone
+    (:func:`_count_visible`), so a channel under others or clipped to a corner of the domain does
+    not count."""
     points = pixel_points(size)[None]
     out = np.empty((state.shape[0], size, size), dtype=np.float32)
+    visible = np.empty(state.shape[0], dtype=np.int64)
+    least = max(1, int(round(VISIBLE_CHANNEL_FRACTION * size * size)))
     for part in chunks(state.shape[0], RENDER_CHUNK):
         sub_state = state[part].astype(np.float32)
         distance = channel_distance(sub_state, points.astype(np.float32))
         active = np.arange(MAX_CHANNELS)[None, :] < n_channels[part, None]
         inside = (distance < sub_state[:, 3, None, None] / 2) & active[:, :, None]
         out[part] = inside.any(axis=1).reshape(-1, size, size)
-    return out
+        visible[part] = _count_visible(inside, active, least)
+    return out, visible
+
+
+def _count_visible(inside: np.ndarray, active: np.ndarray, least: int) -> np.ndarray:
+    """Channels shown per member, from the channel masks ``inside`` (B, K, M): while a kept
+    channel has fewer than ``least`` pixels that no other kept channel covers, drop the one with
+    the fewest (two channels on top of each other count once; one hidden between two counts
+    none); the channels left are the ones seen."""
+    kept = active.copy()
+    rows = np.arange(inside.shape[0])
+    for _ in range(MAX_CHANNELS):
+        shown = inside & kept[:, :, None]
+        alone = (shown & (shown.sum(axis=1, keepdims=True) == 1)).sum(axis=2)
+        hidden = kept & (alone < least)
+        drop = hidden.any(axis=1)
+        if not drop.any():
+            break
+        weakest = np.argmin(np.where(hidden, alone, np.iinfo(np.int64).max), axis=1)
+        kept[rows[drop], weakest[drop]] = False
+    return kept.sum(axis=1)
 
 
 def pixel_points(size: int) -> np.ndarray:
@@ -820,8 +861,8 @@ def generate_channels(
     n_channels = result.n_channels.reshape(-1)[:n]
     sample_index = np.repeat(np.arange(samples), chains)[:n]
     chain_index = np.tile(np.arange(chains), samples)[:n]
-    fields = render_facies(state, n_channels, size)
-    classes = regime_of(state[:, 0], state[:, 1], n_channels)
+    fields, visible_channels = render_facies_and_visible(state, n_channels, size)
+    classes = regime_of(state[:, 0], state[:, 1], visible_channels)
     labels = choose_labeled(classes, labeled_fraction, rng)
     sand_fraction = fields.reshape(n, -1).mean(axis=1)
     fields = add_noise_and_blur(fields[:, None], noise, blur, rng)
@@ -833,6 +874,8 @@ def generate_channels(
         "amplitude": state[:, 1] * state[:, 2] / (2 * np.pi),
         "width": state[:, 3],
         "n_channels": n_channels.astype(np.int64),
+        "visible_channels": visible_channels,
+        "parameter_regime": regime_of(state[:, 0], state[:, 1], n_channels),
         "sand_fraction": sand_fraction.astype(np.float64),
         "regime": classes,
         "problem": chain_problem[chain_index],
