@@ -364,6 +364,9 @@ def test_batch_script_writes_csv_selection_and_layout_screenshot(tmp_path, ensem
     assert pixels.shape == (800, 1600)
     left, right = pixels[:, :800], pixels[:, 800:]
     assert left.std() > 5 and right.std() > 5  # scatter and members both drawn
+    # the members' mosaic fills the right pane (the empty pane's hint alone covers about 1 %)
+    background = np.median(right)
+    assert np.mean(np.abs(right - background) > 10) > 0.05
 
 
 def test_new_seed_or_projection_reprojects_cached_latents_without_rerunning_models(tmp_path):

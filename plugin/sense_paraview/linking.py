@@ -139,8 +139,7 @@ class SelectionLink:
             return
         self._last = ids
         self.member_view.MemberIds = ids
-        self.error = self._update() if ids else ""
-        self._show(ids)
+        self.show(ids, self._update() if ids else "")
         for view in self.views:
             # not simple.Render: on a session's first call it resets the camera just framed
             view.StillRender()
@@ -155,6 +154,13 @@ class SelectionLink:
         except FilterError as exc:
             return str(exc)
         return ""
+
+    def show(self, member_ids: Sequence[str], error: str = "") -> None:
+        """Show ``member_ids`` in the views as a selection of them would (or the hint, or
+        ``error`` in it), without updating the member view: for a script that sets and
+        updates the member view itself (after :meth:`remove`)."""
+        self._last, self.error = list(member_ids), error
+        self._show(self._last)
 
     def _show(self, ids) -> None:
         """Members (framed), or the hint: what to do, or why the members are not shown."""

@@ -152,6 +152,8 @@ def embed(args, out: Path, comm) -> None:
         SelectIDs(IDs=[v for i in indices for v in (0, i)], FieldType="POINT", Source=embedding)
         linked.member_view.MemberIds = list(member_ids)
         agree(comm, lambda: update_or_raise(linked.member_view))
+        linked.link.fit_views = False  # framed and coloured alike on every rank below
+        linked.link.show(member_ids)  # the members, not the empty pane's hint
         SaveData(str(out / "selection.vtm"), proxy=linked.member_view)
         # the colour range from rank 0's data, set alike on every rank (a rescale to the data
         # range would change the colours on rank 0 only, and the ranks' renders would no
