@@ -35,7 +35,6 @@ from paraview.simple import (
     LoadPlugin,
     OpenDataFile,
     Render,
-    ResetCamera,
     SaveData,
     SaveScreenshot,
     SelectIDs,
@@ -47,6 +46,7 @@ from sense_core.errors import SenseError
 from sense_core.io.atomic import check_output_outside_inputs, output_lock
 from sense_paraview import plugin_file, show_linked_layout, update_or_raise
 from sense_paraview.batch import communicator, require_display, run_script
+from sense_paraview.layout import frame_members
 from sense_paraview.linking import embedding_columns, member_ids_in
 
 PROJECTIONS = {"auto": "Auto", "umap": "UMAP", "projector": "Parametric projector", "pca": "PCA"}
@@ -161,7 +161,7 @@ def embed(args, out: Path, comm) -> None:
         low, high = on_root(comm, partial(field_range, servermanager.Fetch(linked.member_view)))
         for function in (GetColorTransferFunction("field"), GetOpacityTransferFunction("field")):
             function.RescaleTransferFunction(low, high)
-        ResetCamera(linked.members_view)
+        frame_members(linked.member_view, linked.members_view)  # left of the colour bar
         Render(linked.members_view)
     linked.layout.SetSize(1600, 800)
     SaveScreenshot(str(out / "layout.png"), linked.layout, ImageResolution=[1600, 800])
