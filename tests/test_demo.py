@@ -58,3 +58,19 @@ def test_demo_generates_with_chains_that_mix_unless_quick(tmp_path, monkeypatch)
     assert asked == [demo.DEMO_CHANNELS, {}]
     assert demo.DEMO_CHANNELS["swap_scheme"] == "even_odd"
     assert demo.DEMO_CHANNELS["burn_in"] > 1000 and demo.DEMO_CHANNELS["tempering_levels"] > 6
+
+
+def test_the_shipped_channels_bundle_is_fitted_on_the_demos_chains():
+    """scripts/train_shipped_models.sh generates channels64's ensemble with the demo's MCMC
+    settings (the bundle is measured on the demo's kind of chains): the shell script repeats
+    DEMO_CHANNELS, so a change to one must reach the other."""
+    from helpers import REPO
+
+    from sense_paraview.demo import DEMO_CHANNELS
+
+    script = (REPO / "scripts" / "train_shipped_models.sh").read_text()
+    start = script.index("ship_channels() {")
+    channels = script[start : script.index("}", start)]
+    for name, value in DEMO_CHANNELS.items():
+        text = value if isinstance(value, str) else f"{value:g}"
+        assert f"--{name.replace('_', '-')} {text}" in channels, name
