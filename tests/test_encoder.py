@@ -131,6 +131,32 @@ def test_resume_gives_the_uninterrupted_weights(tmp_path):
     torch.testing.assert_close(reloaded.state_dict(), resumed.model.state_dict())
 
 
+def test_a_warm_start_continues_from_another_runs_weights(tmp_path):
+    """``init_from`` copies a run's weights before the first step (with a learning rate too
+    small to move them, the trained parameters are the source's; from random weights they are
+    not); a checkpoint of another network is refused, naming the file."""
+    ensemble = wave_ensemble(count=60)
+    still = dict(epochs=1, select="last", learning_rate=1e-12)
+    train_encoder(ensemble, tmp_path / "a", tiny(select="last"), export=False, **QUIET)
+    checkpoint = tmp_path / "a" / "encoder_run" / "checkpoint.pt"
+    source = dict(load_encoder_checkpoint(checkpoint, "last").named_parameters())
+    warm = train_encoder(
+        ensemble, tmp_path / "b", tiny(init_from=str(checkpoint), **still), export=False, **QUIET
+    )
+    cold = train_encoder(ensemble, tmp_path / "c", tiny(**still), export=False, **QUIET)
+    for name, value in warm.model.named_parameters():
+        torch.testing.assert_close(value.detach(), source[name].detach(), rtol=0, atol=1e-6)
+    assert any(
+        not torch.allclose(value, source[name], atol=1e-3)
+        for name, value in cold.model.named_parameters()
+    )
+    with pytest.raises(SenseError, match="checkpoint.pt: its encoder is another network"):
+        train_encoder(
+            ensemble, tmp_path / "d", tiny(epochs=1, latent_dim=5, init_from=str(checkpoint)),
+            export=False, **QUIET,
+        )  # fmt: skip
+
+
 def test_weight_average_is_scored_exported_and_resumed(tmp_path):
     from sklearn.metrics import silhouette_samples
 

@@ -231,6 +231,7 @@ def test_fit_with_the_latent_labeler_labels_from_the_encoders_latent_space(tmp_p
     that labels the hidden members well above chance, and the choice is recorded."""
     from sense_core.embedding import embed_ensemble
     from sense_core.projection import ProjectionOptions
+    from sense_training.common import load_checkpoint
     from sense_training.config import EncoderConfig
     from sense_training.evaluation import EvaluationConfig
     from sense_training.pipeline import FIT_RUN, HAND_BUNDLE, fit
@@ -251,6 +252,11 @@ def test_fit_with_the_latent_labeler_labels_from_the_encoders_latent_space(tmp_p
     )
     assert logged[0] == "[1/4] labeler (quick profile, latent)"
     assert sum(line.startswith("  labeler: ") for line in logged) == 2  # first and final
+    # the final encoder fine-tunes the first one (warm start, recorded in its checkpoint)
+    first = tmp_path / "bundle" / FIT_RUN / HAND_BUNDLE / "encoder_run" / "checkpoint.pt"
+    final = load_checkpoint(tmp_path / "bundle" / "encoder_run" / "checkpoint.pt")
+    assert final["config"]["init_from"] == str(first.resolve())
+    assert sum("starts from the first encoder's weights" in line for line in logged) == 1
     for folder in (tmp_path / "bundle" / FIT_RUN / HAND_BUNDLE, tmp_path / "bundle"):
         entry = Bundle.load(folder).model("labeler")
         choice = entry.details["choice"]
@@ -310,6 +316,7 @@ def test_fit_with_too_few_hand_labels_to_evaluate_still_makes_the_bundle(tmp_pat
     evaluation is skipped with a line saying why, and the bundle is complete and labels."""
     from sense_core.embedding import embed_ensemble
     from sense_core.projection import ProjectionOptions
+    from sense_training.common import load_checkpoint
     from sense_training.config import EncoderConfig
     from sense_training.pipeline import fit
 
@@ -322,8 +329,10 @@ def test_fit_with_too_few_hand_labels_to_evaluate_still_makes_the_bundle(tmp_pat
     )
     report = fit(
         ensemble, tmp_path / "bundle", encoder=encoder, labeler_method="latent",
-        projector=False, log=logged.append,
+        warm_start=False, projector=False, log=logged.append,
     )  # fmt: skip
+    final = load_checkpoint(tmp_path / "bundle" / "encoder_run" / "checkpoint.pt")
+    assert final["config"]["init_from"] == ""  # cold start: random weights
     skipped = [line for line in logged if "evaluation skipped" in line]
     assert len(skipped) == 1 and "hand-labeled test member" in skipped[0]
     assert report.silhouette_2d_test == {}
@@ -366,6 +375,10 @@ def test_fit_options_follow_the_profile_and_share_run_options():
     labeler, encoder = fit_configs(parse(base))
     assert (labeler.run.epochs, encoder.run.epochs, encoder.model.latent_dim) == (8, 12, 32)
     assert parse(base).labeler_method == "latent"  # the default: better with few labels
+    assert not parse(base).cold_start and parse([*base, "--cold-start"]).cold_start
+    assert fit_configs(parse([*base, "--init-from", "run/checkpoint.pt"]))[1].init_from == (
+        "run/checkpoint.pt"
+    )
     args = parse([
         *base, "--profile", "paper", "--seed", "3", "--labeler-threads", "2", "--threads", "1",
         "--labeler-epochs", "2", "--labeler-arch", "tf_efficientnetv2_b1",

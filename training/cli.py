@@ -441,6 +441,12 @@ def _add_fit(commands: argparse._SubParsersAction) -> None:
         "(default 0.9 here) stay unlabelled (better with few labels, about 1.6x the time)",
     )
     parser.add_argument(
+        "--cold-start",
+        action="store_true",
+        help="latent and ssl methods: train the final encoder from random weights (default: it "
+        "starts from the first encoder's, which it fine-tunes with the pseudo-labels)",
+    )
+    parser.add_argument(
         "--compress-labeler",
         action="store_true",
         help="store the labeler's weights as int8 (about 4x smaller file, float compute; "
@@ -500,6 +506,7 @@ def _run_fit(args: argparse.Namespace) -> int:
             evaluation=config_from_args(EvaluationConfig(), args),
             threshold=options.threshold,
             labeler_method=args.labeler_method,
+            warm_start=not args.cold_start,
             overwrite=args.overwrite,
             resume=args.resume,
             compress_labeler=args.compress_labeler,

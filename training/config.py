@@ -418,6 +418,11 @@ class EncoderConfig(ConfigSection):
     monitor_members: int = option(
         512, "hand-labeled training members the training-side scores are computed on"
     )
+    init_from: str = option(
+        "",
+        "start from the weights (--select epoch) of this encoder run's checkpoint.pt, whose "
+        "network must be the same; empty: random weights",
+    )
 
     def __post_init__(self) -> None:
         _check_choice("select", self.select, SELECT_CHOICES)

@@ -405,6 +405,8 @@ class EncoderTrainer(Trainer):
         )
         model_config = AutoencoderConfig.from_model(config.model, store.member_shape)
         self.model = build_autoencoder(model_config).to(run.device)
+        if config.init_from:
+            self._start_from(config.init_from, config.select)
         self.trained = wrap_model(self.model, run.context)  # DDP on several ranks
         self.optimizer = torch.optim.Adam(
             self.model.parameters(),
@@ -424,6 +426,18 @@ class EncoderTrainer(Trainer):
             )
         self.scored = self.model if self.average is None else self.average.module
         run.log(self._description(run))
+
+    def _start_from(self, path: str, which: str) -> None:
+        """Copy the weights of another encoder run (a warm start, e.g. ``sense fit``'s final
+        encoder from its first one)."""
+        source = load_encoder_checkpoint(path, which)
+        try:
+            self.model.load_state_dict(source.state_dict())
+        except RuntimeError as exc:
+            raise SenseError(
+                f"{path}: its encoder is another network than this run's (--init-from needs the "
+                f"same architecture, latent size and channels): {str(exc).splitlines()[0]}"
+            ) from exc
 
     def _loader(self, run: TrainingRun) -> tuple[torch.utils.data.DataLoader, list]:
         """Batches of the epoch (class batches when a latent term uses labels), this rank's

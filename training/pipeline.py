@@ -180,6 +180,7 @@ def fit(
     evaluation: EvaluationConfig | None = None,
     threshold: float = 0.0,
     labeler_method: str = DEFAULT_LABELER_METHOD,
+    warm_start: bool = True,
     overwrite: bool = False,
     resume: bool = False,
     compress_labeler: bool = False,
@@ -207,7 +208,9 @@ def fit(
     ``latent`` (the default) trains an encoder on all members with the hand labels first and
     labels with the best head on its latent space (:mod:`sense_training.heads`), then gives the
     final encoder its own head as the bundle's labeler (no CNN: one encoder pass labels a
-    member); ``ssl`` makes the first encoder self-supervised and chooses among more labelers."""
+    member); ``ssl`` makes the first encoder self-supervised and chooses among more labelers.
+    With ``warm_start`` (latent and ssl methods) the final encoder starts from the first
+    encoder's weights instead of random ones, unless ``encoder.init_from`` names others."""
     from sense_core.bundle import Bundle
     from sense_core.pseudo_labels import pseudo_labeled_store
     from sense_training.export import remove_stale_scratch
@@ -231,6 +234,7 @@ def fit(
     options = {
         "profile": profile,
         "labeler_method": labeler_method,
+        "warm_start": bool(warm_start),
         "labeler": labeler.to_dict(),
         "encoder": encoder.to_dict(),
         "threshold": float(threshold),
@@ -294,7 +298,11 @@ def fit(
     trained = state.kept("encoder", clock, log)
     if trained is None:
         heads = SSL_FINAL_HEADS if labeler_method == "ssl" else LATENT_HEADS if latent else ()
-        trained = _encoder_stage(relabeled, out, encoder, state, clock, command, log, heads)
+        final = encoder
+        if latent and warm_start and not encoder.init_from:
+            final = encoder.updated(init_from=str(_first_encoder_checkpoint(out).resolve()))
+            log(f"  starts from the first encoder's weights ({final.init_from})")
+        trained = _encoder_stage(relabeled, out, final, state, clock, command, log, heads)
     parts = _training_parts(relabeled, encoder)
     if latent:
         labeled = {**labeled, "metrics": trained["head"], "first_head": labeled["metrics"]}
@@ -533,10 +541,12 @@ def _add_latent_head(
     accurate on the validation hand labels. The encoder did not train on those nor on the test
     hand labels (it picks its best epoch by the validation ones, so only the test accuracy is
     quite unbiased); the cross-validation inside the choice uses labels the encoder trained on:
-    it is optimistic, and ranks the latent heads only."""
+    it is optimistic, and ranks the latent heads only. The chosen kind is then trained again
+    on the training and validation hand labels together (more labels; the test ones stay
+    aside for its test accuracy)."""
     from sense_core.bundle import Bundle
     from sense_core.inference import Encoder
-    from sense_training.heads import LinearHead, add_head_to_bundle, choose_head
+    from sense_training.heads import LinearHead, add_head_to_bundle, choose_head, fit_candidate
 
     parts = _training_parts(store, config)
     split = parts.split
@@ -569,6 +579,13 @@ def _add_latent_head(
     scores = {name: accuracy(name, validation) for name in candidates}
     on_fields = scores["latent"] is not None and scores["fields"] > scores["latent"]
     chosen = "fields" if on_fields else "latent"
+    pool = np.sort(np.concatenate([train, validation]))
+    if len(validation):  # the chosen kind, trained again on every label but the test ones
+        if on_fields:
+            raw_head = LinearHead.fit(raw(pool), hand[pool], classes, seed=config.run.seed)
+        else:
+            labels[validation] = hand[validation]
+            choice.head = fit_candidate(choice.name, latents, labels, classes, seed=config.run.seed)
     reason = (
         f"validation accuracy {scores['fields']:.3f} (linear on the raw fields) vs "
         f"{scores['latent']:.3f} (latent {choice.name} head) on {len(validation)} hand labels "
@@ -583,6 +600,7 @@ def _add_latent_head(
         "choice": {
             **choice.record(),
             "chosen": "raw_linear" if on_fields else choice.name,
+            "trained_on_hand_labels": int(len(pool)),
             "validation_accuracy": {"latent": scores["latent"], "raw_linear": scores["fields"]},
             "reason": reason if on_fields else f"{choice.reason}; {reason}",
         },
@@ -598,6 +616,14 @@ def _add_latent_head(
     )
     log(f"  labeler: {metrics['architecture']} ({metrics['choice']['reason']})")
     return metrics
+
+
+def _first_encoder_checkpoint(out: Path) -> Path:
+    """The checkpoint of the latent and ssl methods' first encoder (``fit_run/hand_bundle``)."""
+    from sense_training.encoder import RUN_FOLDER
+    from sense_training.loop import CHECKPOINT
+
+    return out / FIT_RUN / HAND_BUNDLE / RUN_FOLDER / CHECKPOINT
 
 
 def _training_parts(store, config: EncoderConfig):
