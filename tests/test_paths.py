@@ -261,6 +261,9 @@ def test_paraview_paths_filter_outputs_one_line_per_path(tmp_path):
         view = CreateView("RenderView")
         shown, display, link = show_paths(source, view, show="all")
         RESULT["coloured"] = list(display.ColorArrayName)
+        RESULT["style"] = [display.LineWidth, display.Opacity]
+        shown, display, link = show_paths(source, CreateView("RenderView"), show="selected")
+        RESULT["style_selected"] = [display.LineWidth, display.Opacity]
         """,
         tmp_path,
     )
@@ -272,3 +275,4 @@ def test_paraview_paths_filter_outputs_one_line_per_path(tmp_path):
     assert result["failed"] == 0
     assert "order column 'missing' is not in the table" in run["output"]
     assert result["coloured"] == ["POINTS", "step"]
+    assert result["style"] == [1.0, 0.35] and result["style_selected"] == [2.5, 1.0]

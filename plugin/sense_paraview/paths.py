@@ -151,9 +151,16 @@ class Paths(_MemberIds, _SenseAlgorithm):
         return 1
 
 
+# (line width, opacity) of the paths: all of them thin and translucent, so that the points stay
+# readable under dozens of crossing lines (the demo's map was mostly lines at width 2, opaque);
+# the paths of a few selected members bold.
+PATH_STYLES = {"all": (1.0, 0.35), "selected": (2.5, 1.0)}
+
+
 def show_paths(embedding, view, show: str = "all", link: bool = True):
     """Add ``SENSE Paths`` on ``embedding`` (a SENSE Embedding proxy, its map) to ``view`` (the
-    map's render view), coloured by step with a colour bar, drawn as lines under the points.
+    map's render view), coloured by step with a colour bar, drawn as lines under the points
+    (styled by :data:`PATH_STYLES` for ``show``).
     ``show``: "all", "none" or "selected"; with ``link`` the paths filter follows the map's
     point selection (its MemberIds), so "selected" shows the paths of the selected members.
     Returns ``(paths_proxy, display, selection_link or None)``; keep the link object."""
@@ -169,7 +176,7 @@ def show_paths(embedding, view, show: str = "all", link: bool = True):
     update_or_raise(paths)
     display = simple.Show(paths, view)
     display.SetRepresentationType("Surface")
-    display.LineWidth = 2.0
+    display.LineWidth, display.Opacity = PATH_STYLES["all" if show == "all" else "selected"]
     simple.ColorBy(display, ("POINTS", "step"))
     display.RescaleTransferFunctionToDataRange(True, False)
     display.SetScalarBarVisibility(view, True)
