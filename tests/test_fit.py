@@ -229,11 +229,15 @@ def test_fit_with_the_latent_labeler_labels_from_the_encoders_latent_space(tmp_p
     """labeler_method=latent: no CNN; a first encoder on the hand labels and its head give the
     pseudo-labels, the bundle's labeler is a head on the final encoder's latents (input=latent)
     that labels the hidden members well above chance, and the choice is recorded."""
+    import onnxruntime
+
     from sense_core.embedding import embed_ensemble
     from sense_core.projection import ProjectionOptions
     from sense_training.common import load_checkpoint
     from sense_training.config import EncoderConfig
+    from sense_training.encoder import training_parts
     from sense_training.evaluation import EvaluationConfig
+    from sense_training.heads import LinearHead, fit_candidate
     from sense_training.pipeline import FIT_RUN, HAND_BUNDLE, fit
 
     ensemble = blob_ensemble(120, shape=(1, 16, 16))
@@ -275,6 +279,23 @@ def test_fit_with_the_latent_labeler_labels_from_the_encoders_latent_space(tmp_p
     truth = np.arange(120) % 3
     hidden = ensemble.labels < 0
     assert np.mean(embedding.predicted_labels[hidden] == truth[hidden]) > 0.6
+    # the bundle's head is the chosen kind trained again on the training + validation hand
+    # labels: refitted here from them, it gives the stored labeler.onnx's logits
+    split = training_parts(ensemble, encoder).split
+    pool = np.sort(np.concatenate([split.train, split.validation]))
+    assert choice["trained_on_hand_labels"] == len(pool) < np.count_nonzero(ensemble.labels >= 0)
+    bundle = Bundle.load(tmp_path / "bundle")
+    if on_fields:
+        inputs = bundle.normalization.apply(ensemble.read_members(np.arange(120))).reshape(120, -1)
+        head = LinearHead.fit(inputs[pool], ensemble.labels[pool], 3)
+    else:
+        inputs = embedding.latents
+        labels = np.full(120, -1)
+        labels[pool] = ensemble.labels[pool]
+        head = fit_candidate(choice["chosen"], inputs, labels, 3)
+    session = onnxruntime.InferenceSession(str(bundle.model("labeler").path))
+    stored = session.run(None, {session.get_inputs()[0].name: inputs.astype(np.float32)})[0]
+    np.testing.assert_allclose(head.logits(inputs), stored, rtol=0, atol=1e-4)
 
 
 def test_fit_without_hand_labels_gives_a_bundle_a_map_and_suggested_groups(tmp_path):
