@@ -261,6 +261,52 @@ def test_channels_sampler_without_data_samples_the_uniform_prior():
     assert ch.gelman_rubin(samples.state[..., 3]) < 1.1
 
 
+THETA_MODES = np.array([-0.8, 0.8])
+THETA_WEIGHTS = np.array([0.3, 0.7])
+THETA_WIDTH = 0.05
+
+
+def _two_modes_of_theta(state: np.ndarray, n_channels: np.ndarray) -> np.ndarray:
+    """Log likelihood with two narrow modes in the orientation (``THETA_MODES``, weights
+    ``THETA_WEIGHTS``), too far apart for the random walk to cross."""
+    gaps = (state[:, 0, None] - THETA_MODES) / THETA_WIDTH
+    return np.logaddexp.reduce(np.log(THETA_WEIGHTS) - 0.5 * gaps**2, axis=1)
+
+
+@pytest.mark.parametrize("jump_every", [0, 1])
+def test_differential_evolution_jumps_keep_the_posterior_and_change_modes(jump_every):
+    """Start 300 problems of 4 chains each from exact draws of a two-mode posterior: a kernel
+    that keeps the posterior keeps 70 % of the chains in the heavier mode, with the mode's own
+    width, while the jumps move many chains from one mode to the other (the random walk, with
+    no burn-in to grow its step, moves none). A biased or asymmetric jump drifts the share."""
+    rng = np.random.default_rng(3)
+    chains = 300 * 4
+    state, n_channels = ch.sample_prior(chains, rng)
+    start_mode = rng.random(chains) < THETA_WEIGHTS[1]
+    state[:, 0] = THETA_MODES[start_mode.astype(int)] + rng.normal(size=chains) * THETA_WIDTH
+    samples = ch.run_chains(
+        _two_modes_of_theta, state, n_channels, np.ones(1), 1, 60, 0, rng,
+        show_progress=False, jump_every=jump_every, chains_per_problem=4,
+    )  # fmt: skip
+    theta = samples.state[-1, :, 0]
+    end_mode = theta > 0
+    switched = np.mean(end_mode != start_mode)
+    if jump_every == 0:
+        assert samples.jump_acceptance is None
+        assert switched == 0
+        return
+    assert 0.05 < samples.jump_acceptance < 0.9
+    assert switched > 0.15
+    assert end_mode.mean() == pytest.approx(THETA_WEIGHTS[1], abs=0.04)
+    spread = np.abs(theta) - THETA_MODES[1]
+    assert spread.std() == pytest.approx(THETA_WIDTH, rel=0.15)
+
+
+def test_differential_evolution_jumps_need_four_chains_per_problem():
+    with pytest.raises(EnsembleError, match="chains_per_problem >= 4"):
+        generate("channels", 20, 16, 0.5, chains_per_problem=3, jump_every=10)
+
+
 @pytest.mark.parametrize("scheme", ch.SWAP_SCHEMES)
 def test_cached_likelihood_gives_exactly_the_chains_of_the_plain_evaluation(scheme):
     """The sampler's incremental likelihood (``LikelihoodTracker``: only changed channel slots

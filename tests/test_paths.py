@@ -216,6 +216,33 @@ def test_sense_info_reports_convergence(tmp_path, capsys):
     assert f"{info.stats['r_hat'][0]:.2f}" in out
 
 
+def test_sense_generate_channels_with_jumps_records_and_reproduces_them(tmp_path, capsys):
+    """``--jump-every`` reaches the sampler (jump acceptance recorded), the printed command
+    repeats it, and that command makes the same members."""
+    from sense_core.cli import main
+    from sense_core.io import read_ensemble
+
+    args = ["generate", "channels", "--n", "40", "--size", "16", "--seed", "4",
+            "--chains-per-problem", "4", "--burn-in", "60", "--thin", "2",
+            "--tempering-levels", "2", "--jump-every", "2", "--no-progress"]  # fmt: skip
+    assert main([*args, "--out", str(tmp_path / "a.npz")]) == 0
+    ensemble, info = generate_with_info(
+        "channels", 40, 16, 0.05, seed=4, chains_per_problem=4, burn_in=60, thin=2,
+        tempering_levels=2, jump_every=2,
+    )  # fmt: skip
+    assert 0.0 < info.stats["jump_acceptance"] < 1.0
+    assert "--jump-every 2" in info.command()
+    written = read_ensemble(tmp_path / "a.npz")
+    np.testing.assert_array_equal(written.fields, ensemble.fields)
+    without = generate_with_info(
+        "channels", 40, 16, 0.05, seed=4, chains_per_problem=4, burn_in=60, thin=2,
+        tempering_levels=2,
+    )[0]  # fmt: skip
+    assert not np.array_equal(without.fields, ensemble.fields)
+    assert "--jump-every" not in generate_with_info("channels", 20, 16, 0.05, seed=4,
+                                                    **FAST_CHANNELS)[1].command()  # fmt: skip
+
+
 # ------------------------------------------------------------------ ParaView
 
 

@@ -22,16 +22,19 @@ from pathlib import Path
 from sense_core.errors import SenseError
 from sense_paraview import scripts_dir
 
-# The demo's MCMC settings, not ``sense generate channels``' defaults (which the shipped bundles'
-# recorded commands use): even-odd swaps on a hotter, denser tempering ladder and longer chains,
-# so that the chains of each inverse problem mix (R-hat 1.04-1.27 per problem on the default
-# demo ensemble instead of 1.90-4.09, for 15x the MCMC work; docs/generators.md, Convergence).
+# The demo's MCMC settings, not ``sense generate channels``' defaults: even-odd swaps on a hotter,
+# denser tempering ladder, longer chains and differential-evolution jumps between the chains of
+# a problem every 10 steps, so that the chains of each inverse problem mix (R-hat 1.02-1.08 per
+# problem on the default demo ensemble instead of 1.90-4.09, for about 17x the MCMC work;
+# docs/generators.md, Convergence). scripts/train_shipped_models.sh repeats them for channels64,
+# all but the jumps (with them its ensemble holds 2 meandering_ew members).
 DEMO_CHANNELS = {
     "swap_scheme": "even_odd",
     "tempering_levels": 10,
     "hottest_temperature": 200.0,
     "burn_in": 6000,
     "thin": 200,
+    "jump_every": 10,
 }
 
 

@@ -100,6 +100,16 @@ SWAP_EVERY = 2  # "random" swap scheme: one random neighbour pair per group ever
 # non-reversible parallel tempering of Syed, Bouchard-Cote, Deligiannidis & Doucet 2022, JRSS B
 # 84, 321-350): a state crosses the ladder in O(levels) instead of O(levels^2) swap rounds.
 SWAP_SCHEMES = ("random", "even_odd")
+# Differential-evolution jumps between the chains of one inverse problem (ter Braak 2006, "A
+# Markov chain Monte Carlo version of the genetic algorithm Differential Evolution", Stat.
+# Comput. 16, 239-249), every ``jump_every`` steps when asked: a chain proposes x + (x_a - x_b),
+# a and b two other chains of its problem and temperature level. With the difference of two
+# chains in different modes the proposal lands in the other mode ("gamma = 1", ter Braak's
+# mode-jumping step), which random walks and tempering swaps reach only rarely. The chains are
+# updated in two halves (even and odd chains of the problem), each taking its differences from
+# the other, fixed half, so the move keeps the posterior (the order of a and b is random, hence
+# the proposal is symmetric, also through the wrapping and reflecting at the prior bounds).
+JUMP_NOISE = 0.1  # Gaussian jitter added to a jump, in units of the random-walk base step
 
 # Observation model.
 WELL_SAMPLES = 32  # facies logged at this many depths per borehole
@@ -563,6 +573,7 @@ class ChainSamples:
     acceptance: np.ndarray  # (B,) after burn-in, all moves
     move_acceptance: dict[str, float]
     swap_acceptance: float
+    jump_acceptance: float | None = None  # differential-evolution jumps of the cold chains
 
 
 def temperature_ladder(levels: int, hottest: float) -> np.ndarray:
@@ -583,6 +594,8 @@ def run_chains(
     rng: np.random.Generator,
     show_progress: bool | None = None,
     swap_scheme: str = "random",
+    jump_every: int = 0,
+    chains_per_problem: int = 1,
 ) -> ChainSamples:
     """Vectorised Metropolis--Hastings with parallel tempering; keeps every ``thin``-th state.
 
@@ -590,7 +603,10 @@ def run_chains(
     likelihood raised to ``1 / temperatures[l]``. Every step each chain makes one MH move at its
     temperature; every ``SWAP_EVERY`` steps each group proposes to exchange the states of two
     neighbouring levels (Swendsen & Wang 1986; Geyer 1991), which lets the cold chain (level 0,
-    the only one kept) leave local modes of the multimodal channel posterior.
+    the only one kept) leave local modes of the multimodal channel posterior. With
+    ``jump_every`` > 0, every ``jump_every`` steps the chains of each problem (consecutive
+    groups of ``chains_per_problem``, at least 4) also make differential-evolution jumps
+    (:data:`JUMP_NOISE` and the comment above it); 0 draws no random number for them.
     """
     levels = temperatures.size
     chains = initial_state.shape[0]
@@ -611,6 +627,9 @@ def run_chains(
     move_accepted = np.zeros(3)
     move_tried = np.zeros(3)
     swaps_accepted = swaps_tried = 0
+    jumps_accepted = jumps_tried = 0
+    if jump_every > 0 and chains_per_problem < 4:
+        raise EnsembleError("differential-evolution jumps need at least 4 chains per problem")
     total_steps = burn_in + samples * thin
     cold = np.arange(groups) * levels
     kept_state = np.empty((samples, groups, N_CONTINUOUS))
@@ -639,14 +658,9 @@ def run_chains(
             dim = np.flatnonzero(move == MOVE_DIMENSION)
             _birth_death(proposal, new_channels, valid, dim, rng)
 
-            proposal = reflect_and_wrap(proposal)
-            new_log_lik = tracker.propose(proposal, new_channels, valid)
-            log_ratio = inverse_t * (new_log_lik - log_lik)
-            accept = np.log(rng.random(chains)) < np.where(valid, log_ratio, -np.inf)
-            tracker.accept(accept)
-            state[accept] = proposal[accept]
-            n_channels[accept] = new_channels[accept]
-            log_lik[accept] = new_log_lik[accept]
+            accept = _metropolis(
+                proposal, new_channels, valid, state, n_channels, log_lik, inverse_t, tracker, rng
+            )
 
             if levels > 1 and swap_scheme == "even_odd":
                 accepted, tried = _swap_levels(
@@ -662,6 +676,16 @@ def run_chains(
                 if step >= burn_in:
                     swaps_accepted += accepted
                     swaps_tried += tried
+
+            if jump_every > 0 and (step + 1) % jump_every == 0:
+                for half in (0, 1):
+                    accepted, moving = _jump(
+                        state, n_channels, log_lik, inverse_t, tracker, rng,
+                        chains_per_problem, levels, half,
+                    )  # fmt: skip
+                    if step >= burn_in:
+                        jumps_accepted += int(accepted[cold].sum())
+                        jumps_tried += int(moving[cold].sum())
 
             if step < burn_in:
                 continuous = move != MOVE_DIMENSION
@@ -696,7 +720,73 @@ def run_chains(
             name: float(move_accepted[i] / max(move_tried[i], 1)) for i, name in enumerate(names)
         },
         swap_acceptance=float(swaps_accepted / max(swaps_tried, 1)),
+        jump_acceptance=float(jumps_accepted / jumps_tried) if jumps_tried else None,
     )
+
+
+def _jump(
+    state: np.ndarray,
+    n_channels: np.ndarray,
+    log_lik: np.ndarray,
+    inverse_t: np.ndarray,
+    tracker,
+    rng: np.random.Generator,
+    chains_per_problem: int,
+    levels: int,
+    half: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One differential-evolution jump of the chains in ``half`` (0: even, 1: odd chains of
+    each problem); their differences come from two distinct chains of the other half at the
+    same level. Updates the arrays in place; returns which chains accepted and which moved."""
+    chains, width = state.shape
+    problems = chains // (chains_per_problem * levels)
+    by_chain = state.reshape(problems, chains_per_problem, levels, width)
+    own = np.arange(half, chains_per_problem, 2)
+    other = np.arange(1 - half, chains_per_problem, 2)
+    shape = (problems, own.size, levels)
+    first = rng.integers(0, other.size, size=shape)
+    second = (first + rng.integers(1, other.size, size=shape)) % other.size
+    index = np.arange(problems)[:, None, None], np.arange(levels)[None, None, :]
+    difference = (
+        by_chain[index[0], other[first], index[1]] - by_chain[index[0], other[second], index[1]]
+    )
+    span = HIGH - LOW  # periodic columns: the shorter way round
+    difference = np.where(PERIODIC, (difference + span / 2) % span - span / 2, difference)
+    jitter = rng.normal(size=difference.shape) * BASE_STEP * JUMP_NOISE
+    moving = np.zeros((problems, chains_per_problem, levels), dtype=bool)
+    moving[:, own] = True
+    moving = moving.ravel()
+    proposal = state.copy()
+    proposal.reshape(problems, chains_per_problem, levels, width)[:, own] += difference + jitter
+    accept = _metropolis(
+        proposal, n_channels, moving, state, n_channels, log_lik, inverse_t, tracker, rng
+    )
+    return accept, moving
+
+
+def _metropolis(
+    proposal: np.ndarray,
+    new_channels: np.ndarray,
+    valid: np.ndarray,
+    state: np.ndarray,
+    n_channels: np.ndarray,
+    log_lik: np.ndarray,
+    inverse_t: np.ndarray,
+    tracker,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Accept or refuse the (``valid``) proposals of a symmetric move, tempered by
+    ``inverse_t``, after mapping them into the prior box; updates state, channel counts and log
+    likelihoods in place and returns which chains accepted."""
+    proposal = reflect_and_wrap(proposal)
+    new_log_lik = tracker.propose(proposal, new_channels, valid)
+    log_ratio = inverse_t * (new_log_lik - log_lik)
+    accept = np.log(rng.random(state.shape[0])) < np.where(valid, log_ratio, -np.inf)
+    tracker.accept(accept)
+    state[accept] = proposal[accept]
+    n_channels[accept] = new_channels[accept]
+    log_lik[accept] = new_log_lik[accept]
+    return accept
 
 
 def _swap_levels(
@@ -805,6 +895,7 @@ def generate_channels(
     tempering_levels: int = 6,
     hottest_temperature: float = 50.0,
     swap_scheme: str = "random",
+    jump_every: int = 0,
     noise: float = 0.0,
     blur: float = 0.0,
     progress_bar: bool | None = None,
@@ -817,6 +908,8 @@ def generate_channels(
     the posterior. Each kept chain is the cold end of a parallel-tempering ladder of
     ``tempering_levels`` chains up to ``hottest_temperature`` (1 level: plain MH), whose
     neighbours swap states by ``swap_scheme`` (``SWAP_SCHEMES``: "random" or "even_odd").
+    ``jump_every`` > 0 adds differential-evolution jumps between the chains of a problem every
+    that many steps (needs 4 chains per problem or more; see :data:`JUMP_NOISE`).
     Returns the ensemble and the run info (acceptance rates, R-hat, timing).
     """
     started = time.perf_counter()
@@ -834,6 +927,11 @@ def generate_channels(
     chains_per_problem = int(chains_per_problem)
     if chains_per_problem < 1:
         raise EnsembleError("chains_per_problem must be >= 1")
+    if jump_every < 0 or (jump_every > 0 and chains_per_problem < 4):
+        raise EnsembleError(
+            f"jump_every must be >= 0 and needs chains_per_problem >= 4 (got {jump_every} and "
+            f"{chains_per_problem})"
+        )
     rng = np.random.default_rng(seed)
     problem_list = [make_problem(p % len(CLASS_NAMES), wells, rng) for p in range(problems)]
     chain_problem = np.repeat(np.arange(problems), chains_per_problem)
@@ -853,6 +951,8 @@ def generate_channels(
         rng,
         progress_bar,
         swap_scheme,
+        jump_every,
+        chains_per_problem,
     )
     mcmc_seconds = time.perf_counter() - started
 
@@ -921,6 +1021,7 @@ def generate_channels(
             "tempering_levels": tempering_levels,
             "hottest_temperature": hottest_temperature,
             "swap_scheme": swap_scheme,
+            "jump_every": jump_every or None,
             "noise": noise,
             "blur": blur,
         },
@@ -928,6 +1029,7 @@ def generate_channels(
             "acceptance_rate": float(result.acceptance.mean()),
             "acceptance_by_move": result.move_acceptance,
             "swap_acceptance": result.swap_acceptance,
+            "jump_acceptance": result.jump_acceptance,
             "chains": chains,
             "samples_per_chain": samples,
             "mcmc_steps": burn_in + samples * thin,

@@ -78,6 +78,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         choices=("random", "even_odd"),
         help="tempering swaps: one random pair every 2 steps, or all even/odd pairs each step",
     )
+    channels.add_argument(
+        "--jump-every",
+        type=int,
+        help="differential-evolution jumps between the chains of a problem every N steps, "
+        "which let chains change mode (0: none, the default; needs 4+ chains per problem)",
+    )
     drops = parser.add_argument_group("drops options")
     drops.add_argument("--balance", choices=("uniform", "natural"), help="class balance (uniform)")
     drops.add_argument(
@@ -110,6 +116,7 @@ GENERATOR_OPTIONS = {
         "tempering_levels",
         "hottest_temperature",
         "swap_scheme",
+        "jump_every",
     ),
     "drops": ("balance", "times_per_simulation"),
     "crops": ("images", "per_image", "split_fractions"),
