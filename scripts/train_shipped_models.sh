@@ -68,12 +68,9 @@ EOF
     rm -rf "models/$name.previous"
 }
 
-# channels64: the demo's MCMC settings (sense_paraview.demo.DEMO_CHANNELS) without its
-# --jump-every: chains that mix that well leave 2 meandering_ew members of 1,500
-# (docs/label_efficiency.md, "The shipped bundles").
 ship_channels() {
     ship channels channels64 \
-        "--swap-scheme even_odd --tempering-levels 10 --hottest-temperature 200 --burn-in 6000 --thin 200" \
+        "--swap-scheme even_odd --tempering-levels 10 --hottest-temperature 200 --burn-in 6000 --thin 200 --jump-every 10" \
         "--labeler-method latent --cold-start"
 }
 ship_drops() {

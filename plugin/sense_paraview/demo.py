@@ -26,8 +26,7 @@ from sense_paraview import scripts_dir
 # denser tempering ladder, longer chains and differential-evolution jumps between the chains of
 # a problem every 10 steps, so that the chains of each inverse problem mix (R-hat 1.02-1.08 per
 # problem on the default demo ensemble instead of 1.90-4.09, for about 17x the MCMC work;
-# docs/generators.md, Convergence). scripts/train_shipped_models.sh repeats them for channels64,
-# all but the jumps (with them its ensemble holds 2 meandering_ew members).
+# docs/generators.md, Convergence). scripts/train_shipped_models.sh repeats them for channels64.
 DEMO_CHANNELS = {
     "swap_scheme": "even_odd",
     "tempering_levels": 10,
