@@ -270,6 +270,16 @@ def test_fit_with_the_latent_labeler_labels_from_the_encoders_latent_space(tmp_p
         on_fields = choice["chosen"] == "raw_linear"
         assert entry.details["input"] == ("fields" if on_fields else "latent")
         assert on_fields == (scores["raw_linear"] > scores["latent"])
+        validation = training_parts(ensemble, encoder).split.validation
+        margin = round(abs(scores["raw_linear"] - scores["latent"]) * len(validation))
+        assert choice["validation_margin_members"] == margin
+        assert ("more hand labels may change the choice" in choice["reason"]) == (margin <= 1)
+    close = [c for c in (Bundle.load(f).model("labeler").details["choice"] for f in (
+        tmp_path / "bundle" / FIT_RUN / HAND_BUNDLE, tmp_path / "bundle"))
+        if c["validation_margin_members"] <= 1]  # fmt: skip
+    assert sum(line.startswith("  note: the choice of labeler input") for line in logged) == len(
+        close
+    )
     assert report.labeler["architecture"] in (
         "linear on the raw fields",
         f"latent head ({choice['chosen']})",

@@ -532,6 +532,11 @@ def _add_ssl_head(
     }
 
 
+# The latent-vs-raw choice counts as close (said in the reason and the log) when the two
+# validation scores differ by this many members or fewer.
+CLOSE_CHOICE_MEMBERS = 1
+
+
 def _add_latent_head(
     store, folder: Path, config: EncoderConfig, command, log, heads: Sequence[str] = ()
 ) -> dict[str, Any]:
@@ -593,6 +598,22 @@ def _add_latent_head(
         if scores["latent"] is not None
         else "no validation hand labels: the latent head is kept"
     )
+    # how many validation members the two scores differ by: with a member or none the choice
+    # is a coin toss (docs/label_efficiency.md: ties in 9 of 28 cells with 8-20 such labels)
+    margin = (
+        round(abs(scores["fields"] - scores["latent"]) * len(validation))
+        if scores["latent"] is not None
+        else None
+    )
+    if margin is not None and margin <= CLOSE_CHOICE_MEMBERS:
+        reason += (
+            f"; the two differ by {margin} member(s) of {len(validation)}: more hand labels may "
+            "change the choice"
+        )
+        log(
+            f"  note: the choice of labeler input rests on {len(validation)} validation hand "
+            f"labels and the candidates differ by {margin}; label more members for a firmer one"
+        )
     metrics = {
         "architecture": "linear on the raw fields" if on_fields else f"latent head ({choice.name})",
         "validation": {"accuracy": scores[chosen]},
@@ -602,6 +623,7 @@ def _add_latent_head(
             "chosen": "raw_linear" if on_fields else choice.name,
             "trained_on_hand_labels": int(len(pool)),
             "validation_accuracy": {"latent": scores["latent"], "raw_linear": scores["fields"]},
+            "validation_margin_members": margin,
             "reason": reason if on_fields else f"{choice.reason}; {reason}",
         },
     }
