@@ -226,6 +226,11 @@ def test_sense_generate_channels_with_jumps_records_and_reproduces_them(tmp_path
             "--chains-per-problem", "4", "--burn-in", "60", "--thin", "2",
             "--tempering-levels", "2", "--jump-every", "2", "--no-progress"]  # fmt: skip
     assert main([*args, "--out", str(tmp_path / "a.npz")]) == 0
+    assert "; jumps between chains 0." in capsys.readouterr().out
+    at = args.index("--jump-every")
+    plain = args[:at] + args[at + 2 :]
+    assert main([*plain, "--out", str(tmp_path / "b.npz")]) == 0
+    assert "jumps between chains" not in capsys.readouterr().out
     ensemble, info = generate_with_info(
         "channels", 40, 16, 0.05, seed=4, chains_per_problem=4, burn_in=60, thin=2,
         tempering_levels=2, jump_every=2,

@@ -178,9 +178,11 @@ def summary(ensemble, info, generated_s: float, total_s: float, written: Path) -
     stats = info.stats
     if "acceptance_rate" in stats:
         moves = ", ".join(f"{k} {v:.2f}" for k, v in stats["acceptance_by_move"].items())
+        jumps = stats.get("jump_acceptance")
+        jumps = "" if jumps is None else f"; jumps between chains {jumps:.2f}"
         lines.append(
             f"MCMC: acceptance rate {stats['acceptance_rate']:.3f} ({moves}); tempering swaps "
-            f"{stats['swap_acceptance']:.2f}; {stats['chains']} chains x "
+            f"{stats['swap_acceptance']:.2f}{jumps}; {stats['chains']} chains x "
             f"{stats['samples_per_chain']} samples, {stats['mcmc_steps']} steps"
         )
         lines.append(convergence_line(stats["r_hat"], stats["ess"]))
