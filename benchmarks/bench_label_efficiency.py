@@ -7,7 +7,9 @@ all other members (their true labels stay with the benchmark, ``sense fit`` neve
   (what the pseudo-labels that shape the encoder's clustering loss are drawn from), for each
   ``--labeler-method`` of ``sense fit`` (``cnn``: EfficientNetV2 on the hand labels; ``latent``:
   heads on an encoder's latent space; ``ssl``: a self-supervised encoder with the views of
-  :data:`VIEWS` for the ensemble, self-training, a cross-validated choice of the labeler);
+  :data:`VIEWS` for the ensemble, self-training, a cross-validated choice of the labeler;
+  ``fixmatch``: ``cnn`` with FixMatch's consistency term on the members without a hand label,
+  strong views from :data:`VIEWS`);
 - ``pseudo_accuracy_<method>``: accuracy of the first labeler, whose pseudo-labels the final
   encoder trained with, on the hidden members; ``pseudo_given_share_<method>`` /
   ``pseudo_given_accuracy_<method>``: the share of them over the confidence threshold (the
@@ -58,7 +60,10 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 BUILTIN = ("digits", "channels", "drops", "crops")
 HELDOUT = ("ising", "grayscott", "textures")
 FRACTIONS = ("0.01", "0.05", "0.15", "0.5", "10pc")
-METHODS = ("raw_logreg", "raw_knn5", "sense_cnn", "latent_logreg_cnn", "sense_latent", "sense_ssl")
+METHODS = (
+    "raw_logreg", "raw_knn5", "sense_cnn", "latent_logreg_cnn", "sense_latent", "sense_ssl",
+    "sense_fixmatch",
+)  # fmt: skip
 # The views of the instance-contrastive term (--labeler-method ssl) each ensemble's physics
 # allows (presets of sense_training.config.VIEW_PRESETS; docs/label_efficiency.md says why).
 VIEWS = {
@@ -196,12 +201,16 @@ def fit_and_score(hidden, truth, labeled, name, fraction, seed, out: Path, profi
     row: dict[str, Any] = {}
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            encoder = profile_configs(profile).encoder
+            configs = profile_configs(profile)
+            encoder, labeler, labeler_method = configs.encoder, configs.labeler, method
             if method == "ssl":
                 encoder = encoder.updated(instance_views=VIEWS.get(name, "generic"))
+            if method == "fixmatch":  # the cnn labeler with FixMatch's consistency term
+                labeler_method = "cnn"
+                labeler = labeler.updated(consistency=1.0, strong_views=VIEWS.get(name, "generic"))
             report = fit(
-                hidden, bundle, profile=profile, encoder=encoder, overwrite=True,
-                labeler_method=method,
+                hidden, bundle, profile=profile, encoder=encoder, labeler=labeler, overwrite=True,
+                labeler_method=labeler_method,
             )  # fmt: skip
     except SenseError as error:
         row[f"fit_error_{method}"] = str(error)

@@ -246,3 +246,40 @@ def test_three_hand_labels_per_class_leave_an_empty_part_and_training_still_fini
     empty = next(part for part in parts.values() if part["members"] == 0)
     assert empty["accuracy"] is None and empty["loss"] is None
     assert (tmp_path / "bundle" / "labeler.onnx").is_file()
+
+
+def test_fixmatch_consistency_trains_on_the_unlabeled_members_and_beats_chance(ensemble, tmp_path):
+    """With --consistency the labeler also learns from the members without a hand label
+    (FixMatch): the share of them confident enough to be targets is recorded each epoch, the
+    weights differ from a run without the term, and the labeler beats chance on those members."""
+    from sense_core.inference import Labeler
+
+    config = LabelerConfig.from_dict(
+        {**CONFIG, "consistency": 1.0, "consistency_threshold": 0.5, "strong_views": "noise"}
+    )
+    logged = []
+    result = train_labeler(ensemble, tmp_path / "semi", config, log=logged.append)
+    shares = result.history.series("train_confident_share")
+    assert len(shares) == 4 and all(0.0 <= share <= 1.0 for share in shares)
+    assert max(shares) > 0.0  # some unlabeled members became targets
+    assert any("confident unlabeled" in line for line in logged)
+    hidden = ensemble.labels < 0
+    predicted = Labeler(Bundle.load(tmp_path / "semi")).predict(ensemble.fields[hidden]).labels
+    assert np.mean(predicted == ensemble.metadata["truth"][hidden]) > 0.5  # chance is 1/3
+    plain = train_labeler(ensemble, tmp_path / "plain", LabelerConfig.from_dict(CONFIG),
+                          log=lambda line: None)  # fmt: skip
+    assert "train_confident_share" not in plain.history.records[0]
+    semi_weights = load_checkpoint(result.run_dir / "checkpoint.pt")["trainer"]["model"]
+    plain_weights = load_checkpoint(plain.run_dir / "checkpoint.pt")["trainer"]["model"]
+    assert any(not torch.equal(semi_weights[k], plain_weights[k]) for k in semi_weights)
+
+
+def test_fixmatch_needs_unlabeled_members_and_a_sane_threshold(tmp_path):
+    every = patterns(count=30, labeled=1.0)
+    config = LabelerConfig.from_dict({**CONFIG, "epochs": 1, "consistency": 1.0})
+    with pytest.raises(SenseError, match="needs members without a hand label"):
+        train_labeler(every, tmp_path / "bundle", config, log=lambda line: None)
+    with pytest.raises(SenseError, match="consistency_threshold must be in"):
+        LabelerConfig.from_dict({"consistency_threshold": 1.5})
+    with pytest.raises(SenseError, match=r"strong_views: instance views \['sideways'\]"):
+        LabelerConfig.from_dict({"strong_views": "sideways"})

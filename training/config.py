@@ -461,6 +461,20 @@ class LabelerConfig(ConfigSection):
         metavar="X,Y",
     )
     warmup_epochs: int = option(1, "epochs of linear learning-rate warm-up before the cosine")
+    consistency: float = option(
+        0.0,
+        "weight of a FixMatch consistency term on the members without a hand label (0: off): "
+        "the class the labeler gives a weakly augmented view with a confidence of at least "
+        "the consistency threshold is the target of a strongly augmented view",
+    )
+    consistency_threshold: float = option(
+        0.95, "confidence a weak view's prediction needs to become a target (FixMatch: 0.95)"
+    )
+    strong_views: str = option(
+        "generic",
+        "strong views of the consistency term: a preset (" + ", ".join(VIEW_PRESETS) + ") or "
+        "ops among " + ", ".join(VIEW_OPS) + " that keep a member's class",
+    )
     min_lr_ratio: float = option(0.01, "the cosine ends at the learning rate times this", cli=False)
     bn_recalibration_members: int = option(
         1024,
@@ -483,8 +497,18 @@ class LabelerConfig(ConfigSection):
         _check_choice("balance", self.balance, BALANCE_CHOICES)
         if not 0 <= self.drop_rate < 1:
             raise SenseError(f"drop_rate must be in [0, 1), got {self.drop_rate}")
-        _check_at_least(self, ("warmup_epochs", "bn_recalibration_members", "min_lr_ratio"), 0)
+        _check_at_least(
+            self, ("warmup_epochs", "bn_recalibration_members", "min_lr_ratio", "consistency"), 0
+        )
+        if not 0 < self.consistency_threshold <= 1:
+            raise SenseError(
+                f"consistency_threshold must be in (0, 1], got {self.consistency_threshold}"
+            )
         augmentation_ops(self.augment)
+        try:
+            view_ops(self.strong_views)
+        except SenseError as error:
+            raise SenseError(f"strong_views: {error}") from None
 
 
 # --------------------------------------------------------------------------- projector

@@ -10,6 +10,12 @@ Training (:func:`train_labeler`, a :class:`LabelerTrainer` run by :mod:`sense_tr
   channels and ``num_classes`` = the ensemble's classes, trained with AdamW, a per-step cosine
   learning rate after one warm-up epoch, a class-balanced loss (or sampler), optional
   physics-aware augmentation, seeded per epoch;
+- with ``consistency`` > 0, FixMatch (Sohn et al. 2020, "FixMatch: simplifying semi-supervised
+  learning with consistency and confidence", NeurIPS): each step also takes a batch of the
+  members without a hand label; the labeler's class for their weakly augmented view (the
+  ``augment`` symmetries), where its confidence reaches ``consistency_threshold``, is the target
+  of a strongly augmented view (``strong_views``), weighted by ``consistency``; the share of
+  such members is recorded per epoch (``train_confident_share``);
 - the selection value is the validation loss: the loop keeps the best epoch's weights and stops
   early after ``run.patience`` epochs without a better one; the test split is evaluated once,
   at the end;
@@ -46,6 +52,7 @@ from sense_training.config import DEFAULT_LABELER_ARCHITECTURE, LabelerConfig
 from sense_training.data import (
     Augmentation,
     EnsembleDataset,
+    InstanceViews,
     class_weights,
     make_loader,
     set_epoch,
@@ -328,6 +335,24 @@ class LabelerTrainer(Trainer):
             weight=None if weights is None else weights.to(device),
             label_smoothing=config.label_smoothing,
         )
+        self.unlabeled_loader = None
+        if config.consistency > 0:
+            self.strong_views = InstanceViews.parse(config.strong_views)
+            self.strong_views.check(store.member_shape)
+            unlabeled = np.flatnonzero(~store.labeled_mask)
+            if len(unlabeled) == 0:
+                raise SenseError(
+                    "the consistency term needs members without a hand label; every member of "
+                    f"{len(store)} has one (use --consistency 0)"
+                )
+            weak = EnsembleDataset(
+                store, unlabeled, self.normalization, augmentation=self.augmentation,
+                seed=config.run.seed + 1,
+            )  # fmt: skip
+            self.unlabeled_loader = make_loader(
+                weak, config.run.batch_size, shuffle=True, seed=config.run.seed + 1,
+                context=run.context,
+            )  # fmt: skip
         self.steps_per_epoch = len(self.train_loader)
         self.total_steps = self.steps_per_epoch * config.run.epochs
         self.warmup_steps = min(self.total_steps, self.steps_per_epoch * config.warmup_epochs)
@@ -336,6 +361,8 @@ class LabelerTrainer(Trainer):
         set_epoch(self.train_loader, epoch)
         self.trained.train()
         total_loss, correct, seen = 0.0, 0, 0
+        confident, unlabeled_seen = 0, 0
+        unlabeled = self._unlabeled_batches(epoch)
         bar = self._progress_bar(run, epoch)
         for step_in_epoch, (batch, labels, _) in enumerate(self.train_loader):
             step = epoch * self.steps_per_epoch + step_in_epoch
@@ -345,6 +372,11 @@ class LabelerTrainer(Trainer):
             batch, labels = batch.to(run.device), labels.to(run.device)
             logits = self.trained(batch)
             loss = self.loss_fn(logits, labels)
+            if unlabeled is not None:
+                term, mask = self._consistency(run, next(unlabeled), epoch)
+                loss = loss + run.config.consistency * term
+                confident += int(mask.sum())
+                unlabeled_seen += len(mask)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -356,12 +388,42 @@ class LabelerTrainer(Trainer):
                 bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
         if bar is not None:
             bar.close()
-        total_loss, correct, seen = mean_over_ranks([total_loss, correct, seen], run.context)
-        return {
+        total_loss, correct, seen, confident, unlabeled_seen = mean_over_ranks(
+            [total_loss, correct, seen, confident, unlabeled_seen], run.context
+        )
+        record = {
             "train_loss": total_loss / max(seen, 1),
             "train_accuracy": correct / max(seen, 1),
             "lr": self.optimizer.param_groups[0]["lr"],
         }
+        if unlabeled is not None:
+            record["train_confident_share"] = confident / max(unlabeled_seen, 1)
+        return record
+
+    def _unlabeled_batches(self, epoch: int):
+        """Endless batches of the members without a hand label (weak views), or None."""
+        if self.unlabeled_loader is None:
+            return None
+
+        def cycle():
+            for turn in range(sys.maxsize):
+                set_epoch(self.unlabeled_loader, epoch * 1000 + turn)
+                yield from self.unlabeled_loader
+
+        return cycle()
+
+    def _consistency(self, run: TrainingRun, batch, epoch: int):
+        """FixMatch's term for one batch of weak views: cross-entropy of the strong views
+        against the weak views' confident classes (mean over the batch), and the mask."""
+        weak, _, index = batch
+        weak = weak.to(run.device)
+        with torch.no_grad():
+            probabilities = torch.softmax(self.trained(weak), dim=1)
+        confidence, target = probabilities.max(dim=1)
+        mask = confidence >= run.config.consistency_threshold
+        strong = self.strong_views.batch(weak, index, run.config.run.seed, epoch)
+        losses = torch.nn.functional.cross_entropy(self.trained(strong), target, reduction="none")
+        return (losses * mask).mean(), mask
 
     def _progress_bar(self, run: TrainingRun, epoch: int):
         if not run.progress:
@@ -392,10 +454,13 @@ class LabelerTrainer(Trainer):
     def epoch_line(
         self, run: TrainingRun, epoch: int, record: Mapping[str, float], improved: bool
     ) -> str:
+        share = record.get("train_confident_share")
+        confident = "" if share is None else f" confident unlabeled {share:.2f}"
         return (
             f"epoch {epoch + 1}/{run.config.run.epochs}: train loss {record['train_loss']:.4f} "
-            f"acc {record['train_accuracy']:.4f} | val loss {record['val_loss']:.4f} acc "
-            f"{record['val_accuracy']:.4f}{' *' if improved else ''} | {record['seconds']:.1f} s"
+            f"acc {record['train_accuracy']:.4f}{confident} | val loss {record['val_loss']:.4f} "
+            f"acc {record['val_accuracy']:.4f}{' *' if improved else ''} | "
+            f"{record['seconds']:.1f} s"
         )
 
     def release(self) -> None:
