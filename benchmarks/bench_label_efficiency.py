@@ -155,6 +155,7 @@ def run_cell(
     out: Path,
     profile: str,
     labeler_methods: Sequence[str] = ("cnn", "latent"),
+    views: str | None = None,
 ) -> dict:
     """One (ensemble, fraction, seed): fit on the hand-labeled part and score every method."""
 
@@ -181,13 +182,16 @@ def run_cell(
     }
     for method in labeler_methods:
         row.update(
-            fit_and_score(hidden, truth, labeled, name, fraction, seed, out, profile, method)
+            fit_and_score(hidden, truth, labeled, name, fraction, seed, out, profile, method, views)
         )
     return row
 
 
-def fit_and_score(hidden, truth, labeled, name, fraction, seed, out: Path, profile, method):
-    """``fit`` with one labeler method; its figures, keyed ``<figure>_<method>``."""
+def fit_and_score(
+    hidden, truth, labeled, name, fraction, seed, out: Path, profile, method, views=None
+):
+    """``fit`` with one labeler method; its figures, keyed ``<figure>_<method>``. ``views``
+    replaces the ensemble's :data:`VIEWS` preset (``ssl``, ``fixmatch``)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -203,11 +207,12 @@ def fit_and_score(hidden, truth, labeled, name, fraction, seed, out: Path, profi
         with contextlib.redirect_stdout(io.StringIO()):
             configs = profile_configs(profile)
             encoder, labeler, labeler_method = configs.encoder, configs.labeler, method
+            chosen_views = views or VIEWS.get(name, "generic")
             if method == "ssl":
-                encoder = encoder.updated(instance_views=VIEWS.get(name, "generic"))
+                encoder = encoder.updated(instance_views=chosen_views)
             if method == "fixmatch":  # the cnn labeler with FixMatch's consistency term
                 labeler_method = "cnn"
-                labeler = labeler.updated(consistency=1.0, strong_views=VIEWS.get(name, "generic"))
+                labeler = labeler.updated(consistency=1.0, strong_views=chosen_views)
             report = fit(
                 hidden, bundle, profile=profile, encoder=encoder, labeler=labeler, overwrite=True,
                 labeler_method=labeler_method,
@@ -352,6 +357,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--labeler-methods", default="cnn,latent", help="sense fit --labeler-method values"
     )
+    parser.add_argument(
+        "--views",
+        help="views of ssl / fixmatch for every ensemble instead of its preset (e.g. generic)",
+    )
     parser.add_argument("--json", type=Path, help="write the rows and the machine to this file")
     parser.add_argument("--markdown", type=Path, help="write the table to this file")
     parser.add_argument("--plot", type=Path, help="write the accuracy plot to this PNG")
@@ -392,7 +401,9 @@ def main(argv: list[str] | None = None) -> int:
                 if ensemble is None:
                     ensemble = make_ensemble(name, args.n, args.size, 0, args.crops_images)
                 started = time.perf_counter()
-                row = run_cell(ensemble, name, fraction, seed, args.out, args.profile, methods)
+                row = run_cell(
+                    ensemble, name, fraction, seed, args.out, args.profile, methods, args.views
+                )
                 row["load_after"] = round(os.getloadavg()[0], 2)
                 path.write_text(json.dumps(row, indent=1) + "\n")
                 rows.append(row)
