@@ -32,7 +32,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_label_efficiency import hand_labeled, make_ensemble  # noqa: E402
+from bench_label_efficiency import kept_cells  # noqa: E402
 
 
 def hidden_accuracies(folder: Path, fields: np.ndarray, truth: np.ndarray, labeled: np.ndarray):
@@ -70,16 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the rows here")
     args = parser.parse_args(argv)
 
-    rows, ensembles = [], {}
-    for folder in sorted((args.run / "bundles").iterdir()):
-        name, fraction, seed, method = folder.name.split("_")
-        if name not in ensembles:
-            ensembles[name] = make_ensemble(name, args.n, args.size, 0, [])
-        ensemble = ensembles[name]
+    rows = []
+    for folder, name, fraction, seed, ensemble, labeled in kept_cells(args.run, args.n, args.size):
         fields = np.asarray(ensemble.fields, dtype=np.float32)
         truth = np.asarray(ensemble.labels)
-        labeled = hand_labeled(truth, fraction, int(seed[1:]))
-        row = {"ensemble": name, "fraction": fraction, "seed": int(seed[1:]), "method": method}
+        method = folder.name.split("_")[-1]
+        row = {"ensemble": name, "fraction": fraction, "seed": seed, "method": method}
         for stage, bundle in (("final", folder), ("first", folder / "fit_run" / "hand_bundle")):
             scores = hidden_accuracies(bundle, fields, truth, labeled)
             row.update({f"{stage}_{key}": value for key, value in scores.items()})

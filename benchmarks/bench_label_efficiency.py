@@ -120,6 +120,23 @@ def hand_labeled(truth: np.ndarray, fraction: str, seed: int) -> np.ndarray:
     return chosen
 
 
+def kept_cells(run: Path, n: int, size: int, prefixes: Sequence[str] = ()):
+    """The bundles a run of this benchmark kept (``run/bundles``, optionally only names starting
+    with one of ``prefixes``) with their cells remade: yields (bundle folder, ensemble name,
+    fraction, seed, the fully labeled ensemble, the hand-labeled mask). For the scripts that
+    re-score kept bundles (bench_head_blend.py, bench_labeler_choice.py)."""
+    ensembles = {}
+    for folder in sorted((run / "bundles").iterdir()):
+        if prefixes and not folder.name.startswith(tuple(prefixes)):
+            continue
+        name, fraction, seed, _ = folder.name.split("_")
+        if name not in ensembles:
+            ensembles[name] = make_ensemble(name, n, size, 0, [])
+        ensemble, seed = ensembles[name], int(seed[1:])
+        labeled = hand_labeled(np.asarray(ensemble.labels), fraction, seed)
+        yield folder, name, fraction, seed, ensemble, labeled
+
+
 def raw_baselines(fields: np.ndarray, truth: np.ndarray, labeled: np.ndarray) -> dict[str, Any]:
     """Logistic regression and 5-NN on standardised raw fields: hidden members' accuracy."""
     from sklearn.linear_model import LogisticRegression

@@ -22,7 +22,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_label_efficiency import hand_labeled, make_ensemble  # noqa: E402
+from bench_label_efficiency import kept_cells  # noqa: E402
 
 
 def cross_validated(features: np.ndarray, labels: np.ndarray, classes: int) -> float | None:
@@ -64,16 +64,9 @@ def main(argv: list[str] | None = None) -> int:
 
     split = profile_configs("quick").encoder.split
     prefixes = tuple(p for p in args.only.split(",") if p)
-    ensembles = {}
-    for folder in sorted((args.run / "bundles").iterdir()):
-        if prefixes and not folder.name.startswith(prefixes):
-            continue
-        name, fraction, seed, _ = folder.name.split("_")
-        if name not in ensembles:
-            ensembles[name] = make_ensemble(name, args.n, args.size, 0, [])
-        ensemble = ensembles[name]
+    cells = kept_cells(args.run, args.n, args.size, prefixes)
+    for folder, _, _, _, ensemble, labeled in cells:
         truth = np.asarray(ensemble.labels)
-        labeled = hand_labeled(truth, fraction, int(seed[1:]))
         hidden = Ensemble(
             fields=ensemble.fields,
             labels=np.where(labeled, truth, UNLABELED),

@@ -33,6 +33,7 @@ Pseudo-labelling runs the exported labeler on the core runtime: :mod:`sense_core
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import sys
@@ -406,7 +407,7 @@ class LabelerTrainer(Trainer):
             return None
 
         def cycle():
-            for turn in range(sys.maxsize):
+            for turn in itertools.count():  # seeded per (epoch, pass over the unlabeled members)
                 set_epoch(self.unlabeled_loader, epoch * 1000 + turn)
                 yield from self.unlabeled_loader
 

@@ -629,7 +629,10 @@ def run_chains(
     swaps_accepted = swaps_tried = 0
     jumps_accepted = jumps_tried = 0
     if jump_every > 0 and chains_per_problem < 4:
-        raise EnsembleError("differential-evolution jumps need at least 4 chains per problem")
+        raise EnsembleError(
+            f"differential-evolution jumps (jump_every {jump_every}) need chains_per_problem >= 4,"
+            f" got {chains_per_problem}"
+        )
     total_steps = burn_in + samples * thin
     cold = np.arange(groups) * levels
     kept_state = np.empty((samples, groups, N_CONTINUOUS))
@@ -679,9 +682,10 @@ def run_chains(
 
             if jump_every > 0 and (step + 1) % jump_every == 0:
                 for half in (0, 1):
-                    accepted, moving = _jump(
-                        state, n_channels, log_lik, inverse_t, tracker, rng,
-                        chains_per_problem, levels, half,
+                    proposal, moving = _jump_proposal(state, rng, chains_per_problem, levels, half)
+                    accepted = _metropolis(
+                        proposal, n_channels, moving, state, n_channels, log_lik, inverse_t,
+                        tracker, rng,
                     )  # fmt: skip
                     if step >= burn_in:
                         jumps_accepted += int(accepted[cold].sum())
@@ -724,20 +728,12 @@ def run_chains(
     )
 
 
-def _jump(
-    state: np.ndarray,
-    n_channels: np.ndarray,
-    log_lik: np.ndarray,
-    inverse_t: np.ndarray,
-    tracker,
-    rng: np.random.Generator,
-    chains_per_problem: int,
-    levels: int,
-    half: int,
+def _jump_proposal(
+    state: np.ndarray, rng: np.random.Generator, chains_per_problem: int, levels: int, half: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One differential-evolution jump of the chains in ``half`` (0: even, 1: odd chains of
-    each problem); their differences come from two distinct chains of the other half at the
-    same level. Updates the arrays in place; returns which chains accepted and which moved."""
+    """The differential-evolution proposal of the chains in ``half`` (0: even, 1: odd chains of
+    each problem), their differences from two distinct chains of the other half at the same
+    level: the proposed states (the other chains unchanged) and which chains move."""
     chains, width = state.shape
     problems = chains // (chains_per_problem * levels)
     by_chain = state.reshape(problems, chains_per_problem, levels, width)
@@ -758,10 +754,7 @@ def _jump(
     moving = moving.ravel()
     proposal = state.copy()
     proposal.reshape(problems, chains_per_problem, levels, width)[:, own] += difference + jitter
-    accept = _metropolis(
-        proposal, n_channels, moving, state, n_channels, log_lik, inverse_t, tracker, rng
-    )
-    return accept, moving
+    return proposal, moving
 
 
 def _metropolis(
@@ -927,11 +920,8 @@ def generate_channels(
     chains_per_problem = int(chains_per_problem)
     if chains_per_problem < 1:
         raise EnsembleError("chains_per_problem must be >= 1")
-    if jump_every < 0 or (jump_every > 0 and chains_per_problem < 4):
-        raise EnsembleError(
-            f"jump_every must be >= 0 and needs chains_per_problem >= 4 (got {jump_every} and "
-            f"{chains_per_problem})"
-        )
+    if jump_every < 0:
+        raise EnsembleError(f"jump_every must be >= 0, got {jump_every}")
     rng = np.random.default_rng(seed)
     problem_list = [make_problem(p % len(CLASS_NAMES), wells, rng) for p in range(problems)]
     chain_problem = np.repeat(np.arange(problems), chains_per_problem)
