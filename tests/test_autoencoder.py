@@ -28,6 +28,19 @@ def test_shapes_for_working_and_other_sizes(arch, shape):
     assert ("logvar" in out) == (arch == "vae")
 
 
+@pytest.mark.parametrize("arch", ["ae", "vae"])
+def test_reconstruct_decodes_only_the_first_members(arch):
+    """The instance term's second views are encoded, not decoded: the codes of the whole batch
+    and the reconstructions of its first members are those of a full forward pass."""
+    torch.manual_seed(0)
+    model = build_autoencoder(AutoencoderConfig((1, 32, 32), arch=arch, latent_dim=5)).eval()
+    x = torch.randn(6, 1, 32, 32)
+    full, part = model(x), model(x, reconstruct=2)
+    assert part["reconstruction"].shape == (2, 1, 32, 32)
+    assert torch.allclose(part["reconstruction"], full["reconstruction"][:2], atol=1e-6)
+    assert torch.equal(part["code"], full["code"])
+
+
 @pytest.mark.parametrize(
     ("hw", "size", "resized"),
     [

@@ -342,8 +342,10 @@ class EncoderResult:
 
 
 def _first_half(outputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The model's outputs for the first half of a batch that was doubled with views."""
-    return {key: value[: len(value) // 2] for key, value in outputs.items()}
+    """The model's outputs for the first half of a batch that was doubled with views (whose
+    reconstructions were not decoded)."""
+    size = len(outputs["code"]) // 2
+    return {key: value[:size] for key, value in outputs.items()}
 
 
 def trim_schedule(epoch: int, config: EncoderConfig) -> float:
@@ -481,7 +483,7 @@ class EncoderTrainer(Trainer):
             view_code = None
             if "instance" in config.loss.terms:  # a second view of every member, one pass
                 view = self.views.batch(fields_, index, config.run.seed, epoch)
-                outputs = self.trained(torch.cat([fields_, view]))
+                outputs = self.trained(torch.cat([fields_, view]), reconstruct=len(fields_))
                 outputs, view_code = _first_half(outputs), outputs["code"][len(fields_) :]
             else:
                 outputs = self.trained(fields_)
