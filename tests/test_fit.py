@@ -243,8 +243,9 @@ def test_fit_with_the_latent_labeler_labels_from_the_encoders_latent_space(tmp_p
     ensemble = blob_ensemble(120, shape=(1, 16, 16))
     logged: list[str] = []
     encoder = EncoderConfig().updated(
-        epochs=2, latent_dim=4, base_channels=8, batch_size=24, threads=1, losses="recon,cluster"
-    )
+        epochs=2, latent_dim=4, base_channels=8, batch_size=24, threads=1, losses="recon,cluster",
+        instance_views="periodic",
+    )  # fmt: skip
     report = fit(
         ensemble,
         tmp_path / "bundle",
@@ -254,7 +255,9 @@ def test_fit_with_the_latent_labeler_labels_from_the_encoders_latent_space(tmp_p
         projector=False,
         log=logged.append,
     )
-    assert logged[0] == "[1/4] labeler (quick profile, latent)"
+    # views named for a labeler that does not use them: said, not silently ignored
+    assert logged[0].startswith("note: the views 'periodic' are used by the ssl labeler")
+    assert logged[1] == "[1/4] labeler (quick profile, latent)"
     assert sum(line.startswith("  labeler: ") for line in logged) == 2  # first and final
     # the final encoder fine-tunes the first one (warm start, recorded in its checkpoint)
     first = tmp_path / "bundle" / FIT_RUN / HAND_BUNDLE / "encoder_run" / "checkpoint.pt"
@@ -405,7 +408,7 @@ def test_fit_options_follow_the_profile_and_share_run_options():
     base = ["fit", "--data", "d.npz", "--out", "b"]
     labeler, encoder = fit_configs(parse(base))
     assert (labeler.run.epochs, encoder.run.epochs, encoder.model.latent_dim) == (8, 12, 32)
-    assert parse(base).labeler_method == "latent"  # the default: better with few labels
+    assert parse(base).labeler_method is None  # latent, or ssl with views: labeler_method_for
     assert not parse(base).cold_start and parse([*base, "--cold-start"]).cold_start
     assert fit_configs(parse([*base, "--init-from", "run/checkpoint.pt"]))[1].init_from == (
         "run/checkpoint.pt"
@@ -468,3 +471,44 @@ def test_experiment_with_a_training_seed_axis(tmp_path):
     logged.clear()
     run_experiment(spec, log=logged.append)
     assert sum("kept" in line for line in logged) == 3
+
+
+def test_naming_the_ensembles_views_makes_ssl_the_labeler(monkeypatch, tmp_path):
+    """``latent`` is the default; with the views of the ensemble's kind named (not the generic
+    ones) ``ssl``, the better labeler then; a method given wins. ``sense fit`` and ``sense
+    train-version --kind full`` resolve it alike."""
+    from sense_core.cli import main
+    from sense_core.io import write_ensemble
+    from sense_training import pipeline
+    from sense_training.pipeline import labeler_method_for
+
+    assert labeler_method_for(None, None) == labeler_method_for(None, "generic") == "latent"
+    assert labeler_method_for(None, "noise") == "latent"  # the generic views, spelled out
+    assert labeler_method_for(None, "periodic") == labeler_method_for(None, "roll,hflip") == "ssl"
+    assert labeler_method_for("latent", "periodic") == "latent"
+    assert labeler_method_for("cnn", None) == "cnn"
+    with pytest.raises(SenseError, match="not understood"):
+        labeler_method_for(None, "spin")
+
+    calls: list[tuple[str, str]] = []
+
+    def fake_fit(store, out, *, encoder, labeler_method, **_):
+        calls.append((labeler_method, encoder.loss.instance_views))
+        raise SenseError("stopped by the test")
+
+    monkeypatch.setattr(pipeline, "fit", fake_fit)
+    data = write_ensemble(blob_ensemble(30, shape=(1, 16, 16)), tmp_path / "e.npz")
+    fit = ["fit", "--data", str(data), "--out", str(tmp_path / "b")]
+    assert main(fit) == 2
+    assert main([*fit, "--instance-views", "periodic"]) == 2
+    assert main([*fit, "--instance-views", "periodic", "--labeler-method", "latent"]) == 2
+    version = ["train-version", str(data), "--kind", "full"]
+    assert main(version) == 2
+    assert main([*version, "--instance-views", "lattice"]) == 2
+    assert calls == [
+        ("latent", "generic"),
+        ("ssl", "periodic"),
+        ("latent", "periodic"),
+        ("latent", "generic"),
+        ("ssl", "lattice"),
+    ]

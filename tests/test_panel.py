@@ -35,6 +35,7 @@ EMBEDDING = [
     ("SuggestionCount", "Suggestion Count", "Labeling", False),
     ("SuggestMembers", "Suggest Members", "Labeling", False),
     ("TrainHead", "Train Head", "Training", False),
+    ("FieldSymmetries", "Field Symmetries", "Training", False),
     ("TrainFullFit", "Train Full Fit", "Training", False),
     ("TrainingStatus", "Training Status", "Training", False),
     ("CancelTraining", "Cancel Training", "Training", False),

@@ -403,3 +403,53 @@ def test_a_failed_job_reports_the_childs_error_and_keeps_nothing(ens, tmp_path):
     assert not job.error.startswith("sense:") and versions.list_versions(ens) == []
     job.cancel()  # nothing left to stop
     assert job.state == "failed"
+
+
+def test_named_field_symmetries_reach_the_full_fit_as_its_views(ens, monkeypatch):
+    """Train Full Fit with *Field Symmetries* chosen: ``train(views=...)`` gives the child
+    ``--instance-views`` (so ``sense train-version`` fits with the ``ssl`` labeler); not
+    named, none; a head refuses views. The panel's choices are presets of the ssl views."""
+    from sense_paraview import actions, training_jobs
+    from sense_paraview.algorithms import FIELD_VIEWS
+    from sense_training.config import GENERIC_VIEWS, VIEW_PRESETS
+
+    assert {value for value, _ in FIELD_VIEWS} == {""} | set(VIEW_PRESETS) - {GENERIC_VIEWS}
+    commands = []
+
+    class Job:
+        def __init__(self, path, kind, command, embedding):
+            commands.append(command)
+            self.process = type("Process", (), {"pid": 1})()
+
+    monkeypatch.setattr(training_jobs, "TrainingJob", Job)
+    training_jobs.train(str(ens), "full", views="periodic", follow=False)
+    training_jobs.train(str(ens), "full", follow=False)
+    assert commands[0][-2:] == ["--instance-views", "periodic"]
+    assert "--instance-views" not in commands[1]
+    with pytest.raises(SenseError, match="views are for a full fit"):
+        training_jobs.train(str(ens), "head", views="periodic", follow=False)
+
+    class Property:  # a panel drop-down: chosen (unchecked) before Apply, or applied
+        def __init__(self, applied, chosen=None):
+            self.applied, self.chosen = applied, chosen
+
+        def GetNumberOfUncheckedElements(self):
+            return 0 if self.chosen is None else 1
+
+        def GetUncheckedElement(self, _):
+            return self.chosen
+
+        def GetNumberOfElements(self):
+            return 1
+
+        def GetElement(self, _):
+            return self.applied
+
+    def panel(applied, chosen=None):
+        proxy = type("SMProxy", (), {"GetProperty": lambda self, _: Property(applied, chosen)})
+        return type("Embedding", (), {"SMProxy": proxy()})()
+
+    periodic = [value for value, _ in FIELD_VIEWS].index("periodic")
+    assert actions.field_views(panel(0)) is None
+    assert actions.field_views(panel(0, periodic)) == "periodic"
+    assert actions.field_views(panel(periodic)) == "periodic"

@@ -428,8 +428,8 @@ def _add_fit(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--labeler-method",
         choices=LABELER_METHODS,
-        default=DEFAULT_LABELER_METHOD,
-        help=f"({DEFAULT_LABELER_METHOD}) latent: train an encoder on all members with the hand "
+        help=f"({DEFAULT_LABELER_METHOD}, or ssl when --instance-views names your ensemble's "
+        "views) latent: train an encoder on all members with the hand "
         "labels first and label with the best head on its latent space (linear or label "
         "propagation, chosen by cross-validation; a linear classifier of the raw fields "
         "competes), then give the final encoder its own head as the bundle's labeler; cnn: "
@@ -438,7 +438,8 @@ def _add_fit(commands: argparse._SubParsersAction) -> None:
         "first encoder is self-supervised (recon + instance-contrastive term with "
         "--instance-views, no label), the labeler is chosen among latent heads, self-training "
         "and a raw-field classifier by cross-validation, and members under --threshold "
-        "(default 0.9 here) stay unlabelled (better with few labels, about 1.6x the time)",
+        "(default 0.9 here) stay unlabelled (better with few labels when the views are "
+        "right for the ensemble, worse with the generic ones)",
     )
     parser.add_argument(
         "--cold-start",
@@ -492,7 +493,7 @@ def fit_configs(args: argparse.Namespace):
 
 
 def _run_fit(args: argparse.Namespace) -> int:
-    from sense_training.pipeline import fit
+    from sense_training.pipeline import fit, labeler_method_for
 
     labeler, encoder = fit_configs(args)
     options = config_from_args(PseudoLabelOptions(), args)
@@ -505,7 +506,7 @@ def _run_fit(args: argparse.Namespace) -> int:
             encoder=encoder,
             evaluation=config_from_args(EvaluationConfig(), args),
             threshold=options.threshold,
-            labeler_method=args.labeler_method,
+            labeler_method=labeler_method_for(args.labeler_method, encoder.loss.instance_views),
             warm_start=not args.cold_start,
             overwrite=args.overwrite,
             resume=args.resume,
@@ -581,6 +582,7 @@ or a SIGTERM leaves no version behind. What sense_paraview.train runs in the bac
 
 def _add_train_version(commands: argparse._SubParsersAction) -> None:
     from sense_core.bundle_versions import TRAINING_KINDS
+    from sense_training.config import GENERIC_VIEWS, VIEW_OPS, VIEW_PRESETS
     from sense_training.pipeline import LABELER_METHODS
 
     parser = commands.add_parser(
@@ -598,9 +600,14 @@ def _add_train_version(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--labeler-method",
         choices=LABELER_METHODS,
-        default="ssl",
-        help="labeler of a full fit with hand labels (ssl: the best with few hand labels in "
-        "docs/label_efficiency.md; see sense fit --help)",
+        help="labeler of a full fit with hand labels (as sense fit: latent, or ssl when "
+        "--instance-views names the ensemble's views; see sense fit --help)",
+    )
+    parser.add_argument(
+        "--instance-views",
+        help="the transformations that keep a member's class, for the ssl labeler of a full "
+        f"fit: a preset ({', '.join(VIEW_PRESETS)}) or a comma-separated subset of "
+        f"{', '.join(VIEW_OPS)} (default: {GENERIC_VIEWS}, and the latent labeler)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
     parser.set_defaults(handler=_run_train_version)
@@ -675,20 +682,23 @@ def _train_full(store, draft, args: argparse.Namespace) -> None:
     import numpy as np
 
     from sense_core.ensemble import manual_mask
-    from sense_training.pipeline import fit, profile_configs
+    from sense_training.pipeline import fit, labeler_method_for, profile_configs
 
     configs = profile_configs(args.profile)
     run = {"seed": args.seed, **({"epochs": args.epochs} if args.epochs else {})}
-    method = {"labeler_method": args.labeler_method} if draft.kind == "full" else {}
+    encoder = configs.encoder.updated({"run": run})
+    if args.instance_views:
+        encoder = encoder.updated(instance_views=args.instance_views)
+    method = labeler_method_for(args.labeler_method, encoder.loss.instance_views)
     report = fit(
         store,
         draft.folder,
         profile=args.profile,
         labeler=configs.labeler.updated({"run": run}),
-        encoder=configs.encoder.updated({"run": run}),
+        encoder=encoder,
         command=draft.command,
         log=lambda line: print(line, flush=True),
-        **method,
+        labeler_method=method,
     )
     draft.labels = int(np.sum(manual_mask(store)))
     draft.classes = list(store.class_names)

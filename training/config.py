@@ -84,6 +84,7 @@ VIEW_PRESETS = {
     "handwriting": "shift,noise,contrast",  # no mirror: a mirrored 2 is no 2
     "generic": "noise",  # valid for any field: small noise only
 }
+GENERIC_VIEWS = "generic"  # the default views: they teach little (docs/label_efficiency.md)
 
 
 def view_ops(text: str | None) -> tuple[str, ...]:
@@ -356,7 +357,7 @@ class LossConfig(ConfigSection):
     )
     instance_temperature: float = option(0.2, "temperature of the instance-contrastive term")
     instance_views: str = option(
-        "generic",
+        GENERIC_VIEWS,
         "views of the instance-contrastive term: a preset (" + ", ".join(VIEW_PRESETS) + ") or "
         "ops among " + ", ".join(VIEW_OPS) + " that keep a member's class",
     )
@@ -471,7 +472,7 @@ class LabelerConfig(ConfigSection):
         0.95, "confidence a weak view's prediction needs to become a target (FixMatch: 0.95)"
     )
     strong_views: str = option(
-        "generic",
+        GENERIC_VIEWS,
         "strong views of the consistency term: a preset (" + ", ".join(VIEW_PRESETS) + ") or "
         "ops among " + ", ".join(VIEW_OPS) + " that keep a member's class",
     )

@@ -26,7 +26,13 @@ import numpy as np
 from sense_core.ensemble import UNLABELED, MemberStore, manual_mask
 from sense_core.errors import SenseError
 from sense_core.io.atomic import atomic_write_text
-from sense_training.config import EncoderConfig, LabelerConfig, ProjectorConfig
+from sense_training.config import (
+    GENERIC_VIEWS,
+    EncoderConfig,
+    LabelerConfig,
+    ProjectorConfig,
+    view_ops,
+)
 from sense_training.evaluation import EvaluationConfig, TooFewTestLabels
 
 Log = Callable[[str], Any]
@@ -75,6 +81,8 @@ FIT_REPORT = "fit_report.json"
 # better still, at 1.6x the time: over 5 minutes for 2,000 members at 64 px on 2 cores);
 # docs/label_efficiency.md
 DEFAULT_LABELER_METHOD = "latent"
+# ... unless the views of the ensemble's kind are named (--instance-views): then `ssl`, which
+# labels better than `latent` when its views are right and worse with the generic ones
 SUMMARY = "summary.json"
 
 
@@ -85,6 +93,18 @@ class FitConfigs:
     labeler: LabelerConfig
     encoder: EncoderConfig
     projector: ProjectorConfig
+
+
+def labeler_method_for(method: str | None, instance_views: str | None) -> str:
+    """The labeler method of a fit: ``method`` when given; else ``ssl`` when ``instance_views``
+    names views other than the generic ones (the user said which transformations keep a
+    member's class: ``ssl`` is then the better labeler with few hand labels,
+    docs/label_efficiency.md), else :data:`DEFAULT_LABELER_METHOD`."""
+    if method:
+        return method
+    if instance_views and view_ops(instance_views) != view_ops(GENERIC_VIEWS):
+        return "ssl"
+    return DEFAULT_LABELER_METHOD
 
 
 def profile_configs(profile: str = "quick") -> FitConfigs:
@@ -226,6 +246,12 @@ def fit(
     if labeler_method not in LABELER_METHODS:
         raise SenseError(
             f"unknown labeler method {labeler_method!r}; choose from {', '.join(LABELER_METHODS)}"
+        )
+    views_unused = "instance" not in encoder.loss.terms and labeler_method != "ssl"
+    if views_unused and view_ops(encoder.loss.instance_views) != view_ops(GENERIC_VIEWS):
+        log(
+            f"note: the views {encoder.loss.instance_views!r} are used by the ssl labeler and the "
+            f"instance loss term only, not by --labeler-method {labeler_method}"
         )
     if labeler_method == "ssl":  # members under the self-training threshold stay unlabelled
         from sense_training.heads import SELF_TRAINING_THRESHOLD

@@ -110,6 +110,15 @@ def _job(embedding):
     return job if job is not None else first_use_job(ensemble_path(embedding))
 
 
+def field_views(embedding) -> str | None:
+    """The *Field Symmetries* chosen in the panel (applied or not): a view preset for Train
+    Full Fit, None when not named."""
+    from sense_paraview.algorithms import FIELD_VIEWS, choice
+
+    typed = typed_value(embedding, "FieldSymmetries")
+    return choice(FIELD_VIEWS, int(typed) if typed.strip().isdigit() else 0) or None
+
+
 def _train(kind: str) -> Callable:
     def start(embedding) -> str:
         from sense_paraview.training_jobs import train
@@ -120,7 +129,8 @@ def _train(kind: str) -> Callable:
                 f"a {running.kind} training is running for this map ({running.progress:.0%}); "
                 "wait for it or press Cancel Training"
             )
-        job = train(embedding, kind)
+        views = field_views(embedding) if kind == "full" else None
+        job = train(embedding, kind, views=views)
         _JOBS[embedding.SMProxy.GetGlobalID()] = job
         return (
             f"training {kind} in the background: progress here; the map switches to the new "

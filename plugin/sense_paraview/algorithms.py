@@ -37,6 +37,18 @@ NAN_POLICIES = (
     ("raise", "Reject members with NaN/Inf"),
     ("fill", "Replace NaN/Inf by the fill value"),
 )
+# What keeps a member's class, for Train Full Fit: a preset of the ssl labeler's views
+# (sense_training.config.VIEW_PRESETS, a test keeps the two in step; the plugin does not import
+# the training package). "" = not named: the latent labeler (docs/label_efficiency.md).
+FIELD_VIEWS = (
+    ("", "Not named"),
+    ("lattice", "Periodic lattice with spin flip"),
+    ("periodic", "Periodic domain"),
+    ("image", "Photographs, textures"),
+    ("gravity", "Up and down differ (gravity)"),
+    ("oriented", "Orientation is the class"),
+    ("handwriting", "No mirror images (handwriting)"),
+)
 DEFAULT_PROJECTION = ProjectionOptions()
 DEFAULT_BATCH_SIZE = 64
 
@@ -269,6 +281,7 @@ class Embedding(_SenseAlgorithm):
         self._linked_layout = 1
         self._class_name = ""
         self._suggestion_count = 10
+        self._field_views = FIELD_VIEWS[0][0]
         self._series = TimeSeriesCollector()
         self._cache: dict = {}  # latents of the last input: new seeds only re-project
 
@@ -310,6 +323,9 @@ class Embedding(_SenseAlgorithm):
 
     def SetSuggestionCount(self, count):
         self._suggestion_count = int(count)
+
+    def SetFieldSymmetries(self, value):
+        self._field_views = choice(FIELD_VIEWS, value)
 
     def press(self, action: str) -> int:
         """Do a button's ``action`` (:func:`sense_paraview.actions.run`); 1 when it worked."""

@@ -224,6 +224,7 @@ def train(
     epochs: int | None = None,
     seed: int = 0,
     profile: str = "quick",
+    views: str | None = None,
     follow: bool = True,
 ) -> TrainingJob:
     """Train the next bundle version of ``ensemble`` (its path, or a proxy below its SENSE
@@ -236,7 +237,10 @@ def train(
     (the SENSE Embedding's *Train Head*/*Train Full Fit* do): ParaView 5.11
     crashes when the timer was made by a macro or a filter, so there pass ``follow=False`` and
     call ``job.poll()``); a script calls ``job.wait()``, or passes ``wait=True``.
-    One class of hand labels, or none for a head, is refused at once
+    ``views`` (``full`` only): what keeps a member's class in these fields, a preset of
+    ``sense fit --instance-views`` (``periodic``, ``gravity``, ...): the fit then uses the
+    ``ssl`` labeler, which learns from those transformations of every member (the ``latent``
+    one without). One class of hand labels, or none for a head, is refused at once
     (nothing written)."""
     from sense_core.bundle_versions import check_training_labels
     from sense_core.io import open_ensemble
@@ -253,6 +257,10 @@ def train(
     args = ["train-version", path, "--kind", kind, "--seed", str(seed), "--profile", profile]
     args += ["--bundle", bundle] if bundle else []
     args += ["--epochs", str(epochs)] if epochs else []
+    if views and kind == "full":
+        args += ["--instance-views", views]
+    elif views:
+        raise SenseError(f"views are for a full fit (kind='full'), not for a {kind}")
     job = TrainingJob(path, kind, sense_command(*args), embedding)
     report_message(f"training {kind} started for {path} (pid {job.process.pid})")
     if wait:

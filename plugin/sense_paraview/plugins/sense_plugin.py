@@ -25,6 +25,7 @@ from sense_paraview.algorithms import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_PROJECTION,
     DEVICES,
+    FIELD_VIEWS,
     NAN_POLICIES,
     PROJECTIONS,
     enumeration_xml,
@@ -198,6 +199,14 @@ class SENSEMemberView(algorithms.MemberView):
             "background (seconds); the map switches to the new bundle when it is done",
         ),
         Item(
+            "FieldSymmetries",
+            "For Train Full Fit: what does not change a member's class in your fields? Named, "
+            "the fit learns from those transformations of every member, unlabeled ones too "
+            "(the ssl labeler: better with few hand labels when they are right, see "
+            "docs/label_efficiency.md); not named, the latent labeler. Read as chosen, no "
+            "Apply needed",
+        ),
+        Item(
             "TrainFullFit",
             "Train a whole new bundle (sense fit, quick profile) from the hand labels, in the "
             "background (minutes; label-free when there are none); the map switches to it when "
@@ -297,6 +306,18 @@ class SENSEEmbedding(algorithms.Embedding):
     @smdomain.intrange(min=1, max=200)
     def SetSuggestionCount(self, count):
         super().SetSuggestionCount(count)
+
+    @smproperty.xml(
+        enumeration_xml(
+            "FieldSymmetries",
+            "SetFieldSymmetries",
+            FIELD_VIEWS,
+            FIELD_VIEWS[0][0],
+            label="Field Symmetries",
+        )
+    )
+    def SetFieldSymmetries(self, value):
+        super().SetFieldSymmetries(value)
 
 
 @layout(
