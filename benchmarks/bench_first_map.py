@@ -8,7 +8,13 @@ the 2D maps a user can get before labeling anything, scored by the true classes:
 - ``shipped_<name>``: each shipped bundle's encoder on the members resampled to its shape, then
   UMAP (seconds; the "generic encoder" option);
 - ``label_free``: ``sense train-version ENSEMBLE --kind full`` on the ensemble without labels
-  (a label-free ``sense fit --profile quick``: encoder + projector, in the background), its map.
+  (a label-free ``sense fit --profile quick``: encoder + projector, in the background), its map;
+- ``label_free_views`` (with ``--views``): the same with ``--instance-views`` set to the views
+  of the ensemble's kind (``VIEWS`` of bench_label_efficiency.py): the encoder also learns
+  that two views of a member are one member.
+
+Ensembles: ``channels`` and ``drops`` (``sense generate``) and the held-out ones of
+bench_label_efficiency.py (``ising``, ``grayscott``, ``textures``).
 
 Scores: leave-one-out 5-NN accuracy of the true classes in 2D, and the 2D silhouette. Also the
 seconds each took. ``python benchmarks/bench_first_map.py --out DIR [--n 480 --size 48]`` writes
@@ -62,18 +68,42 @@ def _resampled(fields: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     return zoom(fields, factors, order=1).astype(np.float32)
 
 
-def run(name: str, n: int, size: int, out: Path, seed: int) -> dict:
+def _label_free(path: Path, seed: int, truth: np.ndarray, views: str | None) -> dict:
+    """A label-free ``sense train-version --kind full`` of ``path`` and its map's scores."""
+    from sense_core.bundle_versions import latest_version
+    from sense_core.embedding import embed_ensemble
+
+    tick = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "sense_core.cli", "train-version", str(path), "--kind", "full",
+         "--seed", str(seed), *(["--instance-views", views] if views else [])],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    trained = time.perf_counter() - tick
+    version = latest_version(path)
+    embedding = embed_ensemble(open_ensemble(path), version.path, device="cpu")
+    scores = _scores(embedding.xy, truth, trained)
+    scores["kind"] = version.kind
+    scores["projection"] = embedding.provenance.get("projection", {}).get("method")
+    return scores
+
+
+def run(name: str, n: int, size: int, out: Path, seed: int, views: bool = False) -> dict:
+    from bench_label_efficiency import HELDOUT, VIEWS, make_ensemble
     from sklearn.decomposition import PCA
 
     from sense_core.inference import Encoder
 
     truth_path = out / f"{name}_truth.npz"
-    subprocess.run(
-        [sys.executable, "-m", "sense_core.cli", "generate", name, "--n", str(n), "--size",
-         str(size), "--labeled-fraction", "1.0", "--seed", str(seed), "--out", str(truth_path),
-         "--overwrite", "--no-progress"],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    if name in HELDOUT:
+        write_ensemble(make_ensemble(name, n, size, seed, []), truth_path, overwrite=True)
+    else:
+        subprocess.run(
+            [sys.executable, "-m", "sense_core.cli", "generate", name, "--n", str(n), "--size",
+             str(size), "--labeled-fraction", "1.0", "--seed", str(seed), "--out",
+             str(truth_path), "--overwrite", "--no-progress"],
+            check=True, capture_output=True,
+        )  # fmt: skip
     store = open_ensemble(truth_path)
     truth = np.asarray(store.labels)
     fields = store.read_members(np.arange(len(store)))
@@ -101,21 +131,10 @@ def run(name: str, n: int, size: int, out: Path, seed: int) -> dict:
             _umap(latents), truth, time.perf_counter() - tick
         )
 
-    tick = time.perf_counter()
-    subprocess.run(
-        [sys.executable, "-m", "sense_core.cli", "train-version", str(path), "--kind", "full",
-         "--seed", str(seed)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    trained = time.perf_counter() - tick
-    from sense_core.bundle_versions import latest_version
-    from sense_core.embedding import embed_ensemble
-
-    version = latest_version(path)
-    embedding = embed_ensemble(open_ensemble(path), version.path, device="cpu")
-    maps["label_free"] = _scores(embedding.xy, truth, trained)
-    maps["label_free"]["kind"] = version.kind
-    maps["label_free"]["projection"] = embedding.provenance.get("projection", {}).get("method")
+    maps["label_free"] = _label_free(path, seed, truth, None)
+    if views:
+        maps["label_free_views"] = _label_free(path, seed, truth, VIEWS[name])
+        maps["label_free_views"]["views"] = VIEWS[name]
     return result
 
 
@@ -126,6 +145,9 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=48)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ensembles", nargs="+", default=["channels", "drops"])
+    parser.add_argument(
+        "--views", action="store_true", help="also a label-free fit with the ensemble's views"
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results = {
@@ -133,7 +155,7 @@ def main() -> int:
         "ensembles": {},
     }
     for name in args.ensembles:
-        results["ensembles"][name] = run(name, args.n, args.size, args.out, args.seed)
+        results["ensembles"][name] = run(name, args.n, args.size, args.out, args.seed, args.views)
         print(name, json.dumps(results["ensembles"][name]["maps"]), flush=True)
     results["machine"]["load_after"] = list(os.getloadavg())
     (args.out / "first_map.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -311,9 +311,11 @@ def test_fit_with_the_latent_labeler_labels_from_the_encoders_latent_space(tmp_p
     np.testing.assert_allclose(head.logits(inputs), stored, rtol=0, atol=1e-4)
 
 
-def test_fit_without_hand_labels_gives_a_bundle_a_map_and_suggested_groups(tmp_path):
-    """No hand label: an encoder on reconstruction, its projector, a map, and groups (k by the
-    silhouette) that find the blobs, with each group's most typical members written out."""
+@pytest.mark.parametrize("views", [None, "hflip,noise"])
+def test_fit_without_hand_labels_gives_a_bundle_a_map_and_suggested_groups(tmp_path, views):
+    """No hand label: an encoder on reconstruction (and the instance term when the ensemble's
+    views are named), its projector, a map, and groups (k by the silhouette) that find the
+    blobs, with each group's most typical members written out."""
     import csv
 
     from sklearn.metrics import adjusted_rand_score
@@ -328,10 +330,14 @@ def test_fit_without_hand_labels_gives_a_bundle_a_map_and_suggested_groups(tmp_p
     encoder = EncoderConfig().updated(
         epochs=3, latent_dim=4, base_channels=8, batch_size=24, threads=1, losses="recon,cluster"
     )
+    if views:
+        encoder = encoder.updated(instance_views=views)
     report = fit(ensemble, tmp_path / "bundle", encoder=encoder, log=logged.append)
-    assert logged[0].startswith("no hand labels: the encoder trains on reconstruction only")
+    what = f"reconstruction and views ({views})" if views else "reconstruction only"
+    assert logged[0] == f"no hand labels: the encoder trains on {what}, not recon,cluster"
     assert "[3/3] suggested groups (k-means of the latents, best silhouette)" in logged
-    assert report.labeler == {} and report.encoder["losses"] == ["recon"]
+    terms = ["recon", "instance"] if views else ["recon"]
+    assert report.labeler == {} and report.encoder["losses"] == terms
     assert report.projector is not None  # 240 members: the bundle maps new members itself
     rows = list(csv.DictReader((tmp_path / "bundle" / "groups.csv").open()))
     assert len(rows) == 240 and {r["member_id"] for r in rows} == set(ensemble.member_ids)

@@ -112,7 +112,7 @@ class TrainingParts:
 def training_parts(store: MemberStore, config: EncoderConfig) -> TrainingParts:
     """Split the hand labels, add pseudo-labelled and unlabelled members to training (see the
     module docstring), apply ``min_confidence`` and the ``label_noise`` ablation."""
-    if config.loss.terms == ("recon",) and not manual_mask(store).any():
+    if not config.loss.uses_labels and not manual_mask(store).any():
         # no hand label at all (a label-free fit): every member trains, none is held out
         none = np.empty(0, dtype=np.int64)
         fractions = tuple(config.split.fractions)

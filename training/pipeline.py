@@ -95,6 +95,11 @@ class FitConfigs:
     projector: ProjectorConfig
 
 
+def views_named(instance_views: str | None) -> bool:
+    """Whether ``instance_views`` names views of the ensemble's kind (not the generic ones)."""
+    return bool(instance_views) and view_ops(instance_views) != view_ops(GENERIC_VIEWS)
+
+
 def labeler_method_for(method: str | None, instance_views: str | None) -> str:
     """The labeler method of a fit: ``method`` when given; else ``ssl`` when ``instance_views``
     names views other than the generic ones (the user said which transformations keep a
@@ -102,9 +107,7 @@ def labeler_method_for(method: str | None, instance_views: str | None) -> str:
     docs/label_efficiency.md), else :data:`DEFAULT_LABELER_METHOD`."""
     if method:
         return method
-    if instance_views and view_ops(instance_views) != view_ops(GENERIC_VIEWS):
-        return "ssl"
-    return DEFAULT_LABELER_METHOD
+    return "ssl" if views_named(instance_views) else DEFAULT_LABELER_METHOD
 
 
 def profile_configs(profile: str = "quick") -> FitConfigs:
@@ -248,7 +251,7 @@ def fit(
             f"unknown labeler method {labeler_method!r}; choose from {', '.join(LABELER_METHODS)}"
         )
     views_unused = "instance" not in encoder.loss.terms and labeler_method != "ssl"
-    if views_unused and view_ops(encoder.loss.instance_views) != view_ops(GENERIC_VIEWS):
+    if views_unused and views_named(encoder.loss.instance_views) and manual_mask(store).any():
         log(
             f"note: the views {encoder.loss.instance_views!r} are used by the ssl labeler and the "
             f"instance loss term only, not by --labeler-method {labeler_method}"
@@ -366,7 +369,8 @@ def fit(
 def _fit_without_labels(
     store, out: Path, encoder, configs, state, clock, load_before, profile, command, projector, log
 ) -> FitReport:
-    """A fit with no hand label: an encoder trained on reconstruction alone, its projector, and
+    """A fit with no hand label: an encoder trained on reconstruction alone (and the
+    instance-contrastive term when the ensemble's views are named), its projector, and
     suggested groups (``groups.csv``, ``groups.png``: the clustering of the latents and each
     group's most typical members), the starting point for naming classes."""
     from sense_core.bundle import Bundle
@@ -374,9 +378,13 @@ def _fit_without_labels(
     from sense_core.inference import Encoder
 
     steps = 3 if projector else 2
-    if encoder.loss.terms != ("recon",):
-        log(f"no hand labels: the encoder trains on reconstruction only (not {encoder.loss.terms})")
-        encoder = encoder.updated(losses=("recon",))
+    named = views_named(encoder.loss.instance_views)
+    terms = ("recon", "instance") if named else ("recon",)
+    if encoder.loss.terms != terms:
+        views = encoder.loss.instance_views
+        what = f"reconstruction and views ({views})" if named else "reconstruction only"
+        log(f"no hand labels: the encoder trains on {what}, not {','.join(encoder.loss.terms)}")
+        encoder = encoder.updated(losses=terms)
     log(f"[1/{steps}] encoder ({profile} profile, no hand labels)")
     trained = state.kept("encoder", clock, log)
     if trained is None:
