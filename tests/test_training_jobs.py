@@ -381,10 +381,11 @@ def test_the_first_apply_in_the_gui_starts_one_label_free_training(ens, monkeypa
         training_jobs.bundle_for_filter((1, 12, 10), (), str(ens))
     assert started == []  # outside the GUI: only the message
     monkeypatch.setattr(sense_paraview.gui, "in_gui", lambda: True)
-    for _ in range(2):
+    for _ in range(2):  # the Field Symmetries chosen before the first Apply go with it
         with pytest.raises(BundleError, match=r"label-free bundle in the background \(25% done"):
-            training_jobs.bundle_for_filter((1, 12, 10), (), str(ens))
-    assert started == [((str(ens), "full"), {"follow": False})] and Started.polls == 1
+            training_jobs.bundle_for_filter((1, 12, 10), (), str(ens), views="periodic")
+    assert started == [((str(ens), "full"), {"views": "periodic", "follow": False})]
+    assert Started.polls == 1
     version = _add(ens, "label-free")
     assert training_jobs.bundle_for_filter((1, 12, 10), (), str(ens)) == str(version.path)
     assert Started.polls == 2

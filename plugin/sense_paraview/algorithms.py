@@ -386,6 +386,7 @@ class Embedding(_SenseAlgorithm):
             inference,
             cache=self._cache,
             series=series,
+            views=self._field_views or None,
         )
         if outputs is not None:
             points, table = outputs

@@ -325,13 +325,16 @@ def first_use_job(ensemble: str) -> TrainingJob | None:
     return _FIRST_USE.get(ensemble)
 
 
-def bundle_for_filter(member_shape, class_names, ensemble: str | None) -> str:
+def bundle_for_filter(
+    member_shape, class_names, ensemble: str | None, views: str | None = None
+) -> str:
     """The bundle of a SENSE Embedding whose Bundle is empty
     (:func:`sense_core.bundle_versions.default_bundle`: shipped for the shape, else the
     ensemble's newest version). Where there is none, in the GUI, the first Apply starts
-    training a label-free bundle in the background (once per ensemble); each later execution
-    of the filter reports its progress, and the first one after it is done uses it. The filter
-    fails meanwhile, saying so. (No timer follows this job: one made during a filter's
+    training a label-free bundle in the background (once per ensemble; with ``views``, the
+    *Field Symmetries* chosen before that Apply, its encoder learns from them); each later
+    execution of the filter reports its progress, and the first one after it is done uses it.
+    The filter fails meanwhile, saying so. (No timer follows this job: one made during a filter's
     execution crashes ParaView 5.11, see :func:`watch`.)"""
     from sense_core.bundle import BundleError
     from sense_core.bundle_versions import default_bundle
@@ -347,7 +350,7 @@ def bundle_for_filter(member_shape, class_names, ensemble: str | None) -> str:
         if not ensemble or not in_gui():
             raise
         if job is None or job.state in ("failed", "cancelled"):
-            job = _FIRST_USE[ensemble] = train(ensemble, "full", follow=False)
+            job = _FIRST_USE[ensemble] = train(ensemble, "full", views=views, follow=False)
         raise BundleError(
             f"{exc.args[0].split('; train one')[0]}: training a label-free bundle in the "
             f"background ({job.progress:.0%} done, a few minutes); press Training Status (the "

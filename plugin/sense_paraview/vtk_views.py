@@ -366,10 +366,13 @@ def embed_images(
     cache: dict | None = None,
     input_key=None,
     source: str = "",
+    views: str | None = None,
     **inference,
 ):
     """Embed (fallback id, vtkImageData) members with ``bundle`` (default: the shipped bundle
-    for their shape); return (embedding, polydata, table). ``inference`` goes to
+    for their shape; where there is none, ``views`` go to the label-free training the GUI
+    starts, :func:`sense_paraview.training_jobs.bundle_for_filter`); return (embedding,
+    polydata, table). ``inference`` goes to
     :func:`sense_core.embedding.embed_ensemble` (device, batch_size, threads, use_labeler).
 
     With a ``cache`` dict (kept by the filter between executions) and an ``input_key`` that
@@ -387,7 +390,9 @@ def embed_images(
     if not bundle:  # shipped for the shape, else the ensemble's newest kept version
         from sense_paraview.training_jobs import bundle_for_filter
 
-        bundle = bundle_for_filter(ensemble.member_shape, ensemble.class_names, source or None)
+        bundle = bundle_for_filter(
+            ensemble.member_shape, ensemble.class_names, source or None, views=views
+        )
     key = None
     if cache is not None and input_key is not None:
         try:
@@ -552,13 +557,15 @@ def embed_input(
     inference: dict,
     cache: dict | None = None,
     series: list | None = None,
+    views: str | None = None,
 ):
     """(polydata, table) of the embedding of a filter's input, or None on the MPI ranks that
     hold no result. ``data``: a composite of member images (under MPI each rank holds some of
     them: embedded collectively) or one image; ``series``: the (id, image) members of a time
     series collected by the filter (every rank has all of them: rank 0 embeds). ``cache``: see
     :func:`embed_images`; keyed on the input object and its modification time (a time series
-    is collected anew on every execution, so it is not cached)."""
+    is collected anew on every execution, so it is not cached). ``views``: see
+    :func:`embed_images`."""
     from vtkmodules.vtkCommonDataModel import vtkImageData
 
     comm = mpi_communicator()
@@ -587,7 +594,7 @@ def embed_input(
             )
             input_key = (data.GetAddressAsString("vtkObject"), data.GetMTime())
         result = embed_images(
-            images, bundle, array_name, projection, cache, input_key, source, **inference
+            images, bundle, array_name, projection, cache, input_key, source, views, **inference
         )
     return None if result is None else result[1:]
 
