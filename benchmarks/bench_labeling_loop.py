@@ -128,8 +128,8 @@ def run_loop(
 
 def refit(ensemble, answers: np.ndarray, truth: np.ndarray, tag: str, out: Path, args) -> dict:
     """A full ``sense fit`` with the answers so far as its hand labels (what *Train Full Fit*
-    runs, with ``--refit-method``), scored as the head is: the new bundle's labels on every
-    member the user has not labeled."""
+    runs; ``--refit-method ssl`` with the ensemble's views as *Field Symmetries*), scored as the
+    head is: the new bundle's labels on every member the user has not labeled."""
     from bench_label_efficiency import fit_and_score
 
     from sense_core.ensemble import UNLABELED, Ensemble
@@ -284,7 +284,10 @@ def main(argv: list[str] | None = None) -> int:
         "full fit (what Train Full Fit does; minutes each), scored like the head",
     )
     parser.add_argument(
-        "--refit-method", default="ssl", help="labeler method of the full refits (ssl)"
+        "--refit-method",
+        default="ssl",
+        help="labeler method of the full refits (ssl, with the ensemble's views: what Train Full "
+        "Fit runs with Field Symmetries named; latent: without)",
     )
     args = parser.parse_args(argv)
 
