@@ -358,8 +358,12 @@ class LossConfig(ConfigSection):
     instance_temperature: float = option(0.2, "temperature of the instance-contrastive term")
     instance_views: str = option(
         GENERIC_VIEWS,
-        "views of the instance-contrastive term: a preset (" + ", ".join(VIEW_PRESETS) + ") or "
-        "ops among " + ", ".join(VIEW_OPS) + " that keep a member's class",
+        "what keeps a member's class, as views of the instance-contrastive term: a preset ("
+        + ", ".join(VIEW_PRESETS)
+        + ") or ops among "
+        + ", ".join(VIEW_OPS)
+        + "; named (not generic), sense fit uses the ssl labeler and a fit without labels "
+        "learns from them too",
     )
 
     def __post_init__(self) -> None:
