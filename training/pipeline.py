@@ -78,8 +78,8 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
 }
 FIT_REPORT = "fit_report.json"
 # `latent` labels better than `cnn` with few hand labels on every ensemble measured (and `ssl`
-# better still, at 1.6x the time: over 5 minutes for 2,000 members at 64 px on 2 cores);
-# docs/label_efficiency.md
+# better still when its views are right, at 1.2x the time: over 5 minutes for 2,000 members at
+# 64 px on 2 cores); docs/label_efficiency.md
 DEFAULT_LABELER_METHOD = "latent"
 # ... unless the views of the ensemble's kind are named (--instance-views): then `ssl`, which
 # labels better than `latent` when its views are right and worse with the generic ones

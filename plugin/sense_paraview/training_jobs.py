@@ -248,6 +248,8 @@ def train(
 
     if kind not in TRAINING_KINDS:
         raise SenseError(f"unknown training kind {kind!r}; choose from {', '.join(TRAINING_KINDS)}")
+    if views and kind != "full":
+        raise SenseError(f"views are for a full fit (kind='full'), not for a {kind}")
     path = ensemble_path(ensemble)
     if embedding is None and _xml_name(ensemble) == EMBEDDING_NAME:
         embedding = ensemble
@@ -257,10 +259,7 @@ def train(
     args = ["train-version", path, "--kind", kind, "--seed", str(seed), "--profile", profile]
     args += ["--bundle", bundle] if bundle else []
     args += ["--epochs", str(epochs)] if epochs else []
-    if views and kind == "full":
-        args += ["--instance-views", views]
-    elif views:
-        raise SenseError(f"views are for a full fit (kind='full'), not for a {kind}")
+    args += ["--instance-views", views] if views else []
     job = TrainingJob(path, kind, sense_command(*args), embedding)
     report_message(f"training {kind} started for {path} (pid {job.process.pid})")
     if wait:
